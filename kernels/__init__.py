@@ -1,0 +1,1 @@
+"""Triton kernels of agentfast, installed as ``agentfast.kernels``."""

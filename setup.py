@@ -1,0 +1,122 @@
+"""Build agentfast and its compiled extension ``agentfast._C``.
+
+Environment switches:
+  AGENTFAST_CUDA=auto|0|1   compile the CUDA sources (auto: when torch has CUDA and nvcc is found)
+  TORCH_CUDA_ARCH_LIST      CUDA architectures, e.g. "9.0" or "8.0;9.0" (default here: 8.0;9.0)
+  MAX_JOBS                  parallel ninja jobs
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+BUILD_INFO = ROOT / "agentfast" / "_build_info.json"
+DEFAULT_ARCHS = "8.0;9.0"
+
+
+def _cuda_requested() -> bool:
+    """Decide whether to compile the CUDA sources, honouring AGENTFAST_CUDA."""
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    mode = os.environ.get("AGENTFAST_CUDA", "auto").strip().lower()
+    if mode not in {"auto", "0", "1"}:
+        raise SystemExit(f"AGENTFAST_CUDA must be auto, 0 or 1, got {mode!r}")
+    has_toolkit = torch.version.cuda is not None and CUDA_HOME is not None and (
+        shutil.which("nvcc") is not None or Path(CUDA_HOME, "bin", "nvcc").exists()
+    )
+    if mode == "1" and not has_toolkit:
+        raise SystemExit(
+            "AGENTFAST_CUDA=1 but CUDA cannot be built here: "
+            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}. "
+            "Install torch's CUDA build and set CUDA_HOME to a toolkit with nvcc."
+        )
+    return mode == "1" or (mode == "auto" and has_toolkit)
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern), recursive=True))
+
+
+def _write_build_info(with_cuda: bool, archs: str | None) -> None:
+    import torch
+
+    info = {
+        "torch_version": torch.__version__,
+        "torch_cuda_version": torch.version.cuda,
+        "with_cuda": with_cuda,
+        "cuda_archs": archs if with_cuda else None,
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+    }
+    if with_cuda:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        info["cuda_home"] = CUDA_HOME
+    BUILD_INFO.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _extensions() -> tuple[list, dict]:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    cpp_sources = _sources("csrc/**/*.cpp")
+    if not cpp_sources:
+        return [], {}
+    with_cuda = _cuda_requested()
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    if os.uname().machine == "x86_64":
+        cxx_flags.append("-march=x86-64-v3")  # AVX2 + FMA for the vectorised CPU loops
+    define_macros = []
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        define_macros.append(("AGENTFAST_WITH_CUDA", None))
+        ext = CUDAExtension(
+            "agentfast._C",
+            cpp_sources + _sources("csrc/**/*.cu"),
+            include_dirs=[str(ROOT / "csrc")],
+            define_macros=define_macros,
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                         "--expt-relaxed-constexpr"],
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        archs = None
+        ext = CppExtension(
+            "agentfast._C",
+            cpp_sources,
+            include_dirs=[str(ROOT / "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    _write_build_info(with_cuda, archs)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=[
+        "agentfast",
+        "agentfast.attention",
+        "agentfast.attention.backends",
+        "agentfast.nn",
+        "agentfast.models",
+        "agentfast.data",
+        "agentfast.training",
+        "agentfast.kernels",
+    ],
+    package_dir={"agentfast.kernels": "kernels"},
+    package_data={"agentfast": ["_build_info.json", "py.typed"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
