@@ -18,9 +18,11 @@ test: install
 demo: install
 	$(PYTHON) examples/run_models.py
 
-# GPU tests and benchmarks in one go; results land in benchmarks/results/.
+# GPU tests and benchmarks in one go; results land in benchmarks/results/<device>/.
+# Builds against the torch already installed (GPU machines have no network).
 gpu-check:
-	$(PYTHON) benchmarks/gpu_check.py
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench:
 	$(PYTHON) benchmarks/bench_attention.py --device cpu
