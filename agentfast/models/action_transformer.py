@@ -1,0 +1,154 @@
+"""``ActionTransformer``: a causal policy over interleaved state/action tokens.
+
+Tokens run s_1, a_1, s_2, a_2, ...; the pair of step t shares a timestep embedding. The
+prediction for step t is read from s_t, which has seen s_<=t and a_<t. Given
+``returns_to_go``, an embedding of the return still to collect is added to each state token,
+so the policy can be steered by the return asked for (Decision-Transformer style).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import (
+    SequencePolicy,
+    check_float_input,
+    check_seq_lens,
+    interleave,
+    token_stream,
+    valid_steps,
+)
+from .kv_cache import KVCache
+
+
+class ActionTransformer(SequencePolicy):
+    """Predicts the next action (and the value) of an agent from its history.
+
+    Args:
+        state_dim: size of a state vector (e.g. 768 for GPT-2 embeddings).
+        action_dim: size of an action vector, or the number of actions when
+            ``discrete_actions`` (the action head then returns logits).
+        embed_dim, num_layers, num_heads, hidden_dim: transformer width, depth, heads and
+            MLP width.
+        max_seq_len: the longest episode in timesteps.
+        discrete_actions: actions are indices ``[B, T]`` rather than vectors.
+        dropout: dropout on embeddings, attention output and MLP.
+        attn_backend: the ``agentfast.attention`` backend ("auto", "sdpa", "reference", ...).
+        gradient_checkpointing: recompute block activations in backward to save memory.
+
+    ``model.config`` holds these arguments (JSON-serialisable).
+    """
+
+    tokens_per_step = 2
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        embed_dim: int = 256,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        hidden_dim: int = 512,
+        max_seq_len: int = 1024,
+        discrete_actions: bool = False,
+        dropout: float = 0.1,
+        attn_backend: str = "auto",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self._build_backbone(dict(
+            state_dim=state_dim, action_dim=action_dim, embed_dim=embed_dim, num_layers=num_layers,
+            num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
+            discrete_actions=bool(discrete_actions), dropout=float(dropout), attn_backend=attn_backend,
+            gradient_checkpointing=bool(gradient_checkpointing),
+        ))
+        self.return_embed = nn.Linear(1, embed_dim)
+        self.action_head = nn.Linear(embed_dim, action_dim)
+        self.value_head = nn.Linear(embed_dim, 1)
+        self._init_weights()
+
+    def forward(
+        self,
+        states: Tensor,
+        actions: Tensor,
+        seq_lens: Tensor | None = None,
+        returns_to_go: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict actions and values for every step.
+
+        Args:
+            states: ``[B, T, state_dim]`` float.
+            actions: ``[B, T, action_dim]`` float, or ``[B, T]`` long when discrete. The
+                action of step t is only seen by predictions of later steps.
+            seq_lens: int ``[B]`` valid timesteps per row; later steps are padding and never
+                change the outputs at valid steps (their own outputs are meaningless).
+            returns_to_go: ``[B, T]`` (or ``[B, T, 1]``) return still to collect from step t.
+
+        Returns:
+            ``(action_preds [B, T, action_dim], values [B, T])``.
+        """
+        batch, num_steps = self._batch_and_steps(states)
+        seq_lens = check_seq_lens(seq_lens, batch, num_steps, states.device)
+        valid = valid_steps(seq_lens, batch, num_steps, states.device)
+        state_tokens = self._state_tokens(states, returns_to_go, batch, num_steps)
+        action_tokens = self._embed_actions(actions, batch, num_steps, valid)
+        hidden = self.backbone(interleave(state_tokens, action_tokens), seq_lens=self._token_seq_lens(seq_lens))
+        return self._heads(token_stream(hidden, 0, self.tokens_per_step))
+
+    @torch.no_grad()
+    def step(
+        self,
+        cache: KVCache,
+        state: Tensor,
+        prev_action: Tensor | None = None,
+        return_to_go: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """One step of incremental inference with a KV cache.
+
+        Appends the token of ``prev_action`` (the action taken at the previous step; None at
+        the first step) and then the new state's token, and returns the predictions at that
+        state, equal to ``forward``'s at the same step.
+
+        Args:
+            cache: from ``model.new_cache(batch_size)``.
+            state: ``[B, state_dim]``.
+            prev_action: ``[B, action_dim]`` float or ``[B]`` long; None only at the first step.
+            return_to_go: ``[B]`` (or ``[B, 1]``) when the model is conditioned on returns.
+
+        Returns:
+            ``(action_pred [B, action_dim], value [B])``.
+        """
+        batch = self._step_batch(state)
+        cache = self._check_cache(cache, batch)
+        tokens = [self._state_tokens(state, return_to_go, batch, None)]
+        if cache.length == 0:
+            if prev_action is not None:
+                raise ValueError("prev_action must be None at the first step (the cache is empty)")
+        else:
+            if prev_action is None:
+                raise ValueError(
+                    "prev_action is required after the first step: it is the action taken at the "
+                    "previous step and becomes its action token"
+                )
+            tokens.insert(0, self._embed_actions(prev_action, batch, None, None))
+        hidden = self.backbone(torch.stack(tokens, dim=1), cache=cache)
+        action_pred, value = self._heads(hidden[:, -1])
+        return action_pred, value
+
+    def _state_tokens(self, states: Tensor, returns_to_go: Any, batch: int, num_steps: int | None) -> Tensor:
+        tokens = self._embed_states(states, batch, num_steps)
+        if returns_to_go is not None:
+            lead = (batch, num_steps) if num_steps is not None else (batch,)
+            name = "returns_to_go" if num_steps is not None else "return_to_go"
+            if isinstance(returns_to_go, Tensor) and returns_to_go.dim() == len(lead) + 1:
+                check_float_input(name, returns_to_go, (*lead, 1))
+                returns_to_go = returns_to_go.squeeze(-1)
+            check_float_input(name, returns_to_go, lead)
+            tokens = tokens + self.return_embed(returns_to_go.to(tokens.dtype).unsqueeze(-1))
+        return tokens
+
+    def _heads(self, state_hidden: Tensor) -> tuple[Tensor, Tensor]:
+        return self.action_head(state_hidden), self.value_head(state_hidden).squeeze(-1)

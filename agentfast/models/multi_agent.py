@@ -1,0 +1,225 @@
+"""``MultiAgentTransformer``: one causal policy over the interleaved log of several agents.
+
+Step t is taken by agent ``agent_ids[b, t]``; its tokens s_t, a_t carry that agent's
+embedding and belong to that agent for attention. ``agent_mask`` (bool ``[A, A]`` or
+``[B, A, A]``, row = the attending agent) says which agents' tokens each agent may attend,
+so an agent is never influenced by an agent it cannot see. ``visibility_preset`` builds the
+common patterns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.mask import MAX_AGENTS
+from .backbone import SequencePolicy, check_index_input, check_seq_lens, interleave, token_stream, valid_steps
+from .kv_cache import KVCache
+
+PRESETS = ("full", "private", "hub")
+
+
+def visibility_preset(
+    name: str | Sequence[Sequence[bool | int]] | Tensor,
+    num_agents: int,
+    *,
+    hub: int = 0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A bool visibility matrix ``[A, A]`` (row = the attending agent, column = the seen one).
+
+    Args:
+        name: ``"full"`` (everyone sees everyone), ``"private"`` (each agent sees only
+            itself), ``"hub"`` (hub-and-spoke: the hub sees everyone, every other agent sees
+            the hub and itself); or an explicit matrix as a list of lists / tensor.
+        num_agents: A, at most 64.
+        hub: the hub agent of ``"hub"``.
+        device: where to put the matrix.
+
+    Note: in a causal model an agent under ``"private"`` sees nothing of the others.
+    """
+    if not 1 <= num_agents <= MAX_AGENTS:
+        raise ValueError(f"num_agents must lie in [1, {MAX_AGENTS}], got {num_agents}")
+    if not isinstance(name, str):
+        matrix = torch.as_tensor(name, device=device)
+        if matrix.dtype != torch.bool:
+            if matrix.is_floating_point() or matrix.is_complex():
+                raise TypeError(f"a visibility matrix must be bool or 0/1 integers, got {matrix.dtype}")
+            if bool(((matrix != 0) & (matrix != 1)).any()):
+                raise ValueError("a visibility matrix of integers must hold only 0 and 1")
+            matrix = matrix != 0
+        if tuple(matrix.shape) != (num_agents, num_agents):
+            raise ValueError(f"visibility matrix must be [{num_agents}, {num_agents}], got {list(matrix.shape)}")
+        return matrix
+    eye = torch.eye(num_agents, dtype=torch.bool, device=device)
+    if name == "full":
+        return torch.ones(num_agents, num_agents, dtype=torch.bool, device=device)
+    if name == "private":
+        return eye
+    if name == "hub":
+        if not 0 <= hub < num_agents:
+            raise ValueError(f"hub must lie in [0, {num_agents}), got {hub}")
+        matrix = eye.clone()
+        matrix[hub, :] = True  # the hub sees everyone
+        matrix[:, hub] = True  # everyone sees the hub
+        return matrix
+    raise ValueError(f"unknown visibility preset {name!r}; choose one of {', '.join(PRESETS)} or pass a matrix")
+
+
+class MultiAgentTransformer(SequencePolicy):
+    """A policy for logs in which several agents act in turn.
+
+    Args: those of ``ActionTransformer`` plus ``max_num_agents`` (size of the agent
+    embedding table; agent ids lie in ``[0, max_num_agents)``, at most 64).
+    ``model.config`` holds the arguments (JSON-serialisable).
+    """
+
+    tokens_per_step = 2
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        embed_dim: int = 256,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        hidden_dim: int = 512,
+        max_seq_len: int = 1024,
+        max_num_agents: int = 4,
+        discrete_actions: bool = False,
+        dropout: float = 0.1,
+        attn_backend: str = "auto",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if not 1 <= max_num_agents <= MAX_AGENTS:
+            raise ValueError(f"max_num_agents must lie in [1, {MAX_AGENTS}], got {max_num_agents}")
+        self._build_backbone(dict(
+            state_dim=state_dim, action_dim=action_dim, embed_dim=embed_dim, num_layers=num_layers,
+            num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
+            max_num_agents=max_num_agents, discrete_actions=bool(discrete_actions), dropout=float(dropout),
+            attn_backend=attn_backend, gradient_checkpointing=bool(gradient_checkpointing),
+        ))
+        self.max_num_agents = max_num_agents
+        self.agent_embed = nn.Embedding(max_num_agents, embed_dim)
+        self.action_head = nn.Linear(embed_dim, action_dim)
+        self.value_head = nn.Linear(embed_dim, 1)
+        self._init_weights()
+
+    def forward(
+        self,
+        states: Tensor,
+        agent_ids: Tensor,
+        actions: Tensor,
+        seq_lens: Tensor | None = None,
+        agent_mask: Tensor | str | Sequence[Sequence[bool]] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Predict every step's action and value from the steps its agent may see.
+
+        Args:
+            states: ``[B, T, state_dim]`` float.
+            agent_ids: long ``[B, T]``, the agent acting at step t (any value at padding).
+            actions: ``[B, T, action_dim]`` float or ``[B, T]`` long when discrete.
+            seq_lens: int ``[B]`` valid timesteps per row.
+            agent_mask: visibility bool ``[A, A]`` or ``[B, A, A]`` (row = attending agent),
+                a preset name (see ``visibility_preset``) or a list of lists;
+                None = everyone sees everyone.
+
+        Returns:
+            ``(action_preds [B, T, action_dim], values [B, T], hidden_states [B, T, embed_dim])``;
+            hidden_states are the final hidden states at the state tokens.
+        """
+        batch, num_steps = self._batch_and_steps(states)
+        device = states.device
+        seq_lens = check_seq_lens(seq_lens, batch, num_steps, device)
+        valid = valid_steps(seq_lens, batch, num_steps, device)
+        agent_ids = check_index_input("agent_ids", agent_ids, (batch, num_steps), self.max_num_agents, valid)
+        visibility = self._visibility(agent_mask, batch, device, agent_ids)
+        agent_tokens = self.agent_embed(agent_ids)
+        state_tokens = self._embed_states(states, batch, num_steps) + agent_tokens
+        action_tokens = self._embed_actions(actions, batch, num_steps, valid) + agent_tokens
+        token_agents = agent_ids.repeat_interleave(self.tokens_per_step, dim=1) if visibility is not None else None
+        hidden = self.backbone(
+            interleave(state_tokens, action_tokens), seq_lens=self._token_seq_lens(seq_lens),
+            agent_ids=token_agents, agent_visibility=visibility,
+        )
+        state_hidden = token_stream(hidden, 0, self.tokens_per_step)
+        action_preds, values = self._heads(state_hidden)
+        return action_preds, values, state_hidden
+
+    @torch.no_grad()
+    def step(
+        self,
+        cache: KVCache,
+        state: Tensor,
+        agent_id: Tensor,
+        prev_action: Tensor | None = None,
+        agent_mask: Tensor | str | Sequence[Sequence[bool]] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of incremental inference with a KV cache.
+
+        Appends the token of ``prev_action`` (taken at the previous step by that step's agent,
+        which the cache remembers; None at the first step), then the token of ``state``
+        acted on by ``agent_id``. Pass the same ``agent_mask`` at every step.
+
+        Args:
+            cache: from ``model.new_cache(batch_size)``.
+            state: ``[B, state_dim]``. agent_id: long ``[B]``.
+            prev_action: ``[B, action_dim]`` float or ``[B]`` long; None only at the first step.
+            agent_mask: as in ``forward``.
+
+        Returns:
+            ``(action_pred [B, action_dim], value [B], hidden [B, embed_dim])``, equal to
+            ``forward``'s outputs at this step.
+        """
+        batch = self._step_batch(state)
+        cache = self._check_cache(cache, batch)
+        agent_id = check_index_input("agent_id", agent_id, (batch,), self.max_num_agents, None).to(state.device)
+        visibility = self._visibility(agent_mask, batch, state.device, agent_id[:, None])
+        tokens = [self._embed_states(state, batch, None) + self.agent_embed(agent_id)]
+        token_agents = [agent_id]
+        if cache.length == 0:
+            if prev_action is not None:
+                raise ValueError("prev_action must be None at the first step (the cache is empty)")
+        else:
+            if prev_action is None:
+                raise ValueError("prev_action is required after the first step (the previous step's action)")
+            prev_agent = cache.agent_ids[:, cache.length - 1]
+            tokens.insert(0, self._embed_actions(prev_action, batch, None, None) + self.agent_embed(prev_agent))
+            token_agents.insert(0, prev_agent)
+        hidden = self.backbone(
+            torch.stack(tokens, dim=1), agent_ids=torch.stack(token_agents, dim=1),
+            agent_visibility=visibility, cache=cache,
+        )[:, -1]
+        action_pred, value = self._heads(hidden)
+        return action_pred, value, hidden
+
+    def _visibility(self, agent_mask: Any, batch: int, device: torch.device, agent_ids: Tensor) -> Tensor | None:
+        """``agent_mask`` as bool ``[A, A]`` / ``[B, A, A]`` on ``device``, checked against the ids."""
+        if agent_mask is None:
+            return None
+        if isinstance(agent_mask, str):
+            agent_mask = visibility_preset(agent_mask, self.max_num_agents, device=device)
+        elif not isinstance(agent_mask, Tensor):
+            agent_mask = visibility_preset(agent_mask, len(agent_mask), device=device)
+        if agent_mask.dtype != torch.bool:
+            if agent_mask.is_floating_point():
+                raise TypeError(f"agent_mask must be bool (True = may see), got {agent_mask.dtype}")
+            agent_mask = agent_mask != 0
+        agent_mask = agent_mask.to(device)
+        shape = list(agent_mask.shape)
+        if agent_mask.dim() not in (2, 3) or shape[-1] != shape[-2] or (agent_mask.dim() == 3 and shape[0] != batch):
+            raise ValueError(f"agent_mask must be [A, A] or [B={batch}, A, A], got {shape}")
+        num_agents = shape[-1]
+        if not 1 <= num_agents <= MAX_AGENTS:
+            raise ValueError(f"agent_mask must cover between 1 and {MAX_AGENTS} agents, got {num_agents}")
+        if agent_ids.device.type == "cpu" and bool((agent_ids >= num_agents).any()):
+            raise ValueError(
+                f"agent_ids go up to {int(agent_ids.max())} but agent_mask only covers {num_agents} agents"
+            )
+        return agent_mask
+
+    def _heads(self, state_hidden: Tensor) -> tuple[Tensor, Tensor]:
+        return self.action_head(state_hidden), self.value_head(state_hidden).squeeze(-1)
