@@ -1,0 +1,65 @@
+"""Agent logs to embedded, padded training batches.
+
+Read logs (episode JSONL, OpenAI chat JSONL, ChatGPT ``conversations.json``) into
+validated ``Episode`` records, embed their texts with a Hugging Face encoder (cached on
+disk), and batch them with ``EpisodeDataset`` and ``collate_episodes``. Importing this
+package does not import transformers; the encoder does, when it is built.
+"""
+
+from .cache import CachedEncoder, EmbeddingCache, default_cache_dir
+from .dataset import (
+    IGNORE_INDEX,
+    EpisodeDataset,
+    Vocabulary,
+    collate_episodes,
+    discounted_returns,
+    make_dataloader,
+    split_by_task_type,
+    train_val_split,
+    visibility_matrix,
+    window_starts,
+)
+from .encoders import TextEncoder, default_encoder_path, pool
+from .readers import (
+    FORMATS,
+    ReadReport,
+    convert,
+    detect_format,
+    load_episodes,
+    read_chatgpt_export,
+    read_episodes_jsonl,
+    read_openai_chat_jsonl,
+    write_episodes_jsonl,
+)
+from .schema import DataError, Episode, EpisodeValidationError
+
+__all__ = [
+    "FORMATS",
+    "IGNORE_INDEX",
+    "CachedEncoder",
+    "DataError",
+    "EmbeddingCache",
+    "Episode",
+    "EpisodeDataset",
+    "EpisodeValidationError",
+    "ReadReport",
+    "TextEncoder",
+    "Vocabulary",
+    "collate_episodes",
+    "convert",
+    "default_cache_dir",
+    "default_encoder_path",
+    "detect_format",
+    "discounted_returns",
+    "load_episodes",
+    "make_dataloader",
+    "pool",
+    "read_chatgpt_export",
+    "read_episodes_jsonl",
+    "read_openai_chat_jsonl",
+    "split_by_task_type",
+    "train_val_split",
+    "visibility_matrix",
+    "window_starts",
+    "write_episodes_jsonl",
+]

@@ -1,0 +1,215 @@
+"""On-disk embedding cache, keyed by encoder identity and the SHA-256 of each text.
+
+Layout: ``<directory>/<hash of identity>/`` holds ``identity.txt`` (readable) and shard
+files ``shard-*.safetensors``, each with a ``keys`` tensor (uint8 [n, 32], text digests)
+and an ``embeddings`` tensor (float32 [n, dim]). Shards are written to a temporary file
+and renamed into place, so a write that is killed leaves no partial shard behind; many
+processes can add shards to one directory at the same time. Shards that cannot be read
+(copied half-way, disk errors) are reported with a warning and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+
+SHARD_GLOB = "shard-*.safetensors"
+FORMAT_VERSION = "1"
+CACHE_ENV = "AGENTFAST_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$AGENTFAST_CACHE`` when set, else ``~/.cache/agentfast/embeddings``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "agentfast" / "embeddings"
+
+
+def text_key(text: str) -> bytes:
+    """The cache key of a text: SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class EmbeddingCache:
+    """Embeddings stored per encoder identity; lookups see shards written by other processes."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self._rows: dict[str, dict[bytes, torch.Tensor]] = {}
+        self._loaded_shards: dict[str, set[str]] = {}
+
+    def identity_dir(self, identity: str) -> Path:
+        return self.directory / hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def get_many(self, identity: str, texts: Sequence[str]) -> list[torch.Tensor | None]:
+        """The cached embedding of each text, or None where it is not cached."""
+        rows = self._refresh(identity)
+        return [rows.get(text_key(text)) for text in texts]
+
+    def put_many(self, identity: str, texts: Sequence[str], embeddings: torch.Tensor) -> Path | None:
+        """Store embeddings [len(texts), dim] as one new shard; returns its path (None if empty)."""
+        if len(texts) != embeddings.shape[0]:
+            raise ValueError(f"{len(texts)} texts but {embeddings.shape[0]} embeddings")
+        if not texts:
+            return None
+        keys = [text_key(t) for t in texts]
+        embeddings = embeddings.detach().to("cpu", torch.float32).contiguous()
+        final = self._write_shard(identity, keys, embeddings)
+        rows = self._rows.setdefault(identity, {})
+        for key, row in zip(keys, embeddings):
+            rows[key] = row
+        self._loaded_shards.setdefault(identity, set()).add(final.name)
+        return final
+
+    def size(self, identity: str) -> int:
+        """Number of distinct texts cached for ``identity``."""
+        return len(self._refresh(identity))
+
+    def compact(self, identity: str) -> Path | None:
+        """Merge all shards of ``identity`` into one (fewer files to open on later runs)."""
+        rows = self._refresh(identity)
+        old = sorted(self._loaded_shards.get(identity, set()))
+        if not rows:
+            return None
+        keys = list(rows)
+        merged = self._write_shard(identity, keys, torch.stack([rows[k] for k in keys]))
+        folder = self.identity_dir(identity)
+        for name in old:
+            (folder / name).unlink(missing_ok=True)
+        self._loaded_shards[identity] = {merged.name}
+        return merged
+
+    def _write_shard(self, identity: str, keys: list[bytes], embeddings: torch.Tensor) -> Path:
+        """Write one shard atomically: a temporary file, fsync, then rename into place."""
+        from safetensors.torch import save_file
+
+        folder = self.identity_dir(identity)
+        folder.mkdir(parents=True, exist_ok=True)
+        label = folder / "identity.txt"
+        if not label.exists():
+            _atomic_write_text(label, identity + "\n")
+        tensors = {
+            "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), 32),
+            "embeddings": embeddings.contiguous(),
+        }
+        name = f"shard-{uuid.uuid4().hex}.safetensors"
+        temporary = folder / f".{name}.tmp"
+        try:
+            save_file(tensors, str(temporary), metadata={"identity": identity, "format": FORMAT_VERSION})
+            _fsync(temporary)
+            os.replace(temporary, folder / name)  # readers see the whole shard or none of it
+        finally:
+            temporary.unlink(missing_ok=True)
+        return folder / name
+
+    def _refresh(self, identity: str) -> dict[bytes, torch.Tensor]:
+        """Load shards that appeared since the last look (other runs may have added some)."""
+        rows = self._rows.setdefault(identity, {})
+        seen = self._loaded_shards.setdefault(identity, set())
+        folder = self.identity_dir(identity)
+        if not folder.is_dir():
+            return rows
+        for shard in sorted(folder.glob(SHARD_GLOB)):
+            if shard.name in seen:
+                continue
+            seen.add(shard.name)
+            loaded = self._read_shard(shard, identity)
+            if loaded is not None:
+                keys, embeddings = loaded
+                raw = keys.numpy().tobytes()
+                for i in range(keys.shape[0]):
+                    rows[raw[32 * i:32 * (i + 1)]] = embeddings[i]
+        return rows
+
+    @staticmethod
+    def _read_shard(shard: Path, identity: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                stored = (handle.metadata() or {}).get("identity")
+                keys = handle.get_tensor("keys")
+                embeddings = handle.get_tensor("embeddings")
+        except Exception as error:  # a damaged file must not stop training; say so and move on
+            warnings.warn(f"ignoring unreadable embedding cache shard {shard}: {error}", stacklevel=4)
+            return None
+        if stored != identity:
+            warnings.warn(f"ignoring cache shard {shard}: written for encoder {stored!r}, "
+                          f"not {identity!r}", stacklevel=4)
+            return None
+        if keys.ndim != 2 or keys.shape[1] != 32 or embeddings.shape[0] != keys.shape[0]:
+            warnings.warn(f"ignoring cache shard {shard}: inconsistent shapes", stacklevel=4)
+            return None
+        return keys, embeddings.float()
+
+
+class _Encoder(Protocol):
+    dim: int
+
+    @property
+    def identity(self) -> str: ...
+
+    def encode(self, texts: list[str], *, progress: bool = True) -> torch.Tensor: ...
+
+
+class CachedEncoder:
+    """An encoder whose results are cached on disk; hits skip the wrapped encoder.
+
+    ``hits`` and ``misses`` count distinct texts per call to ``encode``.
+    """
+
+    def __init__(self, encoder: _Encoder, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.encoder = encoder
+        self.cache = EmbeddingCache(cache_dir)
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def identity(self) -> str:
+        return self.encoder.identity
+
+    @property
+    def truncated_count(self) -> int:
+        return getattr(self.encoder, "truncated_count", 0)
+
+    def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
+        """Embed ``texts`` (float32 [N, dim], CPU), computing only the ones not cached."""
+        texts = list(texts)
+        unique = list(dict.fromkeys(texts))
+        found = self.cache.get_many(self.identity, unique)
+        missing = [text for text, row in zip(unique, found) if row is None]
+        self.hits += len(unique) - len(missing)
+        self.misses += len(missing)
+        by_text = {text: row for text, row in zip(unique, found) if row is not None}
+        if missing:
+            fresh = self.encoder.encode(missing, progress=progress)
+            self.cache.put_many(self.identity, missing, fresh)
+            by_text.update(zip(missing, fresh))
+        if not texts:
+            return torch.empty(0, self.dim)
+        return torch.stack([by_text[text] for text in texts]).float()
+
+    def __repr__(self) -> str:
+        return f"CachedEncoder({self.encoder!r}, cache_dir={str(self.cache.directory)!r})"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

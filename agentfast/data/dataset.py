@@ -1,0 +1,391 @@
+"""Episodes to padded training batches: vocabularies, windows, returns-to-go, splits.
+
+``EpisodeDataset`` embeds every distinct state and action text once, cuts episodes longer
+than ``max_seq_len`` into windows, and yields one window per item; ``collate_episodes``
+pads a list of windows to the longest one. Returns-to-go are computed over the whole
+episode before it is cut, so a window's first step still knows the reward to come.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .schema import Episode
+
+IGNORE_INDEX = -100  # action_ids at padding; torch's cross_entropy ignores it by default
+VISIBILITY_KEY = "visibility"  # metadata: {agent: [agents it can see]} for multi-agent logs
+
+
+class Vocabulary:
+    """Labels <-> contiguous ids, in order of first appearance (deterministic for a data set)."""
+
+    def __init__(self, labels: Iterable[str] = ()) -> None:
+        self._labels: list[str] = []
+        self._ids: dict[str, int] = {}
+        for label in labels:
+            self.add(label)
+
+    @classmethod
+    def build(cls, labels: Iterable[str]) -> "Vocabulary":
+        return cls(labels)
+
+    def add(self, label: str) -> int:
+        """Id of ``label``, appending it when new (existing ids never change)."""
+        label = str(label)
+        if label not in self._ids:
+            self._ids[label] = len(self._labels)
+            self._labels.append(label)
+        return self._ids[label]
+
+    def index(self, label: str) -> int:
+        try:
+            return self._ids[str(label)]
+        except KeyError:
+            shown = self._labels[:10] + (["..."] if len(self._labels) > 10 else [])
+            raise KeyError(f"unknown label {label!r}; the vocabulary has {shown}") from None
+
+    def label(self, i: int) -> str:
+        if not 0 <= i < len(self._labels):
+            raise IndexError(f"id {i} is outside the vocabulary of {len(self._labels)} labels")
+        return self._labels[i]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    def copy(self) -> "Vocabulary":
+        return Vocabulary(self._labels)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"labels": list(self._labels)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Vocabulary":
+        return cls(data["labels"])
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __contains__(self, label: object) -> bool:
+        return str(label) in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._labels)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and other._labels == self._labels
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({self._labels!r})"
+
+
+def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:
+    """Returns-to-go: ``R[t] = r[t] + gamma * R[t+1]``, float32 [len(rewards)]."""
+    out = torch.zeros(len(rewards), dtype=torch.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out.float()
+
+
+def window_starts(length: int, max_seq_len: int, stride: int) -> list[int]:
+    """Starts of windows of at most ``max_seq_len`` steps, ``stride`` apart, covering every step."""
+    starts = [0]
+    while starts[-1] + max_seq_len < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+@dataclass
+class _EncodedEpisode:
+    """One episode as ids: text rows into the embedding table and vocabulary ids."""
+
+    state_rows: torch.Tensor
+    action_rows: torch.Tensor
+    action_ids: torch.Tensor
+    agent_ids: torch.Tensor
+    options: torch.Tensor
+    has_options: bool
+    rewards: torch.Tensor
+    returns_to_go: torch.Tensor
+    has_rewards: bool
+    visibility: torch.Tensor
+    task_type: str
+
+
+class EpisodeDataset(Dataset):
+    """Windows of embedded episodes, ready for ``collate_episodes``.
+
+    Args:
+        episodes: validated episodes.
+        encoder: anything with ``encode(texts, progress=...)`` and ``dim`` (a TextEncoder,
+            a CachedEncoder).
+        max_seq_len: steps per window; longer episodes are cut into several windows.
+        window_stride: steps between window starts (default ``max_seq_len``: no overlap;
+            smaller values overlap, and ``target_mask`` marks each step in one window only).
+        gamma: discount for returns-to-go.
+        agent_vocab, option_vocab, action_vocab: vocabularies to reuse (a checkpoint's, the
+            training set's). They are copied and labels new to these episodes appended, so
+            existing ids keep their meaning.
+
+    Episodes without ``agent_ids`` act as agent 0; agents named by integers keep their
+    integer as id.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        encoder: Any,
+        *,
+        max_seq_len: int,
+        window_stride: int | None = None,
+        gamma: float = 0.99,
+        agent_vocab: Vocabulary | None = None,
+        option_vocab: Vocabulary | None = None,
+        action_vocab: Vocabulary | None = None,
+        progress: bool = True,
+    ) -> None:
+        episodes = list(episodes)
+        if not episodes:
+            raise ValueError("EpisodeDataset needs at least one episode")
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        stride = max_seq_len if window_stride is None else window_stride
+        if not 1 <= stride <= max_seq_len:
+            raise ValueError(f"window_stride must be in [1, max_seq_len={max_seq_len}], got {stride}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        self.episodes = episodes
+        self.max_seq_len = max_seq_len
+        self.window_stride = stride
+        self.gamma = gamma
+        self.agent_vocab = _agent_vocabulary(episodes, agent_vocab)
+        self.option_vocab = _extend(option_vocab, (o for e in episodes for o in e.options or ()))
+        self.action_vocab = _extend(action_vocab, (a for e in episodes for a in e.actions))
+
+        self.texts = list(dict.fromkeys(
+            [s for e in episodes for s in e.states] + self.action_vocab.labels
+        ))
+        self.text_embeddings = _embed(encoder, self.texts, progress)
+        row_of = {text: i for i, text in enumerate(self.texts)}
+        self.state_dim = self.action_dim = self.text_embeddings.shape[1]
+        self.action_bank = self.text_embeddings[[row_of[a] for a in self.action_vocab]]
+        self._encoded = [self._encode(e, row_of) for e in episodes]
+        self.windows = [
+            (i, start, min(start + max_seq_len, len(e)))
+            for i, e in enumerate(episodes)
+            for start in window_starts(len(e), max_seq_len, stride)
+        ]
+
+    @property
+    def num_agents(self) -> int:
+        return max(len(self.agent_vocab), 1)
+
+    @property
+    def num_options(self) -> int:
+        return len(self.option_vocab)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_vocab)
+
+    @property
+    def task_types(self) -> list[str]:
+        return sorted({e.task_type for e in self.episodes})
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        episode_index, start, end = self.windows[index]
+        enc = self._encoded[episode_index]
+        steps = slice(start, end)
+        # A step belongs to the first window that holds it, so overlapping windows
+        # never count a target twice.
+        previous_end = self.windows[index - 1][2] if index and self.windows[index - 1][0] == episode_index else start
+        target_mask = torch.arange(start, end) >= previous_end
+        return {
+            "states": self.text_embeddings[enc.state_rows[steps]],
+            "actions": self.text_embeddings[enc.action_rows[steps]],
+            "action_ids": enc.action_ids[steps],
+            "agent_ids": enc.agent_ids[steps],
+            "options": enc.options[steps],
+            "has_options": enc.has_options,
+            "rewards": enc.rewards[steps],
+            "returns_to_go": enc.returns_to_go[steps],
+            "has_rewards": enc.has_rewards,
+            "target_mask": target_mask,
+            "timesteps": torch.arange(start, end),
+            "agent_visibility": enc.visibility,
+            "task_type": enc.task_type,
+            "episode_index": episode_index,
+            "window_start": start,
+        }
+
+    def _encode(self, episode: Episode, row_of: Mapping[str, int]) -> _EncodedEpisode:
+        length = len(episode)
+        labels = episode.agent_labels()
+        agent_ids = [0] * length if labels is None else [self.agent_vocab.index(a) for a in labels]
+        options = [0] * length if episode.options is None else [self.option_vocab.index(o) for o in episode.options]
+        rewards = [0.0] * length if episode.rewards is None else episode.rewards
+        return _EncodedEpisode(
+            state_rows=torch.tensor([row_of[s] for s in episode.states]),
+            action_rows=torch.tensor([row_of[a] for a in episode.actions]),
+            action_ids=torch.tensor([self.action_vocab.index(a) for a in episode.actions]),
+            agent_ids=torch.tensor(agent_ids, dtype=torch.long),
+            options=torch.tensor(options, dtype=torch.long),
+            has_options=episode.options is not None,
+            rewards=torch.tensor(rewards, dtype=torch.float32),
+            returns_to_go=discounted_returns(rewards, self.gamma),
+            has_rewards=episode.rewards is not None,
+            visibility=visibility_matrix(episode, self.agent_vocab, self.num_agents),
+            task_type=episode.task_type,
+        )
+
+
+def visibility_matrix(episode: Episode, agent_vocab: Vocabulary, num_agents: int) -> torch.Tensor:
+    """bool [A, A] from ``metadata["visibility"]`` ({agent: [agents it sees]}); row = the viewer.
+
+    Agents not listed see everyone; every agent sees itself.
+    """
+    matrix = torch.ones(num_agents, num_agents, dtype=torch.bool)
+    declared = episode.metadata.get(VISIBILITY_KEY)
+    if not isinstance(declared, Mapping):
+        return matrix
+    for viewer, seen in declared.items():
+        if str(viewer) not in agent_vocab or not isinstance(seen, (list, tuple)):
+            continue
+        row = agent_vocab.index(str(viewer))
+        matrix[row] = False
+        for other in seen:
+            if str(other) in agent_vocab:
+                matrix[row, agent_vocab.index(str(other))] = True
+        matrix[row, row] = True
+    return matrix
+
+
+def collate_episodes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pad windows to the longest in the batch; see the module docstring for the fields."""
+    if not items:
+        raise ValueError("collate_episodes needs at least one item")
+    lengths = [item["states"].shape[0] for item in items]
+    batch_size, longest = len(items), max(lengths)
+
+    def padded(key: str, fill: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
+        first = items[0][key]
+        out = torch.full((batch_size, longest, *first.shape[1:]), fill, dtype=dtype)
+        for b, item in enumerate(items):
+            out[b, : lengths[b]] = item[key]
+        return out
+
+    seq_lens = torch.tensor(lengths, dtype=torch.long)
+    return {
+        "states": padded("states", 0.0, torch.float32),
+        "actions": padded("actions", 0.0, torch.float32),
+        "action_ids": padded("action_ids", IGNORE_INDEX, torch.long),
+        "seq_lens": seq_lens,
+        "valid_mask": torch.arange(longest)[None, :] < seq_lens[:, None],
+        "agent_ids": padded("agent_ids", 0, torch.long),
+        "options": padded("options", 0, torch.long),
+        "has_options": torch.tensor([bool(i["has_options"]) for i in items]),
+        "rewards": padded("rewards", 0.0, torch.float32),
+        "returns_to_go": padded("returns_to_go", 0.0, torch.float32),
+        "has_rewards": torch.tensor([bool(i["has_rewards"]) for i in items]),
+        "target_mask": padded("target_mask", False, torch.bool),
+        "timesteps": padded("timesteps", 0, torch.long),
+        "agent_mask": torch.stack([i["agent_visibility"] for i in items]),
+        "task_types": [i["task_type"] for i in items],
+        "episode_index": torch.tensor([i["episode_index"] for i in items], dtype=torch.long),
+        "window_start": torch.tensor([i["window_start"] for i in items], dtype=torch.long),
+    }
+
+
+def split_by_task_type(
+    episodes: Sequence[Episode], held_out: Sequence[str]
+) -> tuple[list[Episode], list[Episode]]:
+    """(episodes of other task types, episodes of the ``held_out`` types), order kept."""
+    held = {str(t) for t in held_out}
+    present = {e.task_type for e in episodes}
+    missing = sorted(held - present)
+    if missing:
+        raise ValueError(f"held-out task types {missing} do not occur; present: {sorted(present)}")
+    train = [e for e in episodes if e.task_type not in held]
+    test = [e for e in episodes if e.task_type in held]
+    if not train:
+        raise ValueError("holding out these task types leaves no training episodes")
+    return train, test
+
+
+def train_val_split(
+    episodes: Sequence[Episode], val_fraction: float, seed: int = 0
+) -> tuple[list[Episode], list[Episode]]:
+    """A random (train, val) split of whole episodes, the same for the same seed."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = list(range(len(episodes)))
+    random.Random(seed).shuffle(order)
+    size = round(len(episodes) * val_fraction)
+    if val_fraction > 0 and len(episodes) > 1:
+        size = min(max(size, 1), len(episodes) - 1)
+    val_ids = set(order[:size])
+    train = [e for i, e in enumerate(episodes) if i not in val_ids]
+    val = [e for i, e in enumerate(episodes) if i in val_ids]
+    return train, val
+
+
+def make_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    sampler: Sampler | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader with ``collate_episodes`` whose shuffling depends only on ``seed``."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_episodes,
+        generator=generator,
+        drop_last=drop_last,
+    )
+
+
+def _extend(vocab: Vocabulary | None, labels: Iterable[str]) -> Vocabulary:
+    result = Vocabulary() if vocab is None else vocab.copy()
+    for label in labels:
+        result.add(label)
+    return result
+
+
+def _agent_vocabulary(episodes: Sequence[Episode], given: Vocabulary | None) -> Vocabulary:
+    """Integer agents keep their number as id ("0".."max" come first); names follow."""
+    result = Vocabulary() if given is None else given.copy()
+    numbered = [i for e in episodes if e.agent_ids is not None and e.agent_names is None for i in e.agent_ids]
+    if numbered or all(e.agent_ids is None for e in episodes):
+        for i in range(max(numbered, default=0) + 1):
+            result.add(str(i))
+    for episode in episodes:
+        for label in episode.agent_labels() or ():
+            result.add(label)
+    return result
+
+
+def _embed(encoder: Any, texts: list[str], progress: bool) -> torch.Tensor:
+    embeddings = encoder.encode(texts, progress=progress)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
+        raise ValueError(f"the encoder returned shape {tuple(embeddings.shape)} for {len(texts)} texts")
+    return embeddings.float().cpu()
