@@ -116,9 +116,9 @@ def test_padding_matches_unpadded_rows_and_ignores_garbage(kind, backend, discre
     padded = run(model, batch, seq_lens, agent_mask)
     garbage = {key: value.clone() for key, value in batch.items()}
     for row, length in enumerate(lengths):
-        garbage["states"][row, length:] = 1e3
+        garbage["states"][row, length:] = float("nan")
         garbage["returns_to_go"][row, length:] = -1e3
-        garbage["actions"][row, length:] = -100 if discrete else 1e3
+        garbage["actions"][row, length:] = -100 if discrete else float("inf")
         garbage["options"][row, length:] = -100
         garbage["agent_ids"][row, length:] = -100
     with_garbage = run(model, garbage, seq_lens, agent_mask)
@@ -396,3 +396,15 @@ def test_importing_models_stays_light():
         "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_kv_cache_under_autocast(kind):
+    """An fp32 model under bf16 autocast steps through its (fp32) cache without dtype errors."""
+    model = make_model(kind, "sdpa")
+    batch = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = run(model, batch)
+        stepped = step_through(model, batch)
+    for got, want in zip(stepped, full):
+        torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)

@@ -169,11 +169,12 @@ class TransformerBlock(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D], no copy
         if cache is not None:
             k, v = cache.write(layer_index, k, v)
+            q = q.to(k.dtype)  # under autocast the cache keeps its own dtype
         out = attention(
             q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agent_ids,
             agent_visibility=agent_visibility, backend=self.attn_backend,
         )
-        return self.attn_out(out.transpose(1, 2).reshape(batch, num_tokens, embed_dim))
+        return self.attn_out(out.to(x.dtype).transpose(1, 2).reshape(batch, num_tokens, embed_dim))
 
 
 class TransformerBackbone(nn.Module):
@@ -242,6 +243,9 @@ class TransformerBackbone(nn.Module):
             if agent_ids is not None:
                 agent_ids = cache.write_agent_ids(agent_ids)
         positions = torch.arange(first, first + tokens.shape[1], device=tokens.device)
+        if seq_lens is not None:
+            # Zero padded tokens so that even NaN/inf padding cannot leak through 0-weights.
+            tokens = torch.where((positions[None, :] < seq_lens[:, None])[..., None], tokens, torch.zeros_like(tokens))
         x = tokens + self.timestep_embed(positions // self.tokens_per_step)
         x = self.embed_dropout(self.embed_norm(x))
         use_checkpoint = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
