@@ -1,0 +1,503 @@
+// CPU kernels of agentfast::masked_attention: blocked online softmax (FlashAttention-2 style).
+//
+// Forward: one task per (batch, head, block of kBlockM queries), run with at::parallel_for.
+// Each task walks the key blocks its queries can see, keeping a running row max, row sum and
+// an fp32 output accumulator, so extra memory is O(block * D) per thread, never N x N.
+// Backward: one task per (batch, head); it walks key blocks (outer) and query blocks (inner),
+// accumulating dK/dV per key block and dQ in an [Nq, D] buffer, so results are deterministic
+// (no cross-thread reductions). Scores are recomputed from the saved log-sum-exp.
+//
+// Whole key blocks are skipped when the mask empties them: beyond seq_len, after the last
+// query (causal), or holding no agent that any query of the block can see (per-block agent
+// presence bitmasks). Blocks every query fully sees skip the per-element mask.
+//
+// The block matrix products go to the BLAS that libtorch links (sgemm_/dgemm_, found at
+// load time through weak symbols), with a plain-loop fallback. Element-wise loops (mask,
+// exp, rescale) are written for the compiler's auto-vectoriser (-O3 -march=x86-64-v3).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "masked_attention.h"
+
+// Fortran BLAS entry points. libtorch_cpu exports them on x86 builds (MKL); weak so the
+// extension still loads, and falls back to loops, where a build does not.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace agentfast {
+namespace {
+
+constexpr int64_t kBlockM = 64;   // queries per block
+constexpr int64_t kBlockN = 64;   // keys per block; also the agent-presence granularity
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+// ---------------------------------------------------------------------------------------
+// Block matrix products, row-major: C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C.
+// op(A) = A^T when trans_a (A stored [k, m]); op(B) = B^T when trans_b (B stored [n, k]).
+
+template <typename acc_t>
+void gemm_loops(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, acc_t alpha,
+                const acc_t* a, int64_t lda, const acc_t* b, int64_t ldb, acc_t beta, acc_t* c,
+                int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    acc_t* __restrict__ c_row = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) c_row[j] = beta == acc_t(0) ? acc_t(0) : beta * c_row[j];
+    for (int64_t p = 0; p < k; ++p) {
+      const acc_t a_ip = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
+      if (trans_b) {
+        for (int64_t j = 0; j < n; ++j) c_row[j] += a_ip * b[j * ldb + p];
+      } else {
+        const acc_t* __restrict__ b_row = b + p * ldb;
+        for (int64_t j = 0; j < n; ++j) c_row[j] += a_ip * b_row[j];
+      }
+    }
+  }
+}
+
+// Row-major C = A B is column-major C^T = B^T A^T: swap the operands for Fortran BLAS.
+template <typename acc_t, typename Fn>
+bool call_blas(Fn fn, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, acc_t alpha,
+               const acc_t* a, int64_t lda, const acc_t* b, int64_t ldb, acc_t beta, acc_t* c,
+               int64_t ldc) {
+  if (fn == nullptr) return false;
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int lda_i = static_cast<int>(lda), ldb_i = static_cast<int>(ldb), ldc_i = static_cast<int>(ldc);
+  fn(&tb, &ta, &ni, &mi, &ki, &alpha, b, &ldb_i, a, &lda_i, &beta, c, &ldc_i);
+  return true;
+}
+
+template <typename acc_t>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, acc_t alpha, const acc_t* a,
+          int64_t lda, const acc_t* b, int64_t ldb, acc_t beta, acc_t* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  bool done;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    done = call_blas<float>(sgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    done = call_blas<double>(dgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  if (!done) gemm_loops(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// ---------------------------------------------------------------------------------------
+// exp: a branch-free Cephes-style expf (about 1 ulp) that GCC vectorises, unlike std::exp.
+// exp(-inf) and anything below -87 give exactly 0, which is how masked scores vanish.
+inline float exp_vectorisable(float x) {
+  const float clamped = std::min(std::max(x, -87.0f), 88.0f);
+  float n = clamped * 1.44269504088896341f;
+  n = (n + 12582912.0f) - 12582912.0f;  // round to nearest integer without a libm call
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float exp_r = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof(float));
+  return x < -87.0f ? 0.0f : exp_r * two_to_n;
+}
+
+// x[j] = exp(x[j] - shift); returns the sum. Masked entries (-inf) become 0.
+inline float exp_shifted_sum(float* __restrict__ x, int64_t n, float shift) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = exp_vectorisable(x[j] - shift);
+    x[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+inline double exp_shifted_sum(double* __restrict__ x, int64_t n, double shift) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double e = x[j] == kNegInf<double> ? 0.0 : std::exp(x[j] - shift);
+    x[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+template <typename acc_t>
+acc_t row_max(const acc_t* __restrict__ x, int64_t n) {
+  acc_t m = kNegInf<acc_t>;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+template <typename acc_t>
+void scale_row(acc_t* __restrict__ x, int64_t n, acc_t factor) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) x[j] *= factor;
+}
+
+// ---------------------------------------------------------------------------------------
+// The mask, per call: per-query agent rows and per-block agent presence / union / intersection.
+
+struct MaskInfo {
+  int64_t num_queries = 0, num_keys = 0, offset = 0;
+  int64_t num_query_blocks = 0, num_key_blocks = 0;
+  bool causal = false;
+  bool has_agents = false;
+  std::vector<int64_t> seq_len;             // [B], clamped to [0, Nk]
+  std::vector<int64_t> agent_of_key;        // [B, Nk]
+  std::vector<uint64_t> query_sees;         // [B, Nq]: visibility row of each query's agent
+  std::vector<uint64_t> key_block_agents;   // [B, key blocks]: OR of 1 << agent over the block
+  std::vector<uint64_t> query_block_union;  // [B, query blocks]: OR of query_sees over the block
+  std::vector<uint64_t> query_block_common; // [B, query blocks]: AND of query_sees over the block
+
+  // Keys [0, key_end) may be visible to some query of block [q_first, q_last].
+  int64_t key_end(int64_t b, int64_t q_last) const {
+    int64_t end = seq_len[b];
+    if (causal) end = std::min(end, offset + q_last + 1);
+    return std::max<int64_t>(end, 0);
+  }
+};
+
+MaskInfo build_mask_info(const AttentionShape& shape, bool causal, const OptionalTensor& seq_lens,
+                         const OptionalTensor& agent_ids, const OptionalTensor& agent_bitmask) {
+  MaskInfo info;
+  const int64_t batch = shape.batch, nq = shape.num_queries, nk = shape.num_keys;
+  info.num_queries = nq;
+  info.num_keys = nk;
+  info.offset = shape.query_offset();
+  info.causal = causal;
+  info.num_query_blocks = (nq + kBlockM - 1) / kBlockM;
+  info.num_key_blocks = (nk + kBlockN - 1) / kBlockN;
+  info.seq_len.assign(batch, nk);
+  if (seq_lens.has_value()) {
+    const Tensor lens = seq_lens->to(at::kLong).contiguous();
+    const int64_t* data = lens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch; ++b) info.seq_len[b] = std::clamp<int64_t>(data[b], 0, nk);
+  }
+  if (!agent_ids.has_value()) return info;
+
+  info.has_agents = true;
+  const int64_t num_agents = shape.num_agents;
+  const Tensor ids = agent_ids->to(at::kLong).contiguous();
+  const Tensor rows = agent_bitmask->contiguous();
+  const int64_t* id_data = ids.data_ptr<int64_t>();
+  const int64_t* row_data = rows.data_ptr<int64_t>();
+  info.agent_of_key.assign(id_data, id_data + batch * nk);
+  for (int64_t idx = 0; idx < batch * nk; ++idx) {
+    TORCH_CHECK(id_data[idx] >= 0 && id_data[idx] < num_agents, "agentfast::masked_attention: agent_ids[",
+                idx / nk, ", ", idx % nk, "] = ", id_data[idx], " is outside [0, ", num_agents, ")");
+  }
+  info.query_sees.resize(batch * nq);
+  info.key_block_agents.assign(batch * info.num_key_blocks, 0);
+  info.query_block_union.assign(batch * info.num_query_blocks, 0);
+  info.query_block_common.assign(batch * info.num_query_blocks, ~uint64_t(0));
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t j = 0; j < nk; ++j) {
+      info.key_block_agents[b * info.num_key_blocks + j / kBlockN] |= uint64_t(1) << id_data[b * nk + j];
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      const uint64_t sees = static_cast<uint64_t>(row_data[b * num_agents + id_data[b * nk + info.offset + i]]);
+      info.query_sees[b * nq + i] = sees;
+      info.query_block_union[b * info.num_query_blocks + i / kBlockM] |= sees;
+      info.query_block_common[b * info.num_query_blocks + i / kBlockM] &= sees;
+    }
+  }
+  return info;
+}
+
+// How a (query block, key block) pair is treated.
+enum class BlockKind { kSkip, kFull, kPartial };
+
+BlockKind classify_block(const MaskInfo& info, int64_t b, int64_t query_block, int64_t q_first,
+                         int64_t q_count, int64_t key_block, int64_t k_first, int64_t k_count) {
+  bool full = true;
+  if (info.causal) {
+    if (k_first > info.offset + q_first + q_count - 1) return BlockKind::kSkip;  // all in the future
+    full = k_first + k_count - 1 <= info.offset + q_first;  // even the first query sees the last key
+  }
+  if (info.has_agents) {
+    const uint64_t present = info.key_block_agents[b * info.num_key_blocks + key_block];
+    const uint64_t seen_by_some = info.query_block_union[b * info.num_query_blocks + query_block];
+    if ((present & seen_by_some) == 0) return BlockKind::kSkip;
+    const uint64_t seen_by_all = info.query_block_common[b * info.num_query_blocks + query_block];
+    full = full && (present & seen_by_all) == present;
+  }
+  return full ? BlockKind::kFull : BlockKind::kPartial;
+}
+
+// Sets the disallowed scores of one query row to -inf (keys [k_first, k_first + n)).
+template <typename acc_t>
+void mask_row(acc_t* __restrict__ s, int64_t n, int64_t b, int64_t query, int64_t k_first,
+              const MaskInfo& info) {
+  int64_t allowed = n;
+  if (info.causal) allowed = std::clamp<int64_t>(info.offset + query - k_first + 1, 0, n);
+  for (int64_t j = allowed; j < n; ++j) s[j] = kNegInf<acc_t>;
+  if (info.has_agents) {
+    const uint64_t sees = info.query_sees[b * info.num_queries + query];
+    const int64_t* __restrict__ agents = info.agent_of_key.data() + b * info.num_keys + k_first;
+    for (int64_t j = 0; j < allowed; ++j) {
+      s[j] = ((sees >> agents[j]) & 1) ? s[j] : kNegInf<acc_t>;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Strided [rows, D] slices as contiguous acc_t blocks: a view when the layout already is one,
+// a converted copy into `buffer` otherwise.
+
+struct TensorAccess {
+  const void* data;
+  int64_t stride_b, stride_h, stride_n, stride_d;
+};
+
+TensorAccess access(const Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+template <typename scalar_t, typename acc_t>
+const acc_t* rows_as_acc(const TensorAccess& t, int64_t b, int64_t h, int64_t first_row,
+                         int64_t rows, int64_t head_dim, acc_t* buffer, int64_t& ld) {
+  const scalar_t* base = static_cast<const scalar_t*>(t.data) + b * t.stride_b + h * t.stride_h +
+                         first_row * t.stride_n;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (t.stride_d == 1 && (rows == 1 || t.stride_n >= head_dim)) {
+      ld = rows > 1 ? t.stride_n : head_dim;
+      return base;
+    }
+  }
+  ld = head_dim;
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* src = base + r * t.stride_n;
+    acc_t* dst = buffer + r * head_dim;
+    for (int64_t d = 0; d < head_dim; ++d) dst[d] = static_cast<acc_t>(src[d * t.stride_d]);
+  }
+  return buffer;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+
+template <typename scalar_t>
+void forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                    const AttentionShape& shape, const MaskInfo& info, double scale_d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t heads = shape.heads, nq = shape.num_queries, head_dim = shape.head_dim;
+  const TensorAccess qa = access(q), ka = access(k), va = access(v);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  acc_t* lse_data = lse.data_ptr<acc_t>();
+  const int64_t tasks = shape.batch * heads * info.num_query_blocks;
+
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q_buf(kBlockM * head_dim), k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
+    std::vector<acc_t> scores(kBlockM * kBlockN), acc(kBlockM * head_dim);
+    std::vector<acc_t> run_max(kBlockM), run_sum(kBlockM);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t query_block = task % info.num_query_blocks;
+      const int64_t bh = task / info.num_query_blocks, b = bh / heads, h = bh % heads;
+      const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
+      int64_t ldq, ldk, ldv;
+      const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
+      std::fill(acc.begin(), acc.begin() + m * head_dim, acc_t(0));
+      std::fill(run_max.begin(), run_max.end(), kNegInf<acc_t>);
+      std::fill(run_sum.begin(), run_sum.end(), acc_t(0));
+
+      const int64_t key_end = info.key_end(b, q_first + m - 1);
+      for (int64_t k_first = 0, key_block = 0; k_first < key_end; k_first += kBlockN, ++key_block) {
+        const int64_t n = std::min(kBlockN, key_end - k_first);
+        const BlockKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
+        if (kind == BlockKind::kSkip) continue;
+        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, h, k_first, n, head_dim, k_buf.data(), ldk);
+        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, h, k_first, n, head_dim, v_buf.data(), ldv);
+        gemm<acc_t>(false, true, m, n, head_dim, scale, q_rows, ldq, k_rows, ldk, acc_t(0), scores.data(), kBlockN);
+        for (int64_t i = 0; i < m; ++i) {
+          acc_t* s = scores.data() + i * kBlockN;
+          if (kind == BlockKind::kPartial) mask_row(s, n, b, q_first + i, k_first, info);
+          const acc_t block_max = row_max(s, n);
+          if (block_max == kNegInf<acc_t>) {  // nothing visible to this row here
+            std::fill(s, s + n, acc_t(0));
+            continue;
+          }
+          const acc_t new_max = std::max(run_max[i], block_max);
+          const acc_t correction = run_max[i] == kNegInf<acc_t> ? acc_t(0) : std::exp(run_max[i] - new_max);
+          run_sum[i] = run_sum[i] * correction + exp_shifted_sum(s, n, new_max);
+          run_max[i] = new_max;
+          if (correction != acc_t(1)) scale_row(acc.data() + i * head_dim, head_dim, correction);
+        }
+        gemm<acc_t>(false, false, m, head_dim, n, acc_t(1), scores.data(), kBlockN, v_rows, ldv, acc_t(1),
+                    acc.data(), head_dim);
+      }
+
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t row = bh * nq + q_first + i;
+        const bool empty = run_sum[i] == acc_t(0);
+        const acc_t inv_sum = empty ? acc_t(0) : acc_t(1) / run_sum[i];
+        scalar_t* dst = out_data + row * head_dim;
+        const acc_t* src = acc.data() + i * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) dst[d] = static_cast<scalar_t>(src[d] * inv_sum);
+        lse_data[row] = empty ? kNegInf<acc_t> : run_max[i] + std::log(run_sum[i]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+
+template <typename scalar_t>
+void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& lse, const Tensor& delta, Tensor& grad_q, Tensor& grad_k,
+                     Tensor& grad_v, const AttentionShape& shape, const MaskInfo& info,
+                     double scale_d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t heads = shape.heads, nq = shape.num_queries, nk = shape.num_keys, head_dim = shape.head_dim;
+  const TensorAccess qa = access(q), ka = access(k), va = access(v), ga = access(grad_out);
+  const acc_t* lse_data = lse.data_ptr<acc_t>();
+  const acc_t* delta_data = delta.data_ptr<acc_t>();
+  scalar_t* dq_data = grad_q.data_ptr<scalar_t>();
+  scalar_t* dk_data = grad_k.data_ptr<scalar_t>();
+  scalar_t* dv_data = grad_v.data_ptr<scalar_t>();
+
+  at::parallel_for(0, shape.batch * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q_buf(kBlockM * head_dim), g_buf(kBlockM * head_dim);
+    std::vector<acc_t> k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
+    std::vector<acc_t> probs(kBlockM * kBlockN), dprobs(kBlockM * kBlockN);
+    std::vector<acc_t> dk_acc(kBlockN * head_dim), dv_acc(kBlockN * head_dim), dq_acc(nq * head_dim);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
+      std::fill(dk_data + bh * nk * head_dim, dk_data + (bh + 1) * nk * head_dim, scalar_t(0));
+      std::fill(dv_data + bh * nk * head_dim, dv_data + (bh + 1) * nk * head_dim, scalar_t(0));
+      const int64_t key_end = info.key_end(b, nq - 1);
+      for (int64_t k_first = 0, key_block = 0; k_first < key_end; k_first += kBlockN, ++key_block) {
+        const int64_t n = std::min(kBlockN, key_end - k_first);
+        int64_t ldk, ldv, ldq, ldg;
+        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, h, k_first, n, head_dim, k_buf.data(), ldk);
+        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, h, k_first, n, head_dim, v_buf.data(), ldv);
+        std::fill(dk_acc.begin(), dk_acc.begin() + n * head_dim, acc_t(0));
+        std::fill(dv_acc.begin(), dv_acc.begin() + n * head_dim, acc_t(0));
+        // Causal: queries before position k_first see none of these keys.
+        const int64_t first_query = info.causal ? std::max<int64_t>(0, k_first - info.offset) : 0;
+        for (int64_t query_block = first_query / kBlockM; query_block < info.num_query_blocks; ++query_block) {
+          const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
+          const BlockKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
+          if (kind == BlockKind::kSkip) continue;
+          const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
+          const acc_t* g_rows = rows_as_acc<scalar_t, acc_t>(ga, b, h, q_first, m, head_dim, g_buf.data(), ldg);
+          gemm<acc_t>(false, true, m, n, head_dim, scale, q_rows, ldq, k_rows, ldk, acc_t(0), probs.data(), kBlockN);
+          gemm<acc_t>(false, true, m, n, head_dim, acc_t(1), g_rows, ldg, v_rows, ldv, acc_t(0), dprobs.data(), kBlockN);
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t row = bh * nq + q_first + i;
+            acc_t* p = probs.data() + i * kBlockN;
+            acc_t* dp = dprobs.data() + i * kBlockN;
+            if (kind == BlockKind::kPartial) mask_row(p, n, b, q_first + i, k_first, info);
+            const acc_t row_lse = lse_data[row];
+            if (row_lse == kNegInf<acc_t>) {  // a row with no visible key passes no gradient
+              std::fill(p, p + n, acc_t(0));
+              std::fill(dp, dp + n, acc_t(0));
+              continue;
+            }
+            exp_shifted_sum(p, n, row_lse);
+            const acc_t row_delta = delta_data[row];
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - row_delta);  // dS
+          }
+          gemm<acc_t>(true, false, n, head_dim, m, acc_t(1), probs.data(), kBlockN, g_rows, ldg, acc_t(1),
+                      dv_acc.data(), head_dim);
+          gemm<acc_t>(true, false, n, head_dim, m, scale, dprobs.data(), kBlockN, q_rows, ldq, acc_t(1),
+                      dk_acc.data(), head_dim);
+          gemm<acc_t>(false, false, m, head_dim, n, scale, dprobs.data(), kBlockN, k_rows, ldk, acc_t(1),
+                      dq_acc.data() + q_first * head_dim, head_dim);
+        }
+        scalar_t* dk_dst = dk_data + (bh * nk + k_first) * head_dim;
+        scalar_t* dv_dst = dv_data + (bh * nk + k_first) * head_dim;
+        for (int64_t idx = 0; idx < n * head_dim; ++idx) {
+          dk_dst[idx] = static_cast<scalar_t>(dk_acc[idx]);
+          dv_dst[idx] = static_cast<scalar_t>(dv_acc[idx]);
+        }
+      }
+      scalar_t* dq_dst = dq_data + bh * nq * head_dim;
+      for (int64_t idx = 0; idx < nq * head_dim; ++idx) dq_dst[idx] = static_cast<scalar_t>(dq_acc[idx]);
+    }
+  });
+}
+
+void check_cpu(const Tensor& q) {
+  TORCH_CHECK(q.device().is_cpu(), "agentfast::masked_attention (CPU kernel) got tensors on ", q.device());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+              "agentfast::masked_attention on CPU supports float32, float64, float16 and bfloat16, got ", dtype);
+}
+
+at::ScalarType accumulate_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> masked_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const OptionalTensor& seq_lens,
+                                                const OptionalTensor& agent_ids,
+                                                const OptionalTensor& agent_bitmask, bool causal,
+                                                double scale) {
+  const AttentionShape shape = check_attention_inputs(q, k, v, seq_lens, agent_ids, agent_bitmask);
+  check_cpu(q);
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = at::empty({shape.batch, shape.heads, shape.num_queries}, q.options().dtype(accumulate_type(q.scalar_type())));
+  if (shape.num_queries == 0 || shape.batch * shape.heads == 0) return {out, lse};
+  const MaskInfo info = build_mask_info(shape, causal, seq_lens, agent_ids, agent_bitmask);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_cpu", [&] {
+    forward_kernel<scalar_t>(q, k, v, out, lse, shape, info, scale);
+  });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cpu(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+    const Tensor& lse, const OptionalTensor& grad_lse, const OptionalTensor& seq_lens,
+    const OptionalTensor& agent_ids, const OptionalTensor& agent_bitmask, bool causal,
+    double scale) {
+  const AttentionShape shape = check_attention_inputs(q, k, v, seq_lens, agent_ids, agent_bitmask);
+  check_cpu(q);
+  check_backward_inputs(shape, q, grad_out, out, lse, grad_lse);
+  const at::ScalarType acc_type = accumulate_type(q.scalar_type());
+  Tensor grad_q = at::empty(q.sizes(), q.options());
+  Tensor grad_k = at::empty(k.sizes(), k.options());
+  Tensor grad_v = at::empty(v.sizes(), v.options());
+  if (shape.batch * shape.heads == 0) return {grad_q, grad_k, grad_v};
+  if (shape.num_queries == 0) {
+    grad_k.zero_();
+    grad_v.zero_();
+    return {grad_q, grad_k, grad_v};
+  }
+  const Tensor delta = backward_row_delta(grad_out, out, grad_lse, acc_type);
+  const Tensor lse_acc = lse.to(acc_type).contiguous();
+  const MaskInfo info = build_mask_info(shape, causal, seq_lens, agent_ids, agent_bitmask);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_out, q, k, v, lse_acc, delta, grad_q, grad_k, grad_v, shape, info, scale);
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace agentfast

@@ -1,0 +1,62 @@
+// agentfast::masked_attention: shared declarations of the CPU and CUDA implementations.
+//
+// The mask rule (SPEC section 2): query i sits at key position p = Nk - Nq + i and may
+// attend key j iff (!causal || j <= p) && j < seq_lens[b] && (agent_bitmask[b, agent_ids[b, p]]
+// >> agent_ids[b, j]) & 1. A row with no allowed key returns 0 and has lse = -inf.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace agentfast {
+
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxAgents = 64;
+
+// Sizes of one call, read off the validated inputs.
+struct AttentionShape {
+  int64_t batch = 0;
+  int64_t heads = 0;
+  int64_t num_queries = 0;
+  int64_t num_keys = 0;
+  int64_t head_dim = 0;
+  int64_t num_agents = 0;  // 0 when there is no agent mask
+  int64_t query_offset() const { return num_keys - num_queries; }  // bottom-right alignment
+};
+
+// Checks q/k/v and the optional mask tensors against the contract and returns the sizes.
+// Errors name the argument and what was wrong with it.
+AttentionShape check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const OptionalTensor& seq_lens,
+                                      const OptionalTensor& agent_ids,
+                                      const OptionalTensor& agent_bitmask);
+
+// Checks the extra tensors of the backward (grad_out, out, lse, grad_lse) against the shape.
+void check_backward_inputs(const AttentionShape& shape, const Tensor& q, const Tensor& grad_out,
+                           const Tensor& out, const Tensor& lse, const OptionalTensor& grad_lse);
+
+// delta[b, h, i] = sum_d grad_out * out - grad_lse: the row term of dS = P * (dP - delta).
+// Folding grad_lse in makes the lse output differentiable at no extra cost
+// (d lse_i / d s_ij = P_ij).
+Tensor backward_row_delta(const Tensor& grad_out, const Tensor& out, const OptionalTensor& grad_lse,
+                          at::ScalarType accumulate_type);
+
+std::tuple<Tensor, Tensor> masked_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const OptionalTensor& seq_lens,
+                                                const OptionalTensor& agent_ids,
+                                                const OptionalTensor& agent_bitmask, bool causal,
+                                                double scale);
+
+std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cpu(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+    const Tensor& lse, const OptionalTensor& grad_lse, const OptionalTensor& seq_lens,
+    const OptionalTensor& agent_ids, const OptionalTensor& agent_bitmask, bool causal,
+    double scale);
+
+}  // namespace agentfast
