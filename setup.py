@@ -69,7 +69,7 @@ def _extensions() -> tuple[list, dict]:
     if not cpp_sources:
         return [], {}
     with_cuda = _cuda_requested()
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]  # torch >= 2.10 headers need C++20
     if os.uname().machine == "x86_64":
         cxx_flags.append("-march=x86-64-v3")  # AVX2 + FMA for the vectorised CPU loops
     define_macros = []
@@ -84,7 +84,7 @@ def _extensions() -> tuple[list, dict]:
             define_macros=define_macros,
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                "nvcc": ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo",
                          "--expt-relaxed-constexpr"],
             },
             extra_link_args=["-fopenmp"],
