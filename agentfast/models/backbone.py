@@ -9,7 +9,7 @@ kernel serves the call, and a ``KVCache`` turns the same code into incremental i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +25,16 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 # ----------------------------------------------------------------------------- input checks
 
 
-def _on_cpu_or_assert(bad: Tensor, message: str) -> None:
-    """Raise ``ValueError(message)`` if any ``bad``; on accelerators assert without a sync."""
+def _on_cpu_or_assert(bad: Tensor, message: Callable[[], str]) -> None:
+    """Raise ``ValueError(message())`` if any ``bad``; on accelerators assert without a
+    host sync (the message is then generic, as the values stay on the device)."""
     if torch.compiler.is_compiling():
         return
     if bad.device.type == "cpu":
         if bool(bad.any()):
-            raise ValueError(message)
+            raise ValueError(message())
     else:
-        torch._assert_async(~bad.any(), message)
+        torch._assert_async(~bad.any(), "agentfast model input out of range (run on CPU for details)")
 
 
 def check_float_input(name: str, value: Any, shape: Sequence[int | None]) -> Tensor:
@@ -75,7 +76,7 @@ def check_seq_lens(seq_lens: Any, batch: int, num_steps: int, device: torch.devi
     seq_lens = seq_lens.to(device=device, dtype=torch.long)
     _on_cpu_or_assert(
         (seq_lens < 0) | (seq_lens > num_steps),
-        f"seq_lens must lie in [0, T={num_steps}], got {seq_lens.tolist() if seq_lens.device.type == 'cpu' else 'values outside'}",
+        lambda: f"seq_lens must lie in [0, T={num_steps}], got {seq_lens.tolist()}",
     )
     return seq_lens
 
@@ -102,9 +103,8 @@ def check_index_input(
         value = torch.where(valid, value, torch.zeros_like(value))
     _on_cpu_or_assert(
         (value < 0) | (value >= num_classes),
-        f"{name} must lie in [0, {num_classes}) at valid timesteps; "
-        f"got values in [{int(value.min()) if value.device.type == 'cpu' else '?'}, "
-        f"{int(value.max()) if value.device.type == 'cpu' else '?'}]",
+        lambda: f"{name} must lie in [0, {num_classes}) at valid timesteps; "
+        f"got values in [{int(value.min())}, {int(value.max())}]",
     )
     return value
 

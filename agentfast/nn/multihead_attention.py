@@ -12,7 +12,10 @@ backends; the rest falls back to a dense path with the same results as torch:
   training, ``add_bias_kv`` / ``add_zero_attn``: ``torch.nn.functional.
   scaled_dot_product_attention`` with the merged mask.
 
-One difference from torch: a query that may attend no key at all returns 0 (torch gives NaN).
+Differences from torch: a query that may attend no key at all returns 0 (torch gives NaN);
+``is_causal=True`` without ``attn_mask`` applies the causal mask (torch raises); with an
+``attn_mask`` given, that mask is applied on every path (torch's SDPA shortcut for
+``is_causal`` ignores it, which differs when add_bias_kv/add_zero_attn append keys).
 """
 
 from __future__ import annotations
@@ -147,9 +150,11 @@ class MultiheadAttention(nn.Module):
         query, key, value, key_padding_mask = self._to_batch_first(query, key, value, key_padding_mask, unbatched)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
         q, k, v = self._project(query, key, value)
-        causal, seq_lens = self._fast_masks(
-            attn_mask, is_causal, key_padding_mask, seq_lens, num_queries, num_keys, batch, query.device
-        ) if self._fast_path_possible(need_weights, num_queries, num_keys) else (None, seq_lens)
+        causal = None  # None: the masks need the dense path
+        if self._fast_path_possible(need_weights, num_queries, num_keys):
+            causal, seq_lens = self._fast_masks(
+                attn_mask, is_causal, key_padding_mask, seq_lens, num_queries, num_keys, batch, query.device
+            )
         weights = None
         if causal is not None:
             out = attention(
