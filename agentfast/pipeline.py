@@ -1,0 +1,315 @@
+"""``AgentPipeline``: text in, text out, with a trained policy.
+
+The pipeline embeds the user's input with the policy's encoder, runs one step of the
+policy with its KV cache (so a conversation costs one step per turn, not a re-read of the
+whole history), and turns the predicted action embedding into text by nearest-neighbour
+retrieval over the bank of known actions. That retrieval is the honest offline
+replacement for "send the embedding to a chat API and ask it for text": an embedding
+does not contain a sentence, but it does say which known action it is closest to.
+
+Users who bring a generator plug in a ``decoder``: any callable
+``decoder(prediction, context) -> str`` (``context.candidates`` holds the nearest bank
+actions, useful as retrieval context for generation).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ActionBank", "AgentPipeline", "DecodeContext", "Decoder", "NearestNeighbourDecoder",
+           "Prediction"]
+
+
+class ActionBank:
+    """Known action texts and their embeddings; ``nearest`` ranks them by cosine."""
+
+    def __init__(self, texts: Sequence[str], embeddings: Tensor) -> None:
+        if len(texts) == 0:
+            raise ValueError("the action bank is empty")
+        if embeddings.dim() != 2 or embeddings.shape[0] != len(texts):
+            raise ValueError(f"action bank: {len(texts)} texts but embeddings of shape "
+                             f"{tuple(embeddings.shape)}")
+        self.texts = list(texts)
+        self.embeddings = embeddings.float()
+        self._normalised = F.normalize(self.embeddings, dim=-1)
+        self._index = {text: i for i, text in enumerate(self.texts)}
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def index(self, text: str) -> int | None:
+        return self._index.get(text)
+
+    def nearest(self, embedding: Tensor, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most similar actions to ``embedding`` [D], best first, with cosine."""
+        scores = self._normalised @ F.normalize(embedding.float().cpu(), dim=-1)
+        top = scores.topk(min(k, len(self.texts)))
+        return [(self.texts[i], float(s)) for s, i in zip(top.values, top.indices)]
+
+    def by_logits(self, logits: Tensor, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most probable actions of a discrete policy, with probabilities."""
+        probs = logits.float().cpu().softmax(-1)
+        top = probs.topk(min(k, probs.shape[-1], len(self.texts)))
+        return [(self.texts[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+@dataclass
+class DecodeContext:
+    """What a decoder may use besides the raw prediction."""
+
+    user_input: str
+    candidates: list[tuple[str, float]]
+    discrete: bool
+    bank: ActionBank
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Decoder(Protocol):
+    def __call__(self, prediction: Tensor, context: DecodeContext) -> str: ...
+
+
+class NearestNeighbourDecoder:
+    """The default decoder: the best-ranked known action."""
+
+    def __call__(self, prediction: Tensor, context: DecodeContext) -> str:
+        return context.candidates[0][0]
+
+
+@dataclass
+class Prediction:
+    """The last turn in detail: chosen text, ranked candidates, value, option."""
+
+    text: str
+    candidates: list[tuple[str, float]]
+    value: float | None = None
+    option: str | None = None
+
+
+@dataclass
+class _Turn:
+    state: Tensor  # [Ds]
+    agent: int
+    action: Tensor | None = None  # model input for the action: [Da] float or [] long
+
+
+class AgentPipeline:
+    """Encoder + policy + action bank, used as ``pipeline.process(user_input) -> str``.
+
+    Args:
+        encoder: anything with ``encode(texts, progress=False) -> [N, Ds]`` (a TextEncoder).
+        model: an ActionTransformer, MultiAgentTransformer or HierarchicalTransformer.
+        bank: the known actions (texts and embeddings of the encoder's space).
+        decoder: turns a prediction into text; nearest-neighbour retrieval by default.
+        agent: the acting agent (id or name from ``agent_names``) for multi-agent policies.
+        agent_names, option_names: labels of the policy's agent and option ids.
+        agent_mask: visibility matrix for multi-agent policies (None: everyone sees all).
+        top_k: how many candidates to rank for the decoder and ``last``.
+
+    Conversation state: ``process`` continues the pipeline's running conversation (one
+    policy step per turn, through the KV cache); ``history=[(user, reply), ...]`` replaces
+    it first, ``reset()`` clears it. When the policy's context is full the oldest turns are
+    dropped and the cache is rebuilt from the rest.
+    """
+
+    def __init__(self, encoder: Any, model: nn.Module, bank: ActionBank, *,
+                 decoder: Decoder | Callable[[Tensor, DecodeContext], str] | None = None,
+                 agent: int | str = 0, agent_names: Sequence[str] | None = None,
+                 option_names: Sequence[str] | None = None, agent_mask: Tensor | None = None,
+                 top_k: int = 5) -> None:
+        self.encoder = encoder
+        self.model = model.eval()
+        self.bank = bank
+        self.decoder = decoder or NearestNeighbourDecoder()
+        self.agent_names = list(agent_names or [])
+        self.option_names = list(option_names or [])
+        self.agent_mask = agent_mask
+        self.top_k = top_k
+        self.kind = _model_kind(model)
+        self.discrete = bool(getattr(model, "discrete_actions", False))
+        self.device = next(model.parameters()).device
+        self._check_dims()
+        self.agent = self._agent_id(agent)
+        self.last: Prediction | None = None
+        self._turns: list[_Turn] = []
+        self._texts: list[tuple[str, str]] = []
+        self._cache = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, encoder: Any | None = None,
+                        device: str | torch.device = "cpu", **kwargs: Any) -> "AgentPipeline":
+        """Load a policy saved by ``agentfast train`` with the encoder it was trained with.
+
+        ``encoder`` overrides the saved encoder (it must produce vectors of the same size,
+        and should be the same model, or retrieval is meaningless).
+        """
+        from .training.checkpoint import CheckpointError, load_pretrained
+        from .training.modeling import visibility_mask
+        from .training.run import build_encoder, encoder_settings_from_policy
+
+        policy = load_pretrained(directory, device=device)
+        if policy.action_bank is None:
+            raise CheckpointError(f"{directory} has no action bank; it cannot decode actions")
+        if encoder is None:
+            encoder = build_encoder(encoder_settings_from_policy(policy.config, cache_dir=""))
+        saved_identity = policy.config.get("encoder", {}).get("identity")
+        if saved_identity and getattr(encoder, "identity", saved_identity) != saved_identity:
+            import warnings
+
+            warnings.warn(f"the encoder differs from the one {directory} was trained with; "
+                          "predictions may be meaningless", stacklevel=2)
+        agent_mask = None
+        if policy.model_type == "multi_agent":
+            preset = policy.config.get("train_config", {}).get("visibility", "data")
+            agent_mask = visibility_mask(preset, policy.config["model_config"]["max_num_agents"],
+                                         device)
+        return cls(encoder, policy.model, ActionBank(policy.action_texts, policy.action_bank.cpu()),
+                   agent_names=policy.vocab.get("agent"), option_names=policy.vocab.get("option"),
+                   agent_mask=agent_mask, **kwargs)
+
+    def _check_dims(self) -> None:
+        config = getattr(self.model, "config", {})
+        state_dim = config.get("state_dim")
+        if state_dim is not None and int(self.encoder.dim) != int(state_dim):
+            raise ValueError(f"the encoder gives {self.encoder.dim}-dim vectors but the policy "
+                             f"expects {state_dim}-dim states")
+        if self.discrete and config.get("action_dim", len(self.bank)) > len(self.bank):
+            raise ValueError("a discrete policy needs a bank text for each of its action ids")
+
+    def _agent_id(self, agent: int | str) -> int:
+        if isinstance(agent, str):
+            if agent in self.agent_names:
+                return self.agent_names.index(agent)
+            raise ValueError(f"unknown agent {agent!r}; known: {self.agent_names}")
+        limit = getattr(self.model, "config", {}).get("max_num_agents", 1)
+        if self.kind == "multi_agent" and not 0 <= agent < limit:
+            raise ValueError(f"agent id {agent} is outside [0, {limit})")
+        return int(agent)
+
+    # ------------------------------------------------------------------ use
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self._turns, self._texts, self._cache, self.last = [], [], None, None
+
+    @property
+    def history(self) -> list[tuple[str, str]]:
+        """The conversation so far as (user input, reply) pairs."""
+        return list(self._texts)
+
+    def process(self, user_input: str, history: Sequence[tuple[str, str]] | None = None,
+                *, agent: int | str | None = None) -> str:
+        """Reply to ``user_input``; see the class docstring for conversation state."""
+        if not isinstance(user_input, str):
+            raise TypeError(f"user_input must be a string, got {type(user_input).__name__}")
+        if history is not None:
+            self._replace_history(history)
+        agent_id = self.agent if agent is None else self._agent_id(agent)
+        state = self._embed([user_input])[0]
+        if len(self._turns) + 1 > self._max_turns():
+            self._drop_oldest(len(self._turns) + 1 - self._max_turns())
+        prediction, value, option = self._advance(_Turn(state=state, agent=agent_id))
+        candidates = (self.bank.by_logits(prediction, self.top_k) if self.discrete
+                      else self.bank.nearest(prediction, self.top_k))
+        context = DecodeContext(user_input=user_input, candidates=candidates,
+                                discrete=self.discrete, bank=self.bank, history=self.history)
+        text = self.decoder(prediction.cpu(), context)
+        self._turns[-1].action = self._action_input(text, candidates)
+        self._texts.append((user_input, text))
+        self.last = Prediction(text=text, candidates=candidates, value=value, option=option)
+        return text
+
+    # ------------------------------------------------------------------ internals
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        return self.encoder.encode(texts, progress=False).float().to(self.device)
+
+    def _max_turns(self) -> int:
+        return int(getattr(self.model, "max_seq_len", 1024))
+
+    def _action_input(self, text: str, candidates: list[tuple[str, float]] | None) -> Tensor:
+        """What the policy sees of a reply: its id (discrete) or its embedding.
+
+        A reply that is not in the bank (a generator wrote it) is embedded; a discrete
+        policy then sees the nearest known action instead (the best candidate if given).
+        """
+        index = self.bank.index(text)
+        if index is not None:
+            if self.discrete:
+                return torch.tensor(index, device=self.device)
+            return self.bank.embeddings[index].to(self.device)
+        if self.discrete:
+            nearest = candidates[0][0] if candidates else self.bank.nearest(self._embed([text])[0], 1)[0][0]
+            return torch.tensor(self.bank.index(nearest), device=self.device)
+        return self._embed([text])[0]
+
+    def _replace_history(self, history: Sequence[tuple[str, str]]) -> None:
+        self.reset()
+        pairs = [(str(user), str(reply)) for user, reply in history]
+        if not pairs:
+            return
+        states = self._embed([user for user, _ in pairs])
+        for state, (user, reply) in zip(states, pairs):
+            self._turns.append(_Turn(state=state, agent=self.agent,
+                                     action=self._action_input(reply, None)))
+            self._texts.append((user, reply))
+        overflow = len(self._turns) + 1 - self._max_turns()
+        if overflow > 0:
+            self._drop_oldest(overflow)
+        else:
+            self._rebuild_cache()
+
+    def _drop_oldest(self, count: int) -> None:
+        self._turns = self._turns[count:]
+        self._texts = self._texts[count:]
+        self._rebuild_cache()
+
+    def _rebuild_cache(self) -> None:
+        """Replay the kept turns into a fresh cache."""
+        turns = self._turns
+        self._turns, self._cache = [], None
+        for turn in turns:
+            self._advance(_Turn(state=turn.state, agent=turn.agent))
+            self._turns[-1].action = turn.action
+
+    @torch.no_grad()
+    def _advance(self, turn: _Turn) -> tuple[Tensor, float | None, str | None]:
+        """Feed the previous action and this state through the cache; predict the action."""
+        if self._cache is None:
+            self._cache = self.model.new_cache(1, device=self.device)
+        prev = self._turns[-1].action.unsqueeze(0) if self._turns else None
+        state = turn.state.unsqueeze(0)
+        self._turns.append(turn)
+        if self.kind == "action":
+            pred, value = self.model.step(self._cache, state, prev_action=prev)
+            return pred[0], float(value[0]), None
+        if self.kind == "multi_agent":
+            agent = torch.tensor([turn.agent], device=self.device)
+            pred, value, _ = self.model.step(self._cache, state, agent, prev_action=prev,
+                                             agent_mask=self.agent_mask)
+            return pred[0], float(value[0]), None
+        if prev is not None:
+            self.model.step_action(self._cache, prev)
+        option_logits = self.model.step_state(self._cache, state)
+        option = option_logits.argmax(-1)
+        pred = self.model.step_option(self._cache, option)
+        index = int(option[0])
+        label = self.option_names[index] if index < len(self.option_names) else str(index)
+        return pred[0], None, label
+
+
+def _model_kind(model: nn.Module) -> str:
+    if hasattr(model, "step_state"):
+        return "hierarchical"
+    if hasattr(model, "agent_embed"):
+        return "multi_agent"
+    if hasattr(model, "step"):
+        return "action"
+    raise TypeError(f"{type(model).__name__} has no KV-cache step API; pass an agentfast policy")

@@ -1,0 +1,99 @@
+"""Build any of the three models from a TrainConfig and call it on a collated batch."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import model_classes
+from .config import TrainConfig
+from .losses import ModelOutputs
+
+def model_constructor_args(config: TrainConfig, *, state_dim: int, action_dim: int,
+                           num_agents: int = 1, num_options: int = 1) -> dict[str, Any]:
+    """Constructor arguments for ``config.model_type``, filtered to what the class accepts."""
+    cls = model_classes()[config.model_type]
+    candidates = {
+        "state_dim": state_dim,
+        "action_dim": action_dim,
+        "embed_dim": config.embed_dim,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "hidden_dim": config.hidden_dim,
+        "max_seq_len": config.max_seq_len,
+        "discrete_actions": config.discrete_actions,
+        "dropout": config.dropout,
+        "attn_backend": config.attn_backend,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "max_num_agents": max(1, num_agents),
+        "num_options": max(1, num_options),
+    }
+    accepted = inspect.signature(cls.__init__).parameters
+    if config.discrete_actions and "discrete_actions" not in accepted:
+        raise ValueError(f"{cls.__name__} does not support discrete actions")
+    return {name: value for name, value in candidates.items() if name in accepted}
+
+
+def build_model(config: TrainConfig, *, state_dim: int, action_dim: int, num_agents: int = 1,
+                num_options: int = 1) -> nn.Module:
+    args = model_constructor_args(config, state_dim=state_dim, action_dim=action_dim,
+                                  num_agents=num_agents, num_options=num_options)
+    return model_classes()[config.model_type](**args)
+
+
+VISIBILITY_CHOICES = ("data", "full", "private", "hub")
+
+
+def visibility_mask(preset: str, num_agents: int, device: torch.device | str = "cpu") -> Tensor | None:
+    """The [A, A] agent visibility for a preset name.
+
+    ``full`` needs no mask at all; ``data`` means each batch's own ``agent_mask`` (from
+    the episodes' ``metadata["visibility"]``), so there is no fixed mask either.
+    """
+    if preset not in VISIBILITY_CHOICES:
+        raise ValueError(f"visibility must be one of {VISIBILITY_CHOICES}, got {preset!r}")
+    if preset in ("full", "data"):
+        return None
+    from ..models import visibility_preset
+
+    return visibility_preset(preset, num_agents).to(device)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Tensors to ``device``; lists (task types) stay as they are."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v)
+            for k, v in batch.items()}
+
+
+def model_actions(batch: dict[str, Any], discrete: bool) -> Tensor:
+    """The action input: embeddings, or ids with padding (-100) mapped to a valid id."""
+    if discrete:
+        return batch["action_ids"].clamp_min(0)
+    return batch["actions"]
+
+
+def forward_batch(model: nn.Module, model_type: str, batch: dict[str, Any], *, discrete: bool,
+                  agent_mask: Tensor | None = None, condition_on_returns: bool = False,
+                  visibility_from_data: bool = False) -> ModelOutputs:
+    """Run ``model`` (possibly DDP-wrapped) on a collated batch; name its outputs uniformly."""
+    actions = model_actions(batch, discrete)
+    if model_type == "action":
+        returns = batch["returns_to_go"] if condition_on_returns else None
+        action_preds, values = model(batch["states"], actions, seq_lens=batch["seq_lens"],
+                                     returns_to_go=returns)
+        return ModelOutputs(action_preds=action_preds, values=values)
+    if model_type == "multi_agent":
+        if agent_mask is None and visibility_from_data:
+            agent_mask = batch.get("agent_mask")
+        action_preds, values, hidden = model(batch["states"], batch["agent_ids"], actions,
+                                             seq_lens=batch["seq_lens"], agent_mask=agent_mask)
+        return ModelOutputs(action_preds=action_preds, values=values, hidden_states=hidden)
+    if model_type == "hierarchical":
+        option_preds, action_preds, term_preds = model(batch["states"], actions, batch["options"],
+                                                       seq_lens=batch["seq_lens"])
+        return ModelOutputs(action_preds=action_preds, option_logits=option_preds,
+                            term_logits=term_preds)
+    raise ValueError(f"unknown model type {model_type!r}")

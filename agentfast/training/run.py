@@ -1,0 +1,394 @@
+"""End-to-end jobs behind the CLI: data file -> datasets -> trained policy -> evaluation.
+
+``train_policy`` reads a log file, holds out whole task types for evaluation, splits the
+rest into train/validation (validation drives early stopping), trains, saves the best
+policy with ``save_pretrained`` and evaluates it on the held-out task types next to the
+baselines. ``evaluate_policies`` does the evaluation part for saved policies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import (
+    CheckpointError,
+    PretrainedPolicy,
+    load_pretrained,
+    read_pretrained_config,
+    save_pretrained,
+)
+from .config import TrainConfig
+from .distributed import DistributedContext
+from .evaluation import (
+    EvaluationReport,
+    collect_steps,
+    majority_baseline,
+    model_metrics,
+    nearest_neighbour_baseline,
+    predict_steps,
+    seen_action_fraction,
+)
+from .modeling import build_model, visibility_mask
+from .precision import seed_everything
+from .trainer import Trainer, TrainResult
+
+MODEL_LABELS = {"action": "ActionTransformer", "multi_agent": "MultiAgentTransformer",
+                "hierarchical": "HierarchicalTransformer"}
+
+
+@dataclass
+class DataSettings:
+    """Which episodes train, validate and test."""
+
+    path: str
+    format: str = "auto"
+    strict: bool = True
+    held_out_task_types: list[str] = field(default_factory=list)
+    val_fraction: float = 0.15
+    window_stride: int | None = None
+    gamma: float = 0.99
+    split_seed: int = 0
+
+
+@dataclass
+class EncoderSettings:
+    """How texts become vectors; saved with the policy so inference embeds the same way."""
+
+    name_or_path: str | None = None  # None: the packaged offline default encoder
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int | None = None
+    batch_size: int = 64
+    cache_dir: str | None = None  # None: the default cache; "" turns caching off
+    device: str = "cpu"
+
+    def saved(self) -> dict[str, Any]:
+        """The part that decides the embeddings (not where they are cached or computed)."""
+        return {"name_or_path": self.name_or_path, "pooling": self.pooling,
+                "normalize": self.normalize, "max_length": self.max_length}
+
+
+class MemoEncoder:
+    """Remembers every text it embedded in this process, so the train, validation and
+    held-out datasets share one pass over the encoder."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self._memo: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    @property
+    def identity(self) -> str:
+        return self.encoder.identity
+
+    def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
+        texts = list(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            self._memo.update(zip(missing, self.encoder.encode(missing, progress=progress)))
+        if not texts:
+            return torch.empty(0, self.dim)
+        return torch.stack([self._memo[t] for t in texts]).float()
+
+
+def build_encoder(settings: EncoderSettings) -> MemoEncoder:
+    """The text encoder of ``settings``, with the on-disk cache unless it is turned off."""
+    from ..data import CachedEncoder, TextEncoder
+
+    encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
+                               normalize=settings.normalize, max_length=settings.max_length,
+                               batch_size=settings.batch_size, device=settings.device)
+    if settings.cache_dir != "":
+        encoder = CachedEncoder(encoder, settings.cache_dir or None)
+    return MemoEncoder(encoder)
+
+
+def encoder_settings_from_policy(config: dict[str, Any], **overrides: Any) -> EncoderSettings:
+    saved = dict(config.get("encoder", {}).get("settings", {}))
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    return EncoderSettings(**saved)
+
+
+@dataclass
+class PreparedData:
+    train: Any
+    val: Any | None
+    held_out: Any | None
+    vocab: dict[str, list[str]]
+    action_bank: torch.Tensor
+    state_dim: int
+    action_dim: int
+    num_agents: int
+    num_options: int
+    summary: dict[str, Any]
+
+
+def load_report(settings: DataSettings):
+    from ..data import load_episodes
+
+    path = Path(settings.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return load_episodes(path, format=settings.format, strict=settings.strict)
+
+
+def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, max_seq_len: int,
+                 *, vocab: dict[str, list[str]] | None = None, progress: bool = True,
+                 context: DistributedContext | None = None) -> PreparedData:
+    """Split, embed and window the episodes.
+
+    Vocabularies (actions, agents, options) come from ``vocab`` (a saved policy's) or are
+    built from all episodes, held-out ones included, so every split shares one id space and
+    the action bank holds every known action.
+    """
+    from ..data import EpisodeDataset, Vocabulary, split_by_task_type, train_val_split
+
+    context = context or DistributedContext()
+    episodes = list(episodes)
+    if not episodes:
+        raise ValueError(f"no episodes in {settings.path}")
+    if settings.held_out_task_types:
+        rest, held_out = split_by_task_type(episodes, settings.held_out_task_types)
+    else:
+        rest, held_out = episodes, []
+    train, val = train_val_split(rest, settings.val_fraction, settings.split_seed)
+    common = dict(max_seq_len=max_seq_len, gamma=settings.gamma)
+    vocab_args = {}
+    if vocab:
+        vocab_args = {f"{key}_vocab": Vocabulary(vocab[key]) for key in ("action", "agent", "option")
+                      if key in vocab}
+    # Rank 0 embeds first (filling the on-disk cache); the others then read it.
+    if context.enabled and not context.is_main:
+        context.barrier()
+    everything = EpisodeDataset(episodes, encoder, progress=progress and context.is_main,
+                                **vocab_args, **common)
+    if context.enabled and context.is_main:
+        context.barrier()
+    shared = dict(action_vocab=everything.action_vocab, agent_vocab=everything.agent_vocab,
+                  option_vocab=everything.option_vocab, progress=False)
+    train_set = EpisodeDataset(train, encoder, window_stride=settings.window_stride, **shared, **common)
+    val_set = EpisodeDataset(val, encoder, **shared, **common) if val else None
+    held_set = EpisodeDataset(held_out, encoder, **shared, **common) if held_out else None
+    summary = {
+        "episodes": len(episodes), "train_episodes": len(train), "val_episodes": len(val),
+        "held_out_episodes": len(held_out), "task_types": everything.task_types,
+        "held_out_task_types": list(settings.held_out_task_types),
+        "actions": everything.num_actions, "agents": everything.num_agents,
+        "options": everything.num_options,
+    }
+    return PreparedData(
+        train=train_set, val=val_set, held_out=held_set,
+        vocab={"action": everything.action_vocab.labels, "agent": everything.agent_vocab.labels,
+               "option": everything.option_vocab.labels},
+        action_bank=everything.action_bank, state_dim=everything.state_dim,
+        action_dim=everything.action_dim, num_agents=everything.num_agents,
+        num_options=everything.num_options, summary=summary)
+
+
+def resolve_device(device: str, context: DistributedContext | None = None) -> torch.device:
+    """``auto`` is cuda (this rank's GPU under torchrun) when available, else cpu."""
+    context = context or DistributedContext()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+        return torch.device("cuda", context.local_rank if context.enabled else 0)
+    return torch.device(device)
+
+
+@dataclass
+class TrainOutcome:
+    result: TrainResult
+    output_dir: Path
+    report: EvaluationReport | None
+    data_summary: dict[str, Any]
+
+
+def _check_resume_config(output_dir: Path, config: TrainConfig) -> None:
+    """A resumed run must use the settings it started with (else the math changes)."""
+    from .checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        return
+    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
+    saved = state.get("train_config", {})
+    mutable = {"log_every"}
+    differing = sorted(k for k, v in config.to_dict().items()
+                       if k not in mutable and k in saved and saved[k] != v)
+    if differing:
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {config.to_dict()[k]!r}"
+                            for k in differing)
+        raise ValueError(f"cannot resume {checkpoint} with different settings ({details})")
+
+
+def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: EncoderSettings,
+                 output_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
+                 context: DistributedContext | None = None, progress: bool = True,
+                 log_path: str | os.PathLike | None = None, stop_after_step: int | None = None,
+                 evaluate: bool = True, episodes: Sequence[Any] | None = None,
+                 encoder: Any | None = None) -> TrainOutcome:
+    """Train one policy on a log file and save it to ``output_dir`` (see module docstring)."""
+    context = context or DistributedContext()
+    output_dir = Path(output_dir)
+    if resume:
+        _check_resume_config(output_dir, config)
+    torch_device = resolve_device(device, context)
+    if episodes is None:
+        report = load_report(data)
+        if context.is_main:
+            print(report.summary())
+        episodes = report.episodes
+    encoder = encoder or build_encoder(encoder_settings)
+    prepared = prepare_data(episodes, encoder, data, config.max_seq_len, progress=progress,
+                            context=context)
+    if context.is_main:
+        print(_describe_split(prepared.summary))
+    seed_everything(config.seed)  # identical initial weights on every rank
+    action_dim = len(prepared.vocab["action"]) if config.discrete_actions else prepared.action_dim
+    model = build_model(config, state_dim=prepared.state_dim, action_dim=action_dim,
+                        num_agents=prepared.num_agents, num_options=max(1, prepared.num_options))
+    trainer = Trainer(model, config, prepared.train, prepared.val, output_dir=output_dir,
+                      device=torch_device, context=context,
+                      log_path=log_path or output_dir / "train_log.jsonl", progress=progress,
+                      stop_after_step=stop_after_step, num_agents=prepared.num_agents)
+    result = trainer.train(resume=resume)
+    metadata = {
+        "train_config": config.to_dict(),
+        "data": {**asdict(data), **{k: prepared.summary[k] for k in ("task_types", "actions")}},
+        "encoder": {"settings": encoder_settings.saved(), "identity": encoder.identity,
+                    "dim": int(encoder.dim)},
+        "training": {"steps": result.steps, "stopped_early": result.stopped_early,
+                     "best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                     "timesteps_per_second": round(result.timesteps_per_second, 1),
+                     "world_size": context.world_size, "precision": trainer.precision},
+    }
+    outcome = TrainOutcome(result=result, output_dir=output_dir, report=None,
+                           data_summary=prepared.summary)
+    if result.stopped_by_request:
+        return outcome
+    if context.is_main:
+        save_pretrained(output_dir, model, model_type=config.model_type, metadata=metadata,
+                        vocab=prepared.vocab, action_bank=prepared.action_bank)
+    context.barrier()
+    if evaluate and context.is_main and prepared.held_out is not None:
+        policy = load_pretrained(output_dir, device=torch_device)
+        outcome.report = evaluate_prepared([policy], prepared, device=torch_device)
+    return outcome
+
+
+def _describe_split(summary: dict[str, Any]) -> str:
+    held = summary["held_out_task_types"]
+    return (f"{summary['train_episodes']} train / {summary['val_episodes']} validation / "
+            f"{summary['held_out_episodes']} held-out episodes"
+            f"{' (held-out task types: ' + ', '.join(held) + ')' if held else ''}; "
+            f"{summary['actions']} distinct actions, {summary['agents']} agents, "
+            f"{summary['options']} options")
+
+
+def policy_label(policy: PretrainedPolicy) -> str:
+    label = MODEL_LABELS.get(policy.model_type, policy.model_type)
+    if policy.config.get("model_config", {}).get("discrete_actions"):
+        label += " (discrete)"
+    return label
+
+
+def evaluate_prepared(policies: Sequence[PretrainedPolicy], prepared: PreparedData, *,
+                      device: torch.device | str = "cpu", batch_size: int = 64) -> EvaluationReport:
+    """Baselines and every policy on ``prepared.held_out``, in one report."""
+    if prepared.held_out is None:
+        raise ValueError("there is no held-out data to evaluate on (name --held-out-task-types)")
+    train_steps = collect_steps(prepared.train, batch_size)
+    held_steps = collect_steps(prepared.held_out, batch_size)
+    bank = prepared.action_bank
+    report = EvaluationReport(held_out_task_types=sorted(set(held_steps.task_types)),
+                              held_out_steps=len(held_steps), bank_size=int(bank.shape[0]),
+                              seen_action_fraction=seen_action_fraction(train_steps, held_steps))
+    report.add("majority baseline", majority_baseline(train_steps, held_steps, bank))
+    report.add("nearest-neighbour baseline", nearest_neighbour_baseline(train_steps, held_steps, bank))
+    for policy in policies:
+        report.add(policy_label(policy), evaluate_policy(policy, prepared.held_out, bank,
+                                                         device=device, batch_size=batch_size))
+    return report
+
+
+def evaluate_policy(policy: PretrainedPolicy, dataset: Any, bank: torch.Tensor, *,
+                    device: torch.device | str = "cpu", batch_size: int = 64) -> dict[str, Any]:
+    train_config = policy.config.get("train_config", {})
+    discrete = bool(policy.config["model_config"].get("discrete_actions", False))
+    visibility = train_config.get("visibility", "data")
+    agent_mask = None
+    if policy.model_type == "multi_agent":
+        agent_mask = visibility_mask(visibility, policy.config["model_config"]["max_num_agents"], device)
+    _check_dataset_fits(policy, dataset)
+    records, predictions = predict_steps(
+        policy.model.to(device), policy.model_type, dataset, discrete=discrete, device=device,
+        batch_size=batch_size, agent_mask=agent_mask, visibility_from_data=visibility == "data",
+        condition_on_returns=bool(train_config.get("condition_on_returns", False)))
+    agent_labels = dataset.agent_vocab.labels if policy.model_type == "multi_agent" else None
+    return model_metrics(records, predictions, bank, discrete=discrete, agent_labels=agent_labels)
+
+
+def _check_dataset_fits(policy: PretrainedPolicy, dataset: Any) -> None:
+    config = policy.config["model_config"]
+    if dataset.state_dim != config["state_dim"]:
+        raise CheckpointError(
+            f"policy {policy.directory} expects {config['state_dim']}-dim states but the encoder "
+            f"gives {dataset.state_dim}; evaluate with the encoder it was trained with")
+    if policy.model_type == "multi_agent" and dataset.num_agents > config["max_num_agents"]:
+        raise CheckpointError(
+            f"the data has {dataset.num_agents} agents but policy {policy.directory} knows "
+            f"{config['max_num_agents']}")
+    if policy.model_type == "hierarchical" and dataset.num_options > config["num_options"]:
+        raise CheckpointError(
+            f"the data has {dataset.num_options} options but policy {policy.directory} knows "
+            f"{config['num_options']}")
+
+
+def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: str | None = None,
+                      held_out_task_types: Sequence[str] | None = None,
+                      encoder_settings: EncoderSettings | None = None, device: str = "auto",
+                      progress: bool = True, batch_size: int = 64) -> EvaluationReport:
+    """Evaluate saved policies (trained on the same data and encoder) against the baselines.
+
+    The data file, held-out task types, split and encoder default to what the first policy
+    was trained with, so ``agentfast evaluate runs/a runs/b`` needs nothing else.
+    """
+    if not directories:
+        raise ValueError("name at least one policy directory")
+    configs = [read_pretrained_config(d) for d in directories]
+    first = configs[0]
+    saved_data = dict(first.get("data", {}))
+    saved_data = {k: v for k, v in saved_data.items() if k in DataSettings.__dataclass_fields__}
+    data = DataSettings(**{**saved_data, "path": data_path or saved_data.get("path")})
+    if held_out_task_types is not None:
+        data.held_out_task_types = list(held_out_task_types)
+    if not data.path:
+        raise ValueError("no data file: pass --data")
+    identities = {c.get("encoder", {}).get("identity") for c in configs}
+    if len(identities) > 1 and encoder_settings is None:
+        raise CheckpointError("these policies were trained with different encoders; "
+                              "evaluate them separately")
+    settings = encoder_settings or encoder_settings_from_policy(first)
+    encoder = build_encoder(settings)
+    torch_device = resolve_device(device)
+    policies = [load_pretrained(d, device=torch_device) for d in directories]
+    report_data = load_report(data)
+    max_len = min(int(p.config["model_config"]["max_seq_len"]) for p in policies)
+    vocab = _vocab_from_policy(policies[0])
+    prepared = prepare_data(report_data.episodes, encoder, data, max_len, vocab=vocab,
+                            progress=progress)
+    return evaluate_prepared(policies, prepared, device=torch_device, batch_size=batch_size)
+
+
+def _vocab_from_policy(policy: PretrainedPolicy) -> dict[str, list[str]]:
+    return {k: list(v) for k, v in policy.vocab.items() if k in ("action", "agent", "option")}

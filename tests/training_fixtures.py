@@ -1,0 +1,98 @@
+"""Small, fast, offline stand-ins for the training, CLI and pipeline tests.
+
+* ``HashingEncoder``: a deterministic text encoder (hash -> random unit vector) with the
+  TextEncoder interface, for tests that need embeddings but not a transformer.
+* ``make_episodes``: a synthetic log with learnable structure (the next action is a fixed
+  function of the request kind and the step), several task types, two agents, options and
+  rewards.
+* ``save_tiny_encoder``: a tiny random BERT plus the packaged encoder's tokenizer saved to
+  a directory, so the real ``TextEncoder`` code path runs without any download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KINDS = {
+    "fix": ["Reproduce the failure.", "Trace the bad value.", "Apply the fix.", "Run the tests."],
+    "build": ["Read the existing code.", "Sketch the interface.", "Write the code.", "Run the tests."],
+}
+OPTIONS = {"Reproduce the failure.": "investigate", "Trace the bad value.": "investigate",
+           "Apply the fix.": "implement", "Run the tests.": "verify",
+           "Read the existing code.": "investigate", "Sketch the interface.": "implement",
+           "Write the code.": "implement"}
+TASK_TYPES = {"debugging": "fix", "performance": "fix", "feature": "build", "tests": "build"}
+
+
+class HashingEncoder:
+    """Texts -> unit vectors seeded by a hash of the text (same text, same vector)."""
+
+    def __init__(self, dim: int = 16) -> None:
+        self.dim = dim
+        self.identity = f"hashing-encoder-{dim}"
+        self.calls = 0
+
+    def encode(self, texts, *, progress: bool = True) -> torch.Tensor:
+        self.calls += 1
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            vector = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+            rows.append(vector / vector.norm())
+        return torch.stack(rows) if rows else torch.empty(0, self.dim)
+
+
+def make_episode_dicts(per_task_type: int = 6, seed: int = 0) -> list[dict[str, Any]]:
+    """Episodes as dicts; the action at step t depends only on the kind and t."""
+    generator = torch.Generator().manual_seed(seed)
+    episodes = []
+    for task_type, kind in TASK_TYPES.items():
+        for i in range(per_task_type):
+            steps = 2 + int(torch.randint(0, 3, (1,), generator=generator))
+            actions = KINDS[kind][:steps]
+            prefix = "Broken:" if kind == "fix" else "Please build:"
+            states = [f"{prefix} {task_type} item {i}"] + [
+                f"Result of {task_type} step {t} on item {i}" for t in range(1, steps)]
+            record: dict[str, Any] = {
+                "states": states, "actions": actions,
+                "rewards": [0.0] * (steps - 1) + [1.0],
+                "options": [OPTIONS[a] for a in actions],
+                "metadata": {"task_type": task_type},
+            }
+            if i % 2:
+                record["agent_ids"] = ["planner" if t % 2 == 0 else "coder" for t in range(steps)]
+            episodes.append(record)
+    return episodes
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def make_episodes(per_task_type: int = 6, seed: int = 0) -> list:
+    from agentfast.data import Episode
+
+    return [Episode.from_dict(r, source=f"synthetic:{i + 1}")
+            for i, r in enumerate(make_episode_dicts(per_task_type, seed))]
+
+
+def save_tiny_encoder(directory: Path, hidden_size: int = 32) -> Path:
+    """A 1-layer random BERT with the packaged encoder's (offline) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from agentfast.data import default_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), local_files_only=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size,
+                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
