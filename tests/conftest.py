@@ -6,6 +6,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/attention_cases.py and friends
 
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run under the interpreter. triton.jit reads this when
+    # agentfast.kernels is first imported, so it must be set before any test imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
