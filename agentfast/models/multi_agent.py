@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attention.mask import MAX_AGENTS
-from .backbone import SequencePolicy, check_index_input, check_seq_lens, interleave, token_stream, valid_steps
+from .backbone import (
+    SequencePolicy, _on_cpu_or_assert, check_index_input, check_seq_lens, interleave, token_stream, valid_steps,
+)
 from .kv_cache import KVCache
 
 PRESETS = ("full", "private", "hub")
@@ -215,10 +217,10 @@ class MultiAgentTransformer(SequencePolicy):
         num_agents = shape[-1]
         if not 1 <= num_agents <= MAX_AGENTS:
             raise ValueError(f"agent_mask must cover between 1 and {MAX_AGENTS} agents, got {num_agents}")
-        if agent_ids.device.type == "cpu" and bool((agent_ids >= num_agents).any()):
-            raise ValueError(
-                f"agent_ids go up to {int(agent_ids.max())} but agent_mask only covers {num_agents} agents"
-            )
+        _on_cpu_or_assert(
+            agent_ids >= num_agents,
+            lambda: f"agent_ids go up to {int(agent_ids.max())} but agent_mask only covers {num_agents} agents",
+        )
         return agent_mask
 
     def _heads(self, state_hidden: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,18 +7,49 @@ cannot be imported is still listed, with the import error as its reason.
 
 from __future__ import annotations
 
-import importlib
+from typing import Callable
 
 from .base import AttentionBackend, AttentionCall
 
-# name -> (module, attribute). Order is the order `agentfast info` lists them in.
-_LOCATIONS: dict[str, tuple[str, str]] = {
-    "reference": ("reference_backend", "BACKEND"),
-    "sdpa": ("sdpa", "BACKEND"),
-    "flex": ("flex", "BACKEND"),
-    "triton": ("triton_fused", "BACKEND"),
-    "cuda": ("extension", "CUDA_BACKEND"),
-    "cpp": ("extension", "CPP_BACKEND"),
+# name -> loader. Order is the order `agentfast info` lists them in. Plain import statements
+# rather than importlib: torch.compile can trace these when a call is compiled first.
+def _reference() -> AttentionBackend:
+    from .reference_backend import BACKEND
+    return BACKEND
+
+
+def _sdpa() -> AttentionBackend:
+    from .sdpa import BACKEND
+    return BACKEND
+
+
+def _flex() -> AttentionBackend:
+    from .flex import BACKEND
+    return BACKEND
+
+
+def _triton() -> AttentionBackend:
+    from .triton_fused import BACKEND
+    return BACKEND
+
+
+def _cuda() -> AttentionBackend:
+    from .extension import CUDA_BACKEND
+    return CUDA_BACKEND
+
+
+def _cpp() -> AttentionBackend:
+    from .extension import CPP_BACKEND
+    return CPP_BACKEND
+
+
+_LOADERS: dict[str, Callable[[], AttentionBackend]] = {
+    "reference": _reference,
+    "sdpa": _sdpa,
+    "flex": _flex,
+    "triton": _triton,
+    "cuda": _cuda,
+    "cpp": _cpp,
 }
 _loaded: dict[str, AttentionBackend] = {}
 
@@ -33,18 +64,16 @@ class _Unimportable(AttentionBackend):
 
 
 def backend_names() -> list[str]:
-    return list(_LOCATIONS)
+    return list(_LOADERS)
 
 
 def get_backend(name: str) -> AttentionBackend:
     """The backend called ``name``; raises ValueError listing the valid names otherwise."""
-    if name not in _LOCATIONS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {['auto', *_LOCATIONS]}")
+    if name not in _LOADERS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {['auto', *_LOADERS]}")
     if name not in _loaded:
-        module_name, attribute = _LOCATIONS[name]
         try:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-            _loaded[name] = getattr(module, attribute)
+            _loaded[name] = _LOADERS[name]()
         except Exception as exc:  # a broken optional backend must not break the others
             _loaded[name] = _Unimportable(name, exc)
     return _loaded[name]
