@@ -1,0 +1,200 @@
+"""The ``cpp`` backend (agentfast._C on CPU) against the reference, under SPEC section 6."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentfast.attention import (attention, dense_mask, get_backend, make_call, select_backend,
+                                 visibility_to_bitmask)
+from agentfast.attention.backends.extension import masked_attention
+from attention_cases import check_backend, make_case, reference_outputs
+
+pytestmark = pytest.mark.skipif(
+    get_backend("cpp").unavailable_reason() is not None,
+    reason=f"agentfast._C unavailable: {get_backend('cpp').unavailable_reason()}",
+)
+
+
+def run_cpp(q, k, v, **kwargs):
+    return attention(q, k, v, backend="cpp", **kwargs)
+
+
+MASK_FEATURES = {
+    "full": dict(causal=False),
+    "causal": dict(causal=True),
+    "padding": dict(causal=False, padding=True),
+    "agents": dict(causal=False, agents=3),
+    "causal+padding": dict(causal=True, padding=True),
+    "causal+agents": dict(causal=True, agents=4),
+    "all+empty-row": dict(causal=True, padding=True, agents=5, fully_masked_row=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("features", list(MASK_FEATURES), ids=str)
+def test_mask_features_match_reference(features, dtype):
+    case = make_case(2, 2, 97, head_dim=40, dtype=dtype, seed=3, **MASK_FEATURES[features])
+    check_backend(case, run_cpp)
+
+
+@pytest.mark.parametrize(
+    "num_queries,num_keys,head_dim",
+    [(1, 1, 24), (17, 17, 64), (1, 97, 40), (17, 97, 128), (97, 130, 24), (1025, 1025, 64)],
+    ids=lambda x: str(x),
+)
+def test_odd_sizes_and_bottom_right_alignment(num_queries, num_keys, head_dim):
+    batch, heads = (1, 1) if num_keys > 1000 else (2, 2)
+    case = make_case(batch, heads, num_queries, num_keys, head_dim, causal=True, padding=True, agents=3, seed=5)
+    check_backend(case, run_cpp)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=lambda d: str(d)[6:])
+def test_other_dtypes(dtype):
+    check_backend(make_case(2, 3, 33, 50, 32, dtype=dtype, causal=True, agents=3, padding=True), run_cpp)
+
+
+def test_agent_turns_exercise_tile_skipping():
+    """Agents act in runs of whole key blocks, so blocks are skipped, fully visible or partial."""
+    batch, heads, length, head_dim = 2, 2, 320, 32
+    case = make_case(batch, heads, length, head_dim=head_dim, causal=True, seed=7)
+    turn = torch.arange(length) // 64
+    case.agent_ids = torch.stack([turn % 3, (turn + 1) % 3])
+    visibility = torch.eye(3, dtype=torch.bool)
+    visibility[0] = True  # a hub that sees everyone; the others see only themselves
+    case.agent_visibility = visibility
+    check_backend(case, run_cpp)
+
+
+def test_agent_that_sees_nobody_gets_zero_output_and_gradient():
+    case = make_case(1, 2, 40, head_dim=16, causal=False, seed=11)
+    case.agent_ids = (torch.arange(40) % 2).unsqueeze(0)
+    case.agent_visibility = torch.tensor([[True, True], [False, False]])
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    out = run_cpp(q, k, v, **case.mask_kwargs())
+    blind = case.agent_ids[0] == 1
+    assert torch.equal(out[0, :, blind], torch.zeros_like(out[0, :, blind]))
+    out.square().sum().backward()
+    assert torch.equal(q.grad[0, :, blind], torch.zeros_like(q.grad[0, :, blind]))
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+    check_backend(case, run_cpp)
+
+
+def test_strided_inputs_from_a_fused_projection():
+    batch, length, heads, head_dim = 2, 45, 3, 24
+    qkv = torch.randn(batch, length, 3, heads, head_dim)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, D], non-contiguous
+    assert not q.is_contiguous()
+    case = make_case(batch, heads, length, head_dim=head_dim, causal=True, agents=2)
+    case.q, case.k, case.v = q, k, v
+    check_backend(case, run_cpp)
+
+
+def test_rerun_is_bitwise_identical():
+    case = make_case(2, 4, 200, head_dim=64, causal=True, agents=4, padding=True, seed=2)
+
+    def run_once():
+        q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+        out = run_cpp(q, k, v, **case.mask_kwargs())
+        out.backward(torch.ones_like(out))
+        return out.detach(), q.grad, k.grad, v.grad
+
+    first, second = run_once(), run_once()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_lse_matches_logsumexp_and_is_differentiable():
+    case = make_case(2, 2, 30, 50, 16, dtype=torch.float64, causal=True, agents=3, padding=True, seed=4)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    _, lse = masked_attention(q, k, v, causal=True, scale=call.scale, seq_lens=call.seq_lens,
+                              agent_ids=call.agent_ids, agent_bitmask=call.agent_bitmask)
+    allowed = dense_mask(2, 30, 50, q.device, causal=True, seq_lens=call.seq_lens,
+                         agent_ids=call.agent_ids, visibility=call.visibility)
+    q2, k2 = (t.clone().requires_grad_(True) for t in (case.q, case.k))
+    scores = (q2 @ k2.transpose(-1, -2) * call.scale).masked_fill(~allowed, float("-inf"))
+    expected = torch.logsumexp(scores, dim=-1)
+    assert torch.allclose(lse, expected, atol=1e-10)
+    weights = torch.randn(lse.shape, dtype=lse.dtype) * torch.isfinite(expected)
+    (lse.nan_to_num(neginf=0.0) * weights).sum().backward()
+    (expected.nan_to_num(neginf=0.0) * weights).sum().backward()
+    assert torch.allclose(q.grad, q2.grad, atol=1e-10) and torch.allclose(k.grad, k2.grad, atol=1e-10)
+
+
+def test_gradcheck_float64():
+    case = make_case(1, 2, 6, 9, 5, dtype=torch.float64, causal=True, agents=2, padding=True, seed=9)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    inputs = tuple(t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+
+    def fn(q, k, v):
+        return masked_attention(q, k, v, causal=True, scale=call.scale, seq_lens=call.seq_lens,
+                                agent_ids=call.agent_ids, agent_bitmask=call.agent_bitmask)[0]
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "agents+padding"])
+def test_opcheck(masked):
+    case = make_case(2, 2, 20, 33, 16, causal=True, agents=3 if masked else 0, padding=masked, seed=6)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    args = (q, k, v, call.seq_lens, call.agent_ids, call.agent_bitmask, True, call.scale)
+    torch.library.opcheck(torch.ops.agentfast.masked_attention.default, args)
+    out, lse = torch.ops.agentfast.masked_attention(*args)
+    backward_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(),
+                     None, call.seq_lens, call.agent_ids, call.agent_bitmask, True, call.scale)
+    torch.library.opcheck(torch.ops.agentfast.masked_attention_backward.default, backward_args)
+
+
+def test_compiled_multi_agent_transformer_fullgraph():
+    from agentfast.models import MultiAgentTransformer
+
+    torch.manual_seed(0)
+    model = MultiAgentTransformer(state_dim=6, action_dim=3, embed_dim=32, num_layers=2, num_heads=2,
+                                  hidden_dim=64, max_seq_len=16, max_num_agents=3, discrete_actions=False,
+                                  dropout=0.0, attn_backend="cpp", gradient_checkpointing=False)
+    states, actions = torch.randn(2, 12, 6), torch.randn(2, 12, 3)
+    agent_ids = torch.arange(12).remainder(3).unsqueeze(0).repeat(2, 1)
+    seq_lens = torch.tensor([12, 7])
+    visibility = torch.tensor([[True, True, True], [True, True, False], [True, False, True]])
+    expected = model(states, agent_ids, actions, seq_lens=seq_lens, agent_mask=visibility)
+    compiled = torch.compile(model, fullgraph=True)
+    actual = compiled(states, agent_ids, actions, seq_lens=seq_lens, agent_mask=visibility)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+    actual[0][0, :7].sum().backward()  # gradients flow through the compiled custom op
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.action_head.weight.grad is not None
+
+
+def test_auto_prefers_cpp_for_masked_cpu_calls():
+    case = make_case(1, 1, 8, causal=True, agents=2)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    assert select_backend(call).name == "cpp"
+
+
+def test_op_rejects_bad_inputs_with_clear_errors():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="must be 4-D"):
+        masked_attention(q[0], q, q, causal=True, scale=1.0)
+    with pytest.raises(RuntimeError, match="Nq must be <= Nk"):
+        masked_attention(torch.randn(1, 1, 5, 8), q, q, causal=True, scale=1.0)
+    with pytest.raises(RuntimeError, match="agent_ids and agent_bitmask must be given together"):
+        masked_attention(q, q, q, causal=True, scale=1.0, agent_ids=torch.zeros(1, 4, dtype=torch.long))
+    bitmask = visibility_to_bitmask(torch.ones(1, 2, 2, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match=r"agent_ids\[0, 3\] = 7 is outside \[0, 2\)"):
+        masked_attention(q, q, q, causal=True, scale=1.0, agent_ids=torch.tensor([[0, 1, 0, 7]]),
+                         agent_bitmask=bitmask)
+    with pytest.raises(RuntimeError, match="supports float32, float64, float16 and bfloat16"):
+        masked_attention(*(torch.ones(1, 1, 4, 8, dtype=torch.int32),) * 3, causal=True, scale=1.0)
+    reason = get_backend("cuda").why_not(make_call(q, q, q))
+    assert reason is not None and ("cpu" in reason or "CUDA" in reason)
+
+
+def test_reference_outputs_helper_agrees_with_cpp_in_float64():
+    """A tight end-to-end check: in float64 the kernel matches the oracle to 1e-12."""
+    case = make_case(2, 2, 70, 140, 48, dtype=torch.float64, causal=True, agents=4, padding=True, seed=8)
+    expected, _ = reference_outputs(case, torch.float64)
+    actual = run_cpp(case.q, case.k, case.v, **case.mask_kwargs())
+    assert (actual - expected).abs().max().item() < 1e-12

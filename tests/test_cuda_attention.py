@@ -1,0 +1,148 @@
+"""The ``cuda`` backend (agentfast._C on GPU) against the reference: the numerics tests of the
+CPU path (SPEC section 6), plus head dims up to 256, dtypes, streams and devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentfast.attention import attention, get_backend, make_call
+from attention_cases import check_backend, make_case
+
+pytestmark = pytest.mark.gpu
+
+DEVICE = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda_backend():
+    reason = get_backend("cuda").unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"the cuda backend is unavailable on a CUDA machine: {reason}")
+
+
+def run_cuda(q, k, v, **kwargs):
+    return attention(q, k, v, backend="cuda", **kwargs)
+
+
+MASK_FEATURES = {
+    "full": dict(causal=False),
+    "causal": dict(causal=True),
+    "padding": dict(causal=False, padding=True),
+    "agents": dict(causal=False, agents=3),
+    "causal+padding": dict(causal=True, padding=True),
+    "causal+agents": dict(causal=True, agents=4),
+    "all+empty-row": dict(causal=True, padding=True, agents=5, fully_masked_row=True),
+}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("features", list(MASK_FEATURES), ids=str)
+def test_mask_features_match_reference(features, dtype):
+    case = make_case(2, 2, 97, head_dim=40, dtype=dtype, device=DEVICE, seed=3, **MASK_FEATURES[features])
+    check_backend(case, run_cuda)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize(
+    "num_queries,num_keys,head_dim",
+    [(1, 1, 24), (17, 17, 64), (1, 97, 40), (17, 97, 128), (97, 130, 24), (1025, 1025, 64),
+     (130, 130, 96), (70, 70, 160), (65, 65, 256)],
+    ids=lambda x: str(x),
+)
+def test_odd_sizes_and_head_dims(num_queries, num_keys, head_dim, dtype):
+    batch, heads = (1, 2) if num_keys > 1000 else (2, 2)
+    case = make_case(batch, heads, num_queries, num_keys, head_dim, dtype=dtype, device=DEVICE,
+                     causal=True, padding=True, agents=3, seed=5)
+    check_backend(case, run_cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_agent_turns_exercise_tile_skipping(dtype):
+    batch, heads, length, head_dim = 2, 2, 640, 64
+    case = make_case(batch, heads, length, head_dim=head_dim, dtype=dtype, device=DEVICE, causal=True, seed=7)
+    turn = torch.arange(length) // 64
+    case.agent_ids = torch.stack([turn % 3, (turn + 1) % 3]).to(DEVICE)
+    visibility = torch.eye(3, dtype=torch.bool)
+    visibility[0] = True
+    case.agent_visibility = visibility.to(DEVICE)
+    check_backend(case, run_cuda)
+
+
+def test_agent_that_sees_nobody_gets_zero_output_and_gradient():
+    case = make_case(1, 2, 40, head_dim=16, causal=False, device=DEVICE, seed=11)
+    case.agent_ids = (torch.arange(40) % 2).unsqueeze(0).to(DEVICE)
+    case.agent_visibility = torch.tensor([[True, True], [False, False]], device=DEVICE)
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    out = run_cuda(q, k, v, **case.mask_kwargs())
+    blind = case.agent_ids[0] == 1
+    assert torch.equal(out[0, :, blind], torch.zeros_like(out[0, :, blind]))
+    out.square().sum().backward()
+    assert torch.equal(q.grad[0, :, blind], torch.zeros_like(q.grad[0, :, blind]))
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_strided_inputs_from_a_fused_projection(dtype):
+    batch, length, heads, head_dim = 2, 45, 3, 64
+    qkv = torch.randn(batch, length, 3, heads, head_dim, device=DEVICE, dtype=dtype)
+    case = make_case(batch, heads, length, head_dim=head_dim, dtype=dtype, device=DEVICE, causal=True, agents=2)
+    case.q, case.k, case.v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    assert not case.q.is_contiguous()
+    check_backend(case, run_cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_rerun_is_bitwise_identical(dtype):
+    case = make_case(2, 4, 300, head_dim=64, dtype=dtype, device=DEVICE, causal=True, agents=4, padding=True)
+
+    def run_once():
+        q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+        out = run_cuda(q, k, v, **case.mask_kwargs())
+        out.backward(torch.ones_like(out))
+        return out.detach(), q.grad, k.grad, v.grad
+
+    for a, b in zip(run_once(), run_once()):
+        assert torch.equal(a, b)
+
+
+def test_side_stream_matches_default_stream():
+    case = make_case(2, 2, 200, head_dim=64, dtype=torch.bfloat16, device=DEVICE, causal=True, agents=3)
+    expected = run_cuda(case.q, case.k, case.v, **case.mask_kwargs())
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        actual = run_cuda(case.q, case.k, case.v, **case.mask_kwargs())
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_second_device():
+    case = make_case(1, 2, 64, head_dim=32, dtype=torch.bfloat16, device="cuda:1", causal=True, agents=2)
+    check_backend(case, run_cuda)
+
+
+def test_opcheck_on_gpu():
+    case = make_case(2, 2, 20, 33, 64, dtype=torch.bfloat16, device=DEVICE, causal=True, agents=3, padding=True)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    torch.library.opcheck(torch.ops.agentfast.masked_attention.default,
+                          (q, k, v, call.seq_lens, call.agent_ids, call.agent_bitmask, True, call.scale))
+
+
+def test_compiled_multi_agent_transformer_on_gpu():
+    from agentfast.models import MultiAgentTransformer
+
+    torch.manual_seed(0)
+    model = MultiAgentTransformer(state_dim=6, action_dim=3, embed_dim=64, num_layers=2, num_heads=2,
+                                  hidden_dim=64, max_seq_len=64, max_num_agents=3, dropout=0.0,
+                                  attn_backend="cuda").to(DEVICE)
+    states, actions = torch.randn(2, 50, 6, device=DEVICE), torch.randn(2, 50, 3, device=DEVICE)
+    agent_ids = torch.arange(50, device=DEVICE).remainder(3).unsqueeze(0).repeat(2, 1)
+    expected = model(states, agent_ids, actions, agent_mask=torch.eye(3, dtype=torch.bool, device=DEVICE))
+    actual = torch.compile(model, fullgraph=True)(states, agent_ids, actions,
+                                                  agent_mask=torch.eye(3, dtype=torch.bool, device=DEVICE))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
