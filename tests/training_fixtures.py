@@ -96,3 +96,20 @@ def save_tiny_encoder(directory: Path, hidden_size: int = 32) -> Path:
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+TINY_MODEL = dict(embed_dim=16, num_layers=1, num_heads=2, hidden_dim=32, max_seq_len=4)
+
+
+def tiny_datasets(per_task_type: int = 4, dim: int = 8, max_seq_len: int = 4):
+    """(train, val) EpisodeDatasets of the synthetic log with a HashingEncoder."""
+    from agentfast.data import EpisodeDataset
+
+    episodes = make_episodes(per_task_type)
+    encoder = HashingEncoder(dim)
+    everything = EpisodeDataset(episodes, encoder, max_seq_len=max_seq_len, progress=False)
+    shared = dict(action_vocab=everything.action_vocab, agent_vocab=everything.agent_vocab,
+                  option_vocab=everything.option_vocab, max_seq_len=max_seq_len, progress=False)
+    train = EpisodeDataset(episodes[::2] + episodes[1::4], encoder, **shared)
+    val = EpisodeDataset(episodes[3::4], encoder, **shared)
+    return train, val

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -282,7 +283,12 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The fp16 scaler skips steps with overflowing gradients (the first few, while
+            # it calibrates); the schedule still counts them so it stays tied to the step.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                    category=UserWarning)
+            self.scheduler.step()
         metrics = losses.as_floats()
         metrics["grad_norm"] = grad_norm
         return metrics

@@ -1,0 +1,538 @@
+"""The ``agentfast`` command: convert, embed, train, evaluate, predict, bench, info.
+
+    agentfast convert logs.jsonl episodes.jsonl          # any supported log -> episode JSONL
+    agentfast embed episodes.jsonl                       # fill the embedding cache
+    agentfast train episodes.jsonl --output runs/action --held-out-task-types refactor
+    agentfast evaluate runs/action runs/multi            # held-out table with baselines
+    agentfast predict runs/action "Something is broken: ..."
+    agentfast bench                                      # attention kernel benchmark
+    agentfast info                                       # build info and backends
+
+Under ``torchrun --nproc_per_node=N agentfast train ...`` training runs with
+DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 writes checkpoints and logs.
+Errors in the input (missing files, bad records, an incompatible checkpoint) end the
+command with a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_USAGE = 2
+
+TRAIN_HELP = {
+    "model_type": "which policy: action (ActionTransformer), multi_agent or hierarchical",
+    "embed_dim": "transformer width", "num_layers": "transformer blocks",
+    "num_heads": "attention heads", "hidden_dim": "MLP width",
+    "max_seq_len": "timesteps per training window (longer episodes are cut into windows)",
+    "dropout": "dropout probability",
+    "discrete_actions": "classify over the known actions instead of regressing embeddings",
+    "attn_backend": "attention backend: auto, reference, sdpa, cpp, cuda, triton, flex",
+    "gradient_checkpointing": "recompute activations in backward to save memory",
+    "visibility": "multi-agent visibility: data (from the episodes), full, private or hub",
+    "condition_on_returns": "condition the ActionTransformer on returns-to-go",
+    "batch_size": "windows per optimiser step (per process under torchrun)",
+    "learning_rate": "peak AdamW learning rate", "weight_decay": "AdamW weight decay",
+    "betas": None, "warmup_steps": "linear warmup steps",
+    "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
+    "max_steps": "optimiser steps", "grad_clip": "clip the gradient norm (0: off)",
+    "precision": "auto, fp32, bf16 (autocast) or fp16 (autocast + grad scaler)",
+    "mse_weight": "weight of MSE next to cosine in the embedding loss",
+    "value_weight": "weight of the value loss (episodes with rewards)",
+    "option_weight": "weight of the option loss (hierarchical)",
+    "termination_weight": "weight of the termination loss (hierarchical)",
+    "eval_every": "steps between validation evaluations (and checkpoints)",
+    "patience": "evaluations without improvement before early stopping (0: never stop)",
+    "min_delta": "smallest validation-loss decrease that counts as an improvement",
+    "save_every": "steps between checkpoints (0: at every evaluation)",
+    "keep_checkpoints": "training checkpoints to keep",
+    "seed": "random seed", "deterministic": "deterministic kernels (bitwise-reproducible on CPU)",
+    "log_every": "steps between training-loss log records", "extra": None,
+}
+FLAG_NAMES = {"model_type": "--model", "learning_rate": "--lr"}
+
+
+class CLIError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _print_json_log(path: str | None, record: dict[str, Any]) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def _task_types(value: str | None) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()] if value else []
+
+
+def _add_encoder_args(parser: argparse.ArgumentParser, *, defaults_from_policy: bool = False) -> None:
+    group = parser.add_argument_group("encoder")
+    note = " (default: the policy's)" if defaults_from_policy else ""
+    group.add_argument("--encoder", default=None, metavar="NAME_OR_PATH",
+                       help="Hugging Face encoder name or local directory (default: the packaged "
+                            f"offline all-MiniLM-L6-v2){note}")
+    group.add_argument("--pooling", choices=("mean", "last", "cls"), default=None,
+                       help=f"token pooling (default: mean){note}")
+    group.add_argument("--no-normalize", action="store_true",
+                       help="keep raw pooled vectors instead of L2-normalising them")
+    group.add_argument("--max-length", type=int, default=None, help="encoder token limit")
+    group.add_argument("--encoder-batch-size", type=int, default=64, help="texts per encoder pass")
+    group.add_argument("--cache-dir", default=None,
+                       help="embedding cache directory (default: $AGENTFAST_CACHE or "
+                            "~/.cache/agentfast/embeddings)")
+    group.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
+
+
+def _encoder_settings(args: argparse.Namespace, base: Any | None = None):
+    from .training.run import EncoderSettings
+
+    settings = base or EncoderSettings()
+    changes: dict[str, Any] = {"batch_size": args.encoder_batch_size,
+                               "cache_dir": "" if args.no_cache else args.cache_dir}
+    if args.encoder is not None:
+        changes["name_or_path"] = args.encoder
+    if args.pooling is not None:
+        changes["pooling"] = args.pooling
+    if args.no_normalize:
+        changes["normalize"] = False
+    if args.max_length is not None:
+        changes["max_length"] = args.max_length
+    return dataclasses.replace(settings, **changes)
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--format", default="auto",
+                       help="input format: auto, episodes, openai_chat or chatgpt_export")
+    group.add_argument("--lenient", action="store_true",
+                       help="skip bad records (counted and reported) instead of stopping")
+    group.add_argument("--held-out-task-types", default="",
+                       help="comma-separated task types kept out of training for evaluation")
+    group.add_argument("--val-fraction", type=float, default=0.15,
+                       help="share of training episodes used for early stopping")
+    group.add_argument("--window-stride", type=int, default=None,
+                       help="steps between training windows (default: max-seq-len, no overlap)")
+    group.add_argument("--gamma", type=float, default=0.99, help="discount for returns-to-go")
+
+
+def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    from .training.config import MODEL_TYPES, PRECISIONS, TrainConfig
+
+    group = parser.add_argument_group("model and optimisation")
+    for f in dataclasses.fields(TrainConfig):
+        help_text = TRAIN_HELP.get(f.name)
+        if help_text is None:
+            continue
+        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        default = f.default
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "type": type(default), "default": default,
+                                  "help": f"{help_text} (default: {default})"}
+        if f.name == "model_type":
+            kwargs["choices"] = MODEL_TYPES
+        if f.name == "precision":
+            kwargs["choices"] = PRECISIONS
+        group.add_argument(flag, **kwargs)
+
+
+def _train_config(args: argparse.Namespace):
+    from .training.config import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if hasattr(args, f.name)}
+    return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .data import convert
+
+    _require_file(args.input)
+    report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
+    print(report.summary())
+    print(f"wrote {len(report.episodes)} episodes to {args.output}")
+    _print_json_log(args.log, {"event": "convert", "input": args.input, "output": args.output,
+                               "episodes": len(report.episodes), "skipped": report.skipped})
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .data import load_episodes
+    from .training.run import build_encoder
+
+    _require_file(args.data)
+    report = load_episodes(args.data, format=args.format, strict=not args.lenient)
+    print(report.summary())
+    texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
+    settings = _encoder_settings(args)
+    if settings.cache_dir == "":
+        raise CLIError("embed fills the embedding cache; --no-cache leaves it nothing to do")
+    encoder = build_encoder(settings)
+    started = time.perf_counter()
+    embeddings = encoder.encode(texts, progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    cached = encoder.encoder
+    print(f"embedded {len(texts)} distinct texts -> {tuple(embeddings.shape)} in {seconds:.1f}s "
+          f"({cached.hits} cached, {cached.misses} computed) into {cached.cache.directory}")
+    _print_json_log(args.log, {"event": "embed", "texts": len(texts), "dim": int(embeddings.shape[1]),
+                               "hits": cached.hits, "misses": cached.misses, "seconds": seconds,
+                               "identity": encoder.identity})
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.distributed import init_distributed, launched_by_torchrun, shutdown_distributed
+    from .training.run import DataSettings, train_policy
+
+    _require_file(args.data)
+    config = _train_config(args)
+    data = DataSettings(path=args.data, format=args.format, strict=not args.lenient,
+                        held_out_task_types=_task_types(args.held_out_task_types),
+                        val_fraction=args.val_fraction, window_stride=args.window_stride,
+                        gamma=args.gamma, split_seed=config.seed)
+    context = init_distributed(None if args.device == "auto" else args.device) \
+        if launched_by_torchrun() else None
+    try:
+        outcome = train_policy(config, data, _encoder_settings(args), args.output,
+                               resume=args.resume, device=args.device, context=context,
+                               progress=not args.no_progress, log_path=args.log,
+                               stop_after_step=args.stop_after_step, evaluate=not args.no_eval)
+    finally:
+        if context is not None:
+            shutdown_distributed(context)
+    if context is not None and not context.is_main:
+        return 0
+    result = outcome.result
+    print(f"trained {result.steps} steps "
+          f"({'early stop' if result.stopped_early else 'stopped on request' if result.stopped_by_request else 'done'}); "
+          f"best validation loss {result.best_val_loss if result.best_val_loss is None else round(result.best_val_loss, 4)} "
+          f"at step {result.best_step}; {result.timesteps_per_second:.0f} timesteps/s")
+    if not result.stopped_by_request:
+        print(f"saved policy to {outcome.output_dir}")
+    log_path = args.log or str(Path(args.output) / "train_log.jsonl")
+    if outcome.report is not None:
+        _show_report(outcome.report, log_path)
+    return 0
+
+
+def _show_report(report: Any, log_path: str | None) -> None:
+    print()
+    print(f"held-out task types: {', '.join(report.held_out_task_types)}  "
+          f"({report.held_out_steps} steps; {report.bank_size} actions in the bank; "
+          f"{100 * report.seen_action_fraction:.0f}% of held-out actions occur in training)")
+    print(report.table())
+    for name, metrics in report.rows:
+        if "top1_by_agent" in metrics:
+            per_agent = ", ".join(f"{k} {v:.3f}" for k, v in metrics["top1_by_agent"].items())
+            print(f"{name} top-1 per agent: {per_agent}")
+    _print_json_log(log_path, {"event": "evaluation", **report.to_dict()})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .training.checkpoint import read_pretrained_config
+    from .training.run import encoder_settings_from_policy, evaluate_policies
+
+    for directory in args.checkpoints:
+        read_pretrained_config(directory)  # a clear error before any work
+    held_out = _task_types(args.held_out_task_types) if args.held_out_task_types else None
+    settings = None  # the policy's own encoder settings
+    if any((args.encoder, args.pooling, args.no_normalize, args.max_length, args.no_cache,
+            args.cache_dir)):
+        base = encoder_settings_from_policy(read_pretrained_config(args.checkpoints[0]))
+        settings = _encoder_settings(args, base)
+    report = evaluate_policies(args.checkpoints, data_path=args.data,
+                               held_out_task_types=held_out, encoder_settings=settings,
+                               device=args.device, progress=not args.no_progress)
+    _show_report(report, args.log)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .pipeline import AgentPipeline
+    from .training.checkpoint import read_pretrained_config
+
+    read_pretrained_config(args.checkpoint)
+    pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
+                                             agent=_agent_arg(args.agent))
+    if args.examples:
+        return _predict_examples(pipeline, args)
+    turns = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not turns:
+        raise CLIError("give the user inputs as arguments, on stdin (one per line), or use --examples")
+    for turn in turns:
+        reply = pipeline.process(turn)
+        print(f"> {turn}\n{reply}")
+        if args.verbose:
+            _print_candidates(pipeline)
+        _print_json_log(args.log, {"event": "predict", "input": turn, "output": reply,
+                                   "candidates": pipeline.last.candidates})
+    return 0
+
+
+def _agent_arg(value: str | None) -> int | str:
+    if value is None:
+        return 0
+    return int(value) if value.isdigit() else value
+
+
+def _print_candidates(pipeline: Any) -> None:
+    last = pipeline.last
+    extra = f"option {last.option}; " if last.option else ""
+    extra += f"value {last.value:.3f}; " if last.value is not None else ""
+    ranked = "; ".join(f"{score:.3f} {text[:60]}" for text, score in last.candidates)
+    print(f"    [{extra}candidates: {ranked}]")
+
+
+def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
+    """Replay a few held-out episodes turn by turn: input, prediction, the logged action."""
+    from .data import load_episodes
+    from .training.checkpoint import read_pretrained_config
+
+    config = read_pretrained_config(args.checkpoint)
+    data_path = args.data or config.get("data", {}).get("path")
+    if not data_path:
+        raise CLIError("--examples needs --data (the policy does not record its data file)")
+    _require_file(data_path)
+    held_out = set(config.get("data", {}).get("held_out_task_types") or [])
+    episodes = [e for e in load_episodes(data_path).episodes if not held_out or e.task_type in held_out]
+    if not episodes:
+        raise CLIError(f"no episodes to show in {data_path}")
+    stride = max(1, len(episodes) // args.examples)
+    correct = total = 0
+    for episode in episodes[::stride][:args.examples]:
+        print(f"\n=== {episode.task_type} episode ({len(episode)} steps) ===")
+        pipeline.reset()
+        for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
+            agent = None
+            if pipeline.kind == "multi_agent" and episode.agent_ids is not None:
+                agent = episode.agent_labels()[t]
+            predicted = pipeline.process(state, agent=agent)
+            hit = predicted == action
+            correct, total = correct + hit, total + 1
+            print(f"[{t}] state:     {state[:100]}")
+            print(f"    predicted: {predicted[:100]}  {'(matches)' if hit else ''}")
+            if not hit:
+                print(f"    logged:    {action[:100]}")
+            # Continue with what really happened, as the held-out evaluation does.
+            pipeline.replace_last_reply(action)
+    print(f"\n{correct}/{total} predicted actions match the log in these examples")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run a benchmark script from the source tree, or the built-in quick attention check."""
+    if args.which == "quick":
+        return _quick_attention_bench(args.device)
+    script = _benchmarks_dir() / ("bench_attention.py" if args.which == "attention" else "bench_training.py")
+    if not script.is_file():
+        raise CLIError(f"{script} is not here (benchmarks ship with the source tree, not the "
+                       "installed package); run `agentfast bench quick` for a built-in check")
+    import runpy
+
+    sys.argv = [str(script), *extra]
+    sys.path.insert(0, str(script.parent))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def _benchmarks_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _quick_attention_bench(device: str) -> int:
+    """Forward time of every backend that serves a typical agent-masked call."""
+    import torch
+
+    from .attention import attention, backend_names, get_backend, make_call
+
+    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    batch, heads, length, dim = 4, 4, 256, 64
+    q, k, v = (torch.randn(batch, heads, length, dim, device=device) for _ in range(3))
+    agents = torch.randint(0, 3, (batch, length), device=device)
+    visibility = torch.ones(3, 3, dtype=torch.bool, device=device)
+    seq_lens = torch.full((batch,), length, device=device)
+    call = make_call(q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agents, agent_visibility=visibility)
+    print(f"attention forward, B={batch} H={heads} N={length} D={dim}, causal + agents, {device}")
+    for name in backend_names():
+        reason = get_backend(name).why_not(call)
+        if reason is not None:
+            print(f"  {name:<10} n/a ({reason})")
+            continue
+        run = lambda: attention(q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agents,  # noqa: E731
+                                agent_visibility=visibility, backend=name)
+        run()
+        started = time.perf_counter()
+        repeats = 10
+        for _ in range(repeats):
+            run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        print(f"  {name:<10} {1000 * (time.perf_counter() - started) / repeats:8.2f} ms")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import main as info_main
+
+    return info_main([])
+
+
+def _require_file(path: str) -> None:
+    if not Path(path).exists():
+        raise CLIError(f"file not found: {path}")
+    if Path(path).is_dir():
+        raise CLIError(f"expected a file but {path} is a directory")
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentfast", description="Train transformer policies on LLM agent logs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `agentfast COMMAND --help` for the options of a command.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"agentfast {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    convert = commands.add_parser("convert", help="convert logs (chat JSONL, ChatGPT export) to episode JSONL",
+                                  description="Read any supported log format and write normalised episode JSONL.")
+    convert.add_argument("input", help="log file: episode JSONL, OpenAI chat JSONL or conversations.json")
+    convert.add_argument("output", help="episode JSONL to write")
+    convert.add_argument("--format", default="auto", help="input format (default: detect)")
+    convert.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
+    convert.add_argument("--log", default=None, help="append a JSONL record here")
+
+    embed = commands.add_parser("embed", help="embed every text of a log into the on-disk cache",
+                                description="Embed all state and action texts once so later "
+                                            "train/evaluate runs read them from the cache.")
+    embed.add_argument("data", help="log file")
+    embed.add_argument("--format", default="auto", help="input format (default: detect)")
+    embed.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
+    embed.add_argument("--log", default=None, help="append a JSONL record here")
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_encoder_args(embed)
+
+    train = commands.add_parser("train", help="train a policy (BC / multi-agent / hierarchical)",
+                                description="Train a policy on a log file, save it with "
+                                            "save_pretrained, and evaluate it on held-out task types.")
+    train.add_argument("data", help="log file (any supported format)")
+    train.add_argument("--output", required=True, help="directory for the policy, checkpoints and log")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's choice); 1 is often "
+                            "fastest for small models on a busy machine")
+    train.add_argument("--log", default=None, help="JSONL metrics file (default: OUTPUT/train_log.jsonl)")
+    train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--stop-after-step", type=int, default=None,
+                       help="save a checkpoint and stop after this step (as if killed; resume later)")
+    _add_data_args(train)
+    _add_train_config_args(train)
+    _add_encoder_args(train)
+
+    evaluate = commands.add_parser("evaluate", help="held-out metrics of policies and baselines",
+                                   description="Evaluate saved policies on held-out task types next "
+                                               "to the majority and nearest-neighbour baselines.")
+    evaluate.add_argument("checkpoints", nargs="+", help="policy directories written by `agentfast train`")
+    evaluate.add_argument("--data", default=None, help="log file (default: the one the first policy was trained on)")
+    evaluate.add_argument("--held-out-task-types", default=None,
+                          help="comma-separated task types to evaluate on (default: the policy's)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    evaluate.add_argument("--log", default=None, help="append the metrics as JSONL here")
+    evaluate.add_argument("--json", default=None, help="write the report as JSON here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_encoder_args(evaluate, defaults_from_policy=True)
+
+    predict = commands.add_parser("predict", help="reply to inputs with a trained policy",
+                                  description="Each TEXT is one turn of a conversation; the reply is "
+                                              "the nearest known action to the predicted embedding.")
+    predict.add_argument("checkpoint", help="policy directory")
+    predict.add_argument("text", nargs="*", help="user inputs, one per turn (default: lines of stdin)")
+    predict.add_argument("--top-k", type=int, default=5, help="candidates to rank")
+    predict.add_argument("--agent", default=None, help="acting agent (multi-agent policies)")
+    predict.add_argument("--examples", type=int, default=0,
+                         help="replay this many held-out episodes and compare with the logged actions")
+    predict.add_argument("--data", default=None, help="log file for --examples (default: the training data)")
+    predict.add_argument("--verbose", "-v", action="store_true", help="show ranked candidates")
+    predict.add_argument("--log", default=None, help="append predictions as JSONL here")
+
+    bench = commands.add_parser(
+        "bench", help="benchmarks: attention kernels, training throughput, or a quick check",
+        description="attention: benchmarks/bench_attention.py; training: "
+                    "benchmarks/bench_training.py (both from the source tree; further "
+                    "arguments are passed through); quick: built-in forward timing of every "
+                    "usable attention backend (works from an installed package).")
+    bench.add_argument("which", nargs="?", choices=("attention", "training", "quick"), default="attention")
+    bench.add_argument("--device", default="auto", help="device for the quick check")
+
+    commands.add_parser("info", help="build information and usable attention backends",
+                        description="Print versions, the compiled extension status and which "
+                                    "attention backends serve a typical call on each device.")
+    return parser
+
+
+COMMANDS = {"convert": cmd_convert, "embed": cmd_embed, "train": cmd_train,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentfast`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    extra: list[str] = []
+    if argv and argv[0] == "bench":
+        args, extra = parser.parse_known_args(argv)
+    else:
+        args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.command == "bench":
+            return cmd_bench(args, extra)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("agentfast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - turned into a one-line message below
+        if not _is_user_error(error):
+            raise
+        print(f"agentfast {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors about the user's input or files, shown without a traceback."""
+    from .data import DataError
+    from .training.checkpoint import CheckpointError
+
+    return isinstance(error, (CLIError, DataError, CheckpointError, FileNotFoundError,
+                              IsADirectoryError, PermissionError, ValueError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""save_pretrained/load_pretrained round trips, clear errors on incompatible checkpoints,
+and atomic writes that a failure in the middle leaves harmless."""
+
+import json
+
+import pytest
+import torch
+
+from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
+from agentfast.training import CheckpointError, latest_checkpoint, load_pretrained, save_pretrained
+from agentfast.training import checkpoint as ckpt
+
+SIZE = dict(embed_dim=16, num_layers=1, num_heads=2, hidden_dim=32, max_seq_len=6, dropout=0.0)
+
+
+def _models():
+    return {
+        "action": ActionTransformer(8, 8, **SIZE),
+        "multi_agent": MultiAgentTransformer(8, 8, max_num_agents=3, **SIZE),
+        "hierarchical": HierarchicalTransformer(8, 8, num_options=4, **SIZE),
+    }
+
+
+def _outputs(model_type, model):
+    torch.manual_seed(1)
+    states, actions = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    seq_lens = torch.tensor([5, 3])
+    if model_type == "action":
+        return model(states, actions, seq_lens=seq_lens)
+    if model_type == "multi_agent":
+        return model(states, torch.tensor([[0, 1, 2, 0, 1]] * 2), actions, seq_lens=seq_lens)
+    return model(states, actions, torch.tensor([[0, 1, 1, 3, 2]] * 2), seq_lens=seq_lens)
+
+
+@pytest.mark.parametrize("model_type", ["action", "multi_agent", "hierarchical"])
+def test_pretrained_round_trip_gives_identical_outputs(tmp_path, model_type):
+    torch.manual_seed(0)
+    model = _models()[model_type].eval()
+    bank = torch.randn(3, 8)
+    vocab = {"action": ["a", "b", "c"], "agent": ["0"], "option": []}
+    save_pretrained(tmp_path, model, model_type=model_type, metadata={"note": "x"}, vocab=vocab,
+                    action_bank=bank)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == model_type and config["note"] == "x"
+    assert config["model_config"] == model.config
+    policy = load_pretrained(tmp_path)
+    assert type(policy.model) is type(model)
+    assert policy.action_texts == ["a", "b", "c"] and torch.equal(policy.action_bank, bank)
+    for expected, got in zip(_outputs(model_type, model), _outputs(model_type, policy.model)):
+        assert torch.equal(expected, got)
+
+
+def test_incompatible_checkpoints_raise_clear_errors(tmp_path):
+    small = ActionTransformer(8, 8, **SIZE)
+    save_pretrained(tmp_path / "small", small, model_type="action")
+    with pytest.raises(CheckpointError, match="is not an agentfast policy: config.json is missing"):
+        load_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        load_pretrained(tmp_path / "nowhere")
+    bigger = ActionTransformer(8, 8, **{**SIZE, "embed_dim": 32})
+    with pytest.raises(CheckpointError, match="does not fit this model.*shape mismatch"):
+        ckpt.load_weights(bigger, tmp_path / "small" / "model.safetensors")
+    other_kind = HierarchicalTransformer(8, 8, num_options=2, **SIZE)
+    with pytest.raises(CheckpointError, match="missing"):
+        ckpt.load_weights(other_kind, tmp_path / "small" / "model.safetensors")
+    config_path = tmp_path / "small" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["format_version"] = 99
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_pretrained(tmp_path / "small")
+    (tmp_path / "small" / "model.safetensors").write_bytes(b"not safetensors")
+    config["format_version"] = 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_pretrained(tmp_path / "small")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "state.json"
+    ckpt.atomic_write_json(target, {"step": 1})
+
+    def crash(tmp):
+        with open(tmp, "w") as handle:
+            handle.write('{"step": ')  # half written, then the process "dies"
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ckpt.atomic_write(target, crash)
+    assert json.loads(target.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_failed_training_checkpoint_leaves_the_previous_one_current(tmp_path, monkeypatch):
+    model = ActionTransformer(8, 8, **SIZE)
+    first = ckpt.save_training_checkpoint(tmp_path, 5, model=model, best_state=None,
+                                          trainer_state={"step": 5})
+    real_save = ckpt.atomic_torch_save
+
+    def dying_save(obj, path):
+        real_save(obj, path)
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(ckpt, "atomic_torch_save", dying_save)
+    with pytest.raises(RuntimeError):
+        ckpt.save_training_checkpoint(tmp_path, 10, model=model, best_state=None,
+                                      trainer_state={"step": 10})
+    assert latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000005"]
+    (tmp_path / "checkpoints" / "latest").unlink()  # even without the pointer
+    assert latest_checkpoint(tmp_path) == first
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    model = ActionTransformer(8, 8, **SIZE)
+    for step in (1, 2, 3):
+        ckpt.save_training_checkpoint(tmp_path, step, model=model, best_state=None,
+                                      trainer_state={"step": step}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000002", "step-00000003"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000003"
