@@ -87,6 +87,7 @@ class Prediction:
 
     text: str
     candidates: list[tuple[str, float]]
+    raw: Tensor | None = None  # the policy's output: action embedding, or logits if discrete
     value: float | None = None
     option: str | None = None
 
@@ -223,8 +224,17 @@ class AgentPipeline:
         text = self.decoder(prediction.cpu(), context)
         self._turns[-1].action = self._action_input(text, candidates)
         self._texts.append((user_input, text))
-        self.last = Prediction(text=text, candidates=candidates, value=value, option=option)
+        self.last = Prediction(text=text, candidates=candidates, raw=prediction.cpu(), value=value,
+                               option=option)
         return text
+
+    def replace_last_reply(self, text: str) -> None:
+        """Make ``text`` the reply of the last turn (e.g. what the agent really did), so
+        the next turn is conditioned on it instead of on the pipeline's own reply."""
+        if not self._turns:
+            raise ValueError("there is no turn yet whose reply could be replaced")
+        self._turns[-1].action = self._action_input(text, None)
+        self._texts[-1] = (self._texts[-1][0], text)
 
     # ------------------------------------------------------------------ internals
 

@@ -1,0 +1,123 @@
+"""AgentPipeline: replies come from the action bank, multi-turn stepping through the KV
+cache equals a full forward pass, and a user's decoder is plugged in."""
+
+import pytest
+import torch
+
+from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
+from agentfast.pipeline import ActionBank, AgentPipeline, DecodeContext
+from agentfast.training import save_pretrained
+from training_fixtures import HashingEncoder
+
+DIM = 8
+SIZE = dict(embed_dim=16, num_layers=2, num_heads=2, hidden_dim=32, max_seq_len=4, dropout=0.0)
+ACTIONS = ["Reproduce the failure.", "Apply the fix.", "Run the tests.", "Write the code."]
+
+
+@pytest.fixture
+def encoder():
+    return HashingEncoder(DIM)
+
+
+@pytest.fixture
+def bank(encoder):
+    return ActionBank(ACTIONS, encoder.encode(ACTIONS))
+
+
+def _policy(kind="action", discrete=False):
+    torch.manual_seed(0)
+    action_dim = len(ACTIONS) if discrete else DIM
+    if kind == "action":
+        return ActionTransformer(DIM, action_dim, discrete_actions=discrete, **SIZE).eval()
+    if kind == "multi_agent":
+        return MultiAgentTransformer(DIM, action_dim, max_num_agents=2, discrete_actions=discrete, **SIZE).eval()
+    return HierarchicalTransformer(DIM, action_dim, num_options=3, discrete_actions=discrete, **SIZE).eval()
+
+
+def test_replies_are_bank_texts_and_match_a_full_forward(encoder, bank):
+    model = _policy()
+    pipeline = AgentPipeline(encoder, model, bank)
+    inputs = ["Broken: the parser", "It failed again", "It passed"]
+    replies = [pipeline.process(text) for text in inputs]
+    assert all(reply in ACTIONS for reply in replies)
+    assert pipeline.history == list(zip(inputs, replies))
+    states = encoder.encode(inputs).unsqueeze(0)
+    actions = encoder.encode(replies).unsqueeze(0)
+    expected, _ = model(states, actions)
+    torch.testing.assert_close(pipeline.last.raw, expected[0, -1], rtol=1e-4, atol=1e-5)
+    best = torch.nn.functional.cosine_similarity(expected[0, -1:], bank.embeddings).argmax()
+    assert replies[-1] == ACTIONS[int(best)]
+
+
+def test_history_replaces_the_conversation(encoder, bank):
+    pipeline = AgentPipeline(encoder, _policy(), bank)
+    first = [pipeline.process(t) for t in ("a", "b")]
+    pipeline.process("unrelated")
+    again = AgentPipeline(encoder, _policy(), bank)
+    reply = again.process("c", history=list(zip(("a", "b"), first)))
+    pipeline.reset()
+    for text in ("a", "b"):
+        pipeline.process(text)
+    assert reply == pipeline.process("c")
+    assert torch.equal(again.last.raw, pipeline.last.raw)
+
+
+def test_long_conversations_keep_the_latest_turns(encoder, bank):
+    pipeline = AgentPipeline(encoder, _policy(), bank)
+    inputs = [f"turn {i}" for i in range(7)]  # max_seq_len is 4
+    for text in inputs:
+        pipeline.process(text)
+    assert [u for u, _ in pipeline.history] == inputs[-4:]
+    fresh = AgentPipeline(encoder, _policy(), bank)
+    fresh.process(inputs[-1], history=pipeline.history[:-1])
+    assert torch.equal(fresh.last.raw, pipeline.last.raw)
+
+
+def test_a_plugged_in_decoder_writes_the_reply(encoder, bank):
+    calls = []
+
+    def generator(prediction, context: DecodeContext):
+        calls.append((prediction.shape, context.candidates[0][0], context.user_input))
+        return f"Generated after {context.candidates[0][0]}"
+
+    pipeline = AgentPipeline(encoder, _policy(), bank, decoder=generator)
+    reply = pipeline.process("hello")
+    assert reply.startswith("Generated after ") and reply[len("Generated after "):] in ACTIONS
+    assert calls[0][0] == torch.Size([DIM]) and calls[0][2] == "hello"
+    pipeline.process("next")  # the generated reply (not in the bank) is embedded as the action
+    assert len(pipeline.history) == 2
+
+
+@pytest.mark.parametrize("kind", ["action", "multi_agent", "hierarchical"])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_every_policy_kind_answers_from_the_bank(encoder, bank, kind, discrete):
+    pipeline = AgentPipeline(encoder, _policy(kind, discrete), bank, option_names=["p", "q", "r"],
+                             agent_names=["planner", "coder"], agent="coder" if kind == "multi_agent" else 0)
+    replies = [pipeline.process(t) for t in ("one", "two", "three")]
+    assert all(reply in ACTIONS for reply in replies)
+    if kind == "hierarchical":
+        assert pipeline.last.option in {"p", "q", "r"}
+    else:
+        assert isinstance(pipeline.last.value, float)
+
+
+def test_from_pretrained_loads_policy_and_bank(tmp_path, encoder, bank):
+    model = _policy()
+    save_pretrained(tmp_path, model, model_type="action", vocab={"action": ACTIONS},
+                    action_bank=bank.embeddings,
+                    metadata={"encoder": {"identity": encoder.identity, "settings": {}}})
+    pipeline = AgentPipeline.from_pretrained(tmp_path, encoder=encoder)
+    reference = AgentPipeline(encoder, model, bank)
+    assert pipeline.process("Broken: x") == reference.process("Broken: x")
+
+
+def test_bad_inputs_are_refused(encoder, bank):
+    with pytest.raises(ValueError, match="encoder gives 16-dim vectors but the policy expects 8-dim"):
+        AgentPipeline(HashingEncoder(16), _policy(), bank)
+    pipeline = AgentPipeline(encoder, _policy(), bank)
+    with pytest.raises(TypeError, match="user_input must be a string"):
+        pipeline.process(None)
+    with pytest.raises(ValueError, match="no turn yet"):
+        pipeline.replace_last_reply("x")
+    with pytest.raises(ValueError, match="the action bank is empty"):
+        ActionBank([], torch.empty(0, DIM))
