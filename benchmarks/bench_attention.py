@@ -17,7 +17,7 @@ FLOPs count the allowed (query, key) pairs: 4 * B * H * Nq * N_eff * D for the f
 N_eff is the mean number of keys a query may attend; the backward counts 2.5x the forward.
 Peak memory is the peak extra memory over the inputs during one call (CUDA: the caching
 allocator's peak; CPU: the process's peak resident set, reset through /proc/self/clear_refs,
-with glibc told to return large blocks to the system so the peak is honest).
+with glibc told to unmap large blocks at free() while measuring, so the peak is honest).
 
 Writes ``attention.json`` and ``attention.md`` (and ``attention.png`` when matplotlib is
 installed) to --out, by default ``benchmarks/results/<device>/``.
@@ -26,6 +26,8 @@ installed) to --out, by default ``benchmarks/results/<device>/``.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -40,17 +42,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# glibc keeps freed blocks above its dynamic mmap threshold in the heap, which would hide the
-# memory of one backend from the next; a fixed threshold returns every large block at free().
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ and __name__ == "__main__" and sys.platform.startswith("linux"):
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import agentfast  # noqa: E402
-from agentfast.attention import dense_mask, get_backend, make_call  # noqa: E402
+import agentfast
+from agentfast.attention import dense_mask, get_backend, make_call
 
 DEFAULTS = {
     "cpu": dict(backends="cpp,sdpa_mask,sdpa,reference", n="256,512,1024,2048,4096", d="64",
@@ -125,6 +121,21 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _set_mmap_threshold(nbytes: int) -> None:
+    """glibc serves blocks above this size with mmap and unmaps them at free(). A low value
+    while measuring makes the resident-set peak honest (freed blocks of an earlier backend
+    cannot be silently reused); a high one while timing keeps the heap's reuse, as in a
+    long-running process."""
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_MMAP_THRESHOLD, nbytes)
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
     """Peak extra bytes allocated inside the ``with`` block."""
 
@@ -139,6 +150,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
         else:
+            _set_mmap_threshold(64 << 10)
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             self._start = _rss_kib("VmRSS") * 1024
         return self
@@ -149,6 +161,7 @@ class PeakMemory:
             self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
         else:
             self.peak_bytes = _rss_kib("VmHWM") * 1024 - self._start
+            _set_mmap_threshold(32 << 20)
         return False
 
 

@@ -42,8 +42,8 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace agentfast {
 namespace {
 
-constexpr int64_t kBlockM = 64;   // queries per block
-constexpr int64_t kBlockN = 64;   // keys per block; also the agent-presence granularity
+constexpr int64_t kBlockM = 128;  // queries per block
+constexpr int64_t kBlockN = 128;  // keys per block; also the agent-presence granularity
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
