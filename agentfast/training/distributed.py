@@ -43,11 +43,42 @@ class DistributedContext:
         return holder[0]
 
     def all_gather_object(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order (tensors inside are sent as raw bytes)."""
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        dist.all_gather_object(gathered, _tensors_to_bytes(value))
+        return [_bytes_to_tensors(item) for item in gathered]
+
+
+_TENSOR_TAG = "__tensor_bytes__"
+
+
+def _tensors_to_bytes(value: Any) -> Any:
+    """Replace tensors by plain bytes: unpickling tensors inside object collectives goes
+    through torch's legacy storage loader, which fails for CPU tensors in some releases."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous()
+        return {_TENSOR_TAG: data.view(torch.uint8).numpy().tobytes() if data.numel() else b"",
+                "dtype": str(data.dtype).replace("torch.", ""), "shape": list(data.shape)}
+    if isinstance(value, dict):
+        return {k: _tensors_to_bytes(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tensors_to_bytes(v) for v in value)
+    return value
+
+
+def _bytes_to_tensors(value: Any) -> Any:
+    if isinstance(value, dict) and _TENSOR_TAG in value:
+        dtype = getattr(torch, value["dtype"])
+        raw = torch.frombuffer(bytearray(value[_TENSOR_TAG]), dtype=torch.uint8) \
+            if value[_TENSOR_TAG] else torch.empty(0, dtype=torch.uint8)
+        return raw.view(dtype).reshape(value["shape"]).clone()
+    if isinstance(value, dict):
+        return {k: _bytes_to_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_bytes_to_tensors(v) for v in value)
+    return value
 
 
 def launched_by_torchrun() -> bool:

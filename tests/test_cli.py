@@ -1,0 +1,152 @@
+"""The agentfast CLI end to end on a tiny data set with a tiny local encoder (the real
+TextEncoder code path, no download), and clear errors for bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from agentfast.cli import main
+from training_fixtures import make_episode_dicts, save_tiny_encoder, write_jsonl
+
+TINY = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--hidden-dim", "32",
+        "--max-seq-len", "4", "--batch-size", "4", "--warmup-steps", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {
+        "root": root,
+        "data": write_jsonl(root / "episodes.jsonl", make_episode_dicts(4)),
+        "encoder": save_tiny_encoder(root / "encoder", hidden_size=32),
+        "cache": root / "cache",
+    }
+
+
+def _train_args(ws, output, *extra):
+    return ["train", str(ws["data"]), "--output", str(output), "--encoder", str(ws["encoder"]),
+            "--cache-dir", str(ws["cache"]), "--held-out-task-types", "performance",
+            "--max-steps", "6", "--eval-every", "3", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    output = workspace["root"] / "policy"
+    assert main(_train_args(workspace, output)) == 0
+    return output
+
+
+def test_every_command_has_help(capsys):
+    for command in ("convert", "embed", "train", "evaluate", "predict", "bench", "info"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert f"usage: agentfast {command}" in capsys.readouterr().out
+
+
+def test_train_saves_a_policy_logs_metrics_and_prints_the_table(trained, capsys):
+    files = {p.name for p in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.json", "action_bank.safetensors",
+            "train_log.jsonl", "checkpoints"} <= files
+    config = json.loads((trained / "config.json").read_text())
+    assert config["data"]["held_out_task_types"] == ["performance"]
+    assert config["encoder"]["dim"] == 32 and config["training"]["steps"] == 6
+    events = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("eval") == 2 and "train" in kinds and kinds[-1] == "evaluation"
+    rows = {row["name"] for row in events[-1]["rows"]}
+    assert rows == {"majority baseline", "nearest-neighbour baseline", "ActionTransformer"}
+
+
+def test_evaluate_prints_one_table_for_several_policies(workspace, trained, capsys, tmp_path):
+    second = workspace["root"] / "hier"
+    assert main(_train_args(workspace, second, "--model", "hierarchical", "--no-eval")) == 0
+    capsys.readouterr()
+    report_path = tmp_path / "report.json"
+    assert main(["evaluate", str(trained), str(second), "--json", str(report_path),
+                 "--no-progress", "--cache-dir", str(workspace["cache"])]) == 0
+    out = capsys.readouterr().out
+    assert "majority baseline" in out and "HierarchicalTransformer" in out and "ActionTransformer" in out
+    report = json.loads(report_path.read_text())
+    assert report["held_out_task_types"] == ["performance"]
+    hier = next(r for r in report["rows"] if r["name"] == "HierarchicalTransformer")
+    assert 0.0 <= hier["option_acc"] <= 1.0 and 0.0 <= hier["top1"] <= 1.0
+
+
+def test_predict_answers_with_known_actions(trained, capsys):
+    bank = json.loads((trained / "vocab.json").read_text())["action"]
+    assert main(["predict", str(trained), "Broken: the cache", "It still fails"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    replies = [line for line in lines if not line.startswith(">")]
+    assert len(replies) == 2 and all(reply in bank for reply in replies)
+    assert main(["predict", str(trained), "--examples", "2"]) == 0
+    assert "predicted actions match the log" in capsys.readouterr().out
+
+
+def test_embed_reads_what_training_cached(workspace, trained, capsys):
+    assert main(["embed", str(workspace["data"]), "--encoder", str(workspace["encoder"]),
+                 "--cache-dir", str(workspace["cache"]), "--no-progress"]) == 0
+    assert "0 computed" in capsys.readouterr().out
+
+
+def test_convert_chat_logs_to_episodes(tmp_path, capsys):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "Fix the bug"},
+        {"role": "assistant", "content": "Let me reproduce it."},
+        {"role": "user", "content": "Done?"},
+        {"role": "assistant", "content": "Fixed."}]}) + "\n")
+    out = tmp_path / "episodes.jsonl"
+    assert main(["convert", str(chat), str(out)]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["actions"] == ["Let me reproduce it.", "Fixed."]
+
+
+def test_resume_continues_to_the_same_end(workspace, tmp_path):
+    killed = tmp_path / "killed"
+    assert main(_train_args(workspace, killed, "--stop-after-step", "4", "--deterministic",
+                            "--no-eval")) == 0
+    assert not (killed / "model.safetensors").exists()
+    assert main(_train_args(workspace, killed, "--resume", "--deterministic", "--no-eval")) == 0
+    full = tmp_path / "full"
+    assert main(_train_args(workspace, full, "--deterministic", "--no-eval")) == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(killed / "model.safetensors")), load_file(str(full / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _error(capsys, argv):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input_gives_clear_errors(workspace, trained, tmp_path, capsys):
+    assert "file not found: " in _error(capsys, _train_args(workspace, tmp_path / "o")[:1]
+                                        + [str(tmp_path / "missing.jsonl")] + ["--output", "x"])
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("these are not JSON records\n")
+    message = _error(capsys, ["convert", str(garbage), str(tmp_path / "out.jsonl")])
+    assert "notes.txt:1" in message and "format" in message
+    bad_record = write_jsonl(tmp_path / "bad.jsonl", [{"states": ["a", "b"], "actions": ["x"]}])
+    message = _error(capsys, ["embed", str(bad_record), "--cache-dir", str(tmp_path / "c")])
+    assert "bad.jsonl:1" in message and "actions" in message
+    assert "is not an agentfast policy" in _error(capsys, ["evaluate", str(tmp_path)])
+    assert "checkpoint directory not found" in _error(capsys, ["predict", str(tmp_path / "nope"), "hi"])
+
+
+def test_incompatible_checkpoints_are_refused(workspace, trained, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["model_config"]["embed_dim"] = 32  # weights were trained with 16
+    (broken / "config.json").write_text(json.dumps(config))
+    assert "does not fit this model" in _error(capsys, ["evaluate", str(broken), "--no-progress"])
+    other_encoder = save_tiny_encoder(tmp_path / "enc16", hidden_size=16)
+    message = _error(capsys, ["evaluate", str(trained), "--encoder", str(other_encoder),
+                              "--no-cache", "--no-progress"])
+    assert "expects 32-dim states but the encoder gives 16" in message
+    message = _error(capsys, _train_args(workspace, trained, "--resume", "--lr", "0.5"))
+    assert "cannot resume" in message and "learning_rate" in message
