@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,7 +366,8 @@ def chat_messages(episode: dict) -> list[dict]:
         call_id = None
         if key in TOOL_OF and t + 1 < len(episode["states"]):
             call_id = f"call_{t}"
-            arguments = json.dumps({"target": episode["states"][0].split(" in ")[-1].split(";")[0][:40]})
+            target = re.search(r"[\w/]+\.py", episode["states"][0])
+            arguments = json.dumps({"path": target.group(0) if target else "."})
             message["tool_calls"] = [{"id": call_id, "type": "function",
                                       "function": {"name": TOOL_OF[key], "arguments": arguments}}]
         messages.append(message)
@@ -413,7 +415,10 @@ def main() -> None:
         for episode in episodes:
             handle.write(json.dumps(episode, separators=(",", ":")) + "\n")
     with open(OUT / "chat.jsonl", "w", encoding="utf-8") as handle:
-        for episode in episodes[:8]:
+        # A mix of single- and multi-agent conversations.
+        single = [e for e in episodes if not e["metadata"]["multi_agent"]][:4]
+        multi = [e for e in episodes if e["metadata"]["multi_agent"]][:4]
+        for episode in single + multi:
             record = {"messages": chat_messages(episode), "metadata": {"task_type": episode["metadata"]["task_type"]}}
             handle.write(json.dumps(record) + "\n")
     conversations = [chatgpt_conversation(e, i, rng) for i, e in enumerate(episodes[8:12])]
