@@ -1,0 +1,93 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentfast.data import CachedEncoder, EmbeddingCache, default_cache_dir
+from data_helpers import HashEncoder, tiny_encoder
+
+
+REPO = Path(__file__).resolve().parents[1]  # so a child process imports this checkout
+
+
+def test_miss_then_hit_skips_the_encoder(tmp_path):
+    inner = HashEncoder()
+    encoder = CachedEncoder(inner, tmp_path)
+    first = encoder.encode(["a", "b", "a"], progress=False)
+    assert (encoder.hits, encoder.misses) == (0, 2) and inner.calls == [["a", "b"]]
+    second = encoder.encode(["b", "c", "a"], progress=False)
+    assert (encoder.hits, encoder.misses) == (2, 3) and inner.calls[-1] == ["c"]
+    assert torch.equal(first[0], HashEncoder.vector("a")) and torch.equal(first[2], first[0])
+    assert torch.equal(second, torch.stack([HashEncoder.vector(t) for t in "bca"]))
+
+
+def test_cache_is_shared_across_instances_but_not_across_encoders(tmp_path):
+    CachedEncoder(HashEncoder(), tmp_path).encode(["x", "y"], progress=False)
+    again = CachedEncoder(HashEncoder(), tmp_path)  # a later run, same encoder
+    again.encode(["x", "y"], progress=False)
+    assert (again.hits, again.misses) == (2, 0) and again.encoder.calls == []
+    other = CachedEncoder(HashEncoder(tag="other"), tmp_path)
+    other.encode(["x"], progress=False)
+    assert (other.hits, other.misses) == (0, 1)
+
+
+def test_cached_tiny_gpt2_matches_uncached(tmp_path):
+    encoder = tiny_encoder("mean")
+    texts = ["the code fails", "hello world"]
+    cached = CachedEncoder(encoder, tmp_path)
+    cold = cached.encode(texts, progress=False)
+    warm = CachedEncoder(tiny_encoder("mean"), tmp_path).encode(texts, progress=False)
+    torch.testing.assert_close(cold, encoder.encode(texts, progress=False))
+    assert torch.equal(cold, warm)
+
+
+def test_killed_write_leaves_no_shard_and_the_cache_keeps_working(tmp_path):
+    # A writer process dies half-way through saving a shard (os._exit: no cleanup runs).
+    script = textwrap.dedent(f"""
+        import os, torch, safetensors.torch as st
+        from agentfast.data import EmbeddingCache
+        def dying_save(tensors, filename, metadata=None):
+            with open(filename, "wb") as f:
+                f.write(b"partial")
+            os._exit(9)
+        st.save_file = dying_save
+        EmbeddingCache({str(tmp_path)!r}).put_many("enc", ["a", "b"], torch.ones(2, 4))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO)
+    assert result.returncode == 9
+    assert list(tmp_path.rglob("shard-*.safetensors")) == []  # only a hidden temp file remains
+    assert len(list(tmp_path.rglob(".*.tmp"))) == 1
+    cache = EmbeddingCache(tmp_path)
+    assert cache.get_many("enc", ["a", "b"]) == [None, None]
+    cache.put_many("enc", ["a"], torch.full((1, 4), 2.0))
+    assert torch.equal(EmbeddingCache(tmp_path).get_many("enc", ["a"])[0], torch.full((4,), 2.0))
+
+
+def test_damaged_shard_is_ignored_with_a_warning(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    good = cache.put_many("enc", ["a"], torch.ones(1, 4))
+    (good.parent / "shard-damaged.safetensors").write_bytes(good.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="ignoring unreadable embedding cache shard"):
+        rows = EmbeddingCache(tmp_path).get_many("enc", ["a", "b"])
+    assert torch.equal(rows[0], torch.ones(4)) and rows[1] is None
+
+
+def test_compact_merges_shards(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    for i, text in enumerate("abc"):
+        cache.put_many("enc", [text], torch.full((1, 3), float(i)))
+    merged = cache.compact("enc")
+    assert [p.name for p in merged.parent.glob("shard-*")] == [merged.name]
+    fresh = EmbeddingCache(tmp_path)
+    assert fresh.size("enc") == 3
+    assert torch.equal(fresh.get_many("enc", ["c"])[0], torch.full((3,), 2.0))
+
+
+def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGENTFAST_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("AGENTFAST_CACHE")
+    assert default_cache_dir().parts[-3:] == (".cache", "agentfast", "embeddings")
