@@ -210,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = train_policy(config, data, _encoder_settings(args), args.output,
                                resume=args.resume, device=args.device, context=context,
                                progress=not args.no_progress, log_path=args.log,
-                               stop_after_step=args.stop_after_step, evaluate=not args.no_eval)
+                               stop_after_step=args.stop_after_step, evaluate=not args.no_eval,
+                               overwrite=args.overwrite)
     finally:
         if context is not None:
             shutdown_distributed(context)
@@ -439,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", help="log file (any supported format)")
     train.add_argument("--output", required=True, help="directory for the policy, checkpoints and log")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete an earlier run in --output (checkpoints, log, policy) first")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default: torch's choice); 1 is often "

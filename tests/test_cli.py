@@ -150,3 +150,5 @@ def test_incompatible_checkpoints_are_refused(workspace, trained, tmp_path, caps
     assert "expects 32-dim states but the encoder gives 16" in message
     message = _error(capsys, _train_args(workspace, trained, "--resume", "--lr", "0.5"))
     assert "cannot resume" in message and "learning_rate" in message
+    message = _error(capsys, _train_args(workspace, trained))
+    assert "already holds a run" in message and "--overwrite" in message

@@ -236,12 +236,14 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                  context: DistributedContext | None = None, progress: bool = True,
                  log_path: str | os.PathLike | None = None, stop_after_step: int | None = None,
                  evaluate: bool = True, episodes: Sequence[Any] | None = None,
-                 encoder: Any | None = None) -> TrainOutcome:
+                 encoder: Any | None = None, overwrite: bool = False) -> TrainOutcome:
     """Train one policy on a log file and save it to ``output_dir`` (see module docstring)."""
     context = context or DistributedContext()
     output_dir = Path(output_dir)
     if resume:
         _check_resume_config(output_dir, config)
+    else:
+        _prepare_fresh_output(output_dir, overwrite, context)
     torch_device = resolve_device(device, context)
     if episodes is None:
         report = load_report(data)
@@ -284,6 +286,31 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
         policy = load_pretrained(output_dir, device=torch_device)
         outcome.report = evaluate_prepared([policy], prepared, device=torch_device)
     return outcome
+
+
+_RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "action_bank.safetensors",
+              "train_log.jsonl")
+
+
+def _prepare_fresh_output(output_dir: Path, overwrite: bool, context: DistributedContext) -> None:
+    """A fresh run must not mix with an old one's checkpoints and log."""
+    from .checkpoint import checkpoint_root
+
+    existing = [name for name in _RUN_FILES if (output_dir / name).exists()]
+    if checkpoint_root(output_dir).exists():
+        existing.append("checkpoints/")
+    if not existing:
+        return
+    if not overwrite:
+        raise ValueError(f"{output_dir} already holds a run ({', '.join(existing)}); pass "
+                         "--resume to continue it or --overwrite to start over")
+    if context.is_main:
+        import shutil
+
+        shutil.rmtree(checkpoint_root(output_dir), ignore_errors=True)
+        for name in _RUN_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+    context.barrier()
 
 
 def _describe_split(summary: dict[str, Any]) -> str:
