@@ -34,7 +34,6 @@ from torch import Tensor
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SUMMARY_BLOCK = 16
 LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256
 
 
 # ----------------------------------------------------------------------------- configs
@@ -47,18 +46,22 @@ def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
+# Unpipelined small tiles: they fit in shared memory where the others do not (fp32 at head
+# dim 256 needs ~130 KB even at 32 x 32); the autotuner drops configs that do not fit.
+_SMALL_SHAPES = [(32, 32, 4, 1), (16, 32, 4, 1)]
 _FORWARD_SHAPES = [
     (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
     (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (16, 64, 4, 3), (16, 128, 4, 3),
+    *_SMALL_SHAPES,
 ]
 # The dk/dv kernel owns a key tile (BLOCK_N) and walks query tiles (BLOCK_M).
 _DKDV_SHAPES = [
     (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),
-    (16, 128, 8, 3), (16, 64, 4, 2), (32, 32, 4, 2),
+    (16, 128, 8, 3), (16, 64, 4, 2), (32, 32, 4, 2), *_SMALL_SHAPES,
 ]
 _DQ_SHAPES = [
     (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3),
-    (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2),
+    (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2), *_SMALL_SHAPES,
 ]
 _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_SEQ_LENS", "HAS_AGENTS", "Q_BUCKET", "K_BUCKET"]
 
@@ -168,6 +171,15 @@ def _load_agents_and_sees(AgentIds, Bitmask, positions, valid):
 
 
 @triton.jit
+def _query_tile(CAUSAL: tl.constexpr):
+    """This program's query tile. Causal: the last tiles (the most key tiles) launch first,
+    so the long programs do not trail at the end of the grid."""
+    if CAUSAL:
+        return tl.num_programs(0) - 1 - tl.program_id(0)
+    return tl.program_id(0)
+
+
+@triton.jit
 def _query_bounds(start_m, num_queries, num_keys, kv_len,
                   CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key range of a query tile: [0, full_end) needs no positional mask, [full_end, end) does."""
@@ -229,7 +241,7 @@ def _forward_kernel(
     HAS_SEQ_LENS: tl.constexpr, HAS_AGENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = _query_tile(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
@@ -374,7 +386,7 @@ def _dq_kernel(
     SUMMARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dq for one query tile, walking the same key tiles as the forward."""
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = _query_tile(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)

@@ -7,7 +7,6 @@ imported), which is how the CPU test tier checks it. Triton is imported on first
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
