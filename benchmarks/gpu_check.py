@@ -38,6 +38,7 @@ def steps(out_dir: Path, quick: bool) -> list[tuple[str, list[str]]]:
                    f"--junitxml={out_dir / 'tests.xml'}"]),
         ("bench_attention", [python, "benchmarks/bench_attention.py", "--device", "cuda",
                              "--out", str(out_dir), *attention_sweep]),
+        ("bench_triton_attention", [python, "benchmarks/bench_triton_attention.py", "--out", str(out_dir)]),
         ("bench_training", [python, "benchmarks/bench_training.py", "--device", "cuda",
                             "--out", str(out_dir)]),
     ]
