@@ -28,6 +28,13 @@
 
 #include "masked_attention.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define AGENTFAST_AVX2 1
+#else
+#define AGENTFAST_AVX2 0
+#endif
+
 // Fortran BLAS entry points. libtorch_cpu exports them on x86 builds (MKL); weak so the
 // extension still loads, and falls back to loops, where a build does not.
 extern "C" {
@@ -98,12 +105,18 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, acc_t alp
 }
 
 // ---------------------------------------------------------------------------------------
-// exp: a branch-free Cephes-style expf (about 1 ulp) that GCC vectorises, unlike std::exp.
-// exp(-inf) and anything below -87 give exactly 0, which is how masked scores vanish.
-inline float exp_vectorisable(float x) {
+// Row kernels: exp, max, the dS product. The float versions use AVX2 + FMA intrinsics when the
+// build targets them (x86-64-v3): GCC does not vectorise the max reduction or the exp loop
+// on its own (IEEE max semantics, the float reduction order), and these loops otherwise cost
+// more than the block matrix products. Lane order and the final horizontal sums are fixed,
+// so results stay bitwise reproducible run to run.
+
+// exp: a branch-free Cephes-style expf (about 1 ulp), scalar form; the AVX2 form below is the
+// same polynomial. exp(-inf) and anything below -87 give exactly 0, which is how masked
+// scores vanish.
+inline float exp_scalar(float x) {
   const float clamped = std::min(std::max(x, -87.0f), 88.0f);
-  float n = clamped * 1.44269504088896341f;
-  n = (n + 12582912.0f) - 12582912.0f;  // round to nearest integer without a libm call
+  float n = std::nearbyint(clamped * 1.44269504088896341f);
   float r = clamped - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float poly = 1.9875691500e-4f;
@@ -119,16 +132,76 @@ inline float exp_vectorisable(float x) {
   return x < -87.0f ? 0.0f : exp_r * two_to_n;
 }
 
+#if AGENTFAST_AVX2
+inline __m256 exp_avx2(__m256 x) {
+  const __m256 low = _mm256_set1_ps(-87.0f);
+  const __m256 clamped = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), clamped);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 exp_r = _mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(exp_r, _mm256_castsi256_ps(bits));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, low, _CMP_LT_OQ), result);
+}
+
+// Lanes [0, count) set, for the ragged end of a row.
+inline __m256i tail_mask(int64_t count) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)), lanes);
+}
+
+inline float horizontal_sum(__m256 v) {
+  const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+  return _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
+}
+
+inline float horizontal_max(__m256 v) {
+  const __m128 pair = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 quad = _mm_max_ps(pair, _mm_movehl_ps(pair, pair));
+  return _mm_cvtss_f32(_mm_max_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
+}
+#endif
+
 // x[j] = exp(x[j] - shift); returns the sum. Masked entries (-inf) become 0.
 inline float exp_shifted_sum(float* __restrict__ x, int64_t n, float shift) {
+#if AGENTFAST_AVX2
+  const __m256 shift_v = _mm256_set1_ps(shift);
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256 e0 = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), shift_v));
+    const __m256 e1 = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), shift_v));
+    _mm256_storeu_ps(x + j, e0);
+    _mm256_storeu_ps(x + j + 8, e1);
+    sum0 = _mm256_add_ps(sum0, e0);
+    sum1 = _mm256_add_ps(sum1, e1);
+  }
+  for (; j < n; j += 8) {
+    const __m256i lanes = tail_mask(n - j);
+    const __m256 e = _mm256_and_ps(exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + j, lanes), shift_v)),
+                                   _mm256_castsi256_ps(lanes));
+    _mm256_maskstore_ps(x + j, lanes, e);
+    sum0 = _mm256_add_ps(sum0, e);
+  }
+  return horizontal_sum(_mm256_add_ps(sum0, sum1));
+#else
   float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
-    const float e = exp_vectorisable(x[j] - shift);
+    const float e = exp_scalar(x[j] - shift);
     x[j] = e;
     sum += e;
   }
   return sum;
+#endif
 }
 
 inline double exp_shifted_sum(double* __restrict__ x, int64_t n, double shift) {
@@ -141,12 +214,65 @@ inline double exp_shifted_sum(double* __restrict__ x, int64_t n, double shift) {
   return sum;
 }
 
-template <typename acc_t>
-acc_t row_max(const acc_t* __restrict__ x, int64_t n) {
-  acc_t m = kNegInf<acc_t>;
-#pragma omp simd reduction(max : m)
+inline float row_max(const float* __restrict__ x, int64_t n) {
+#if AGENTFAST_AVX2
+  const __m256 neg_inf = _mm256_set1_ps(kNegInf<float>);
+  __m256 m0 = neg_inf, m1 = neg_inf;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
+  }
+  for (; j < n; j += 8) {
+    const __m256i lanes = tail_mask(n - j);
+    m0 = _mm256_max_ps(m0, _mm256_blendv_ps(neg_inf, _mm256_maskload_ps(x + j, lanes), _mm256_castsi256_ps(lanes)));
+  }
+  return horizontal_max(_mm256_max_ps(m0, m1));
+#else
+  float m = kNegInf<float>;
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
   return m;
+#endif
+}
+
+inline double row_max(const double* __restrict__ x, int64_t n) {
+  double m = kNegInf<double>;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+// Backward, one row: p[j] = exp(p[j] - lse) (the probabilities, from the scores) and
+// dp[j] = p[j] * (dp[j] - delta) (dS, from dP), in one pass over both rows.
+inline void softmax_grad_row(float* __restrict__ p, float* __restrict__ dp, int64_t n, float lse, float delta) {
+#if AGENTFAST_AVX2
+  const __m256 lse_v = _mm256_set1_ps(lse), delta_v = _mm256_set1_ps(delta);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p + j), lse_v));
+    _mm256_storeu_ps(p + j, e);
+    _mm256_storeu_ps(dp + j, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(dp + j), delta_v)));
+  }
+  if (j < n) {
+    const __m256i lanes = tail_mask(n - j);
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(p + j, lanes), lse_v));
+    _mm256_maskstore_ps(p + j, lanes, e);
+    _mm256_maskstore_ps(dp + j, lanes, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_maskload_ps(dp + j, lanes), delta_v)));
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = exp_scalar(p[j] - lse);
+    p[j] = e;
+    dp[j] = e * (dp[j] - delta);
+  }
+#endif
+}
+
+inline void softmax_grad_row(double* __restrict__ p, double* __restrict__ dp, int64_t n, double lse, double delta) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double e = p[j] == kNegInf<double> ? 0.0 : std::exp(p[j] - lse);
+    p[j] = e;
+    dp[j] = e * (dp[j] - delta);
+  }
 }
 
 template <typename acc_t>
@@ -164,7 +290,7 @@ struct MaskInfo {
   bool causal = false;
   bool has_agents = false;
   std::vector<int64_t> seq_len;             // [B], clamped to [0, Nk]
-  std::vector<int64_t> agent_of_key;        // [B, Nk]
+  std::vector<int32_t> agent_of_key;        // [B, Nk]
   std::vector<uint64_t> query_sees;         // [B, Nq]: visibility row of each query's agent
   std::vector<uint64_t> key_block_agents;   // [B, key blocks]: OR of 1 << agent over the block
   std::vector<uint64_t> query_block_union;  // [B, query blocks]: OR of query_sees over the block
@@ -202,7 +328,7 @@ MaskInfo build_mask_info(const AttentionShape& shape, bool causal, const Optiona
   const Tensor rows = agent_bitmask->contiguous();
   const int64_t* id_data = ids.data_ptr<int64_t>();
   const int64_t* row_data = rows.data_ptr<int64_t>();
-  info.agent_of_key.assign(id_data, id_data + batch * nk);
+  info.agent_of_key.assign(id_data, id_data + batch * nk);  // checked to be in [0, 64) below
   for (int64_t idx = 0; idx < batch * nk; ++idx) {
     TORCH_CHECK(id_data[idx] >= 0 && id_data[idx] < num_agents, "agentfast::masked_attention: agent_ids[",
                 idx / nk, ", ", idx % nk, "] = ", id_data[idx], " is outside [0, ", num_agents, ")");
@@ -252,12 +378,32 @@ void mask_row(acc_t* __restrict__ s, int64_t n, int64_t b, int64_t query, int64_
   int64_t allowed = n;
   if (info.causal) allowed = std::clamp<int64_t>(info.offset + query - k_first + 1, 0, n);
   for (int64_t j = allowed; j < n; ++j) s[j] = kNegInf<acc_t>;
-  if (info.has_agents) {
-    const uint64_t sees = info.query_sees[b * info.num_queries + query];
-    const int64_t* __restrict__ agents = info.agent_of_key.data() + b * info.num_keys + k_first;
-    for (int64_t j = 0; j < allowed; ++j) {
-      s[j] = ((sees >> agents[j]) & 1) ? s[j] : kNegInf<acc_t>;
+  if (!info.has_agents) return;
+  const uint64_t sees = info.query_sees[b * info.num_queries + query];
+  const int32_t* __restrict__ agents = info.agent_of_key.data() + b * info.num_keys + k_first;
+#if AGENTFAST_AVX2
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // Bit `agent` of the 64-bit row, from two 32-bit halves: a variable shift by 32 or more
+    // (a - 32 wraps to a huge count for a < 32) gives 0, so exactly one half contributes.
+    const __m256i low = _mm256_set1_epi32(static_cast<int32_t>(sees & 0xffffffffu));
+    const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(sees >> 32));
+    const __m256i one = _mm256_set1_epi32(1), thirty_two = _mm256_set1_epi32(32);
+    const __m256 neg_inf = _mm256_set1_ps(kNegInf<float>);
+    for (int64_t j = 0; j < allowed; j += 8) {
+      const __m256i lanes = tail_mask(allowed - j);
+      const __m256i agent = _mm256_maskload_epi32(agents + j, lanes);
+      const __m256i bit = _mm256_and_si256(
+          _mm256_or_si256(_mm256_srlv_epi32(low, agent), _mm256_srlv_epi32(high, _mm256_sub_epi32(agent, thirty_two))),
+          one);
+      const __m256 visible = _mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one));
+      const __m256 row = _mm256_maskload_ps(s + j, lanes);
+      _mm256_maskstore_ps(s + j, lanes, _mm256_blendv_ps(neg_inf, row, visible));
     }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < allowed; ++j) {
+    s[j] = ((sees >> agents[j]) & 1) ? s[j] : kNegInf<acc_t>;
   }
 }
 
@@ -418,10 +564,7 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
               std::fill(dp, dp + n, acc_t(0));
               continue;
             }
-            exp_shifted_sum(p, n, row_lse);
-            const acc_t row_delta = delta_data[row];
-#pragma omp simd
-            for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - row_delta);  // dS
+            softmax_grad_row(p, dp, n, row_lse, delta_data[row]);  // P and dS
           }
           gemm<acc_t>(true, false, n, head_dim, m, acc_t(1), probs.data(), kBlockN, g_rows, ldg, acc_t(1),
                       dv_acc.data(), head_dim);
