@@ -4,6 +4,7 @@ sdpa backend against the reference on random cases."""
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -22,6 +23,9 @@ from agentfast.attention import (
 from attention_cases import check_backend, make_case
 
 DENSE_BACKENDS = ["reference", "sdpa"]
+# Every backend that can run on this machine's CPU checks the rule on the hand-built cases;
+# triton only under the interpreter (set by conftest when there is no GPU).
+RULE_BACKENDS = DENSE_BACKENDS + ["cpp"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
 
 
 def expected_rows(allowed: list[list[int]], num_keys: int) -> torch.Tensor:
@@ -32,7 +36,7 @@ def expected_rows(allowed: list[list[int]], num_keys: int) -> torch.Tensor:
     return rows
 
 
-@pytest.mark.parametrize("backend", DENSE_BACKENDS)
+@pytest.mark.parametrize("backend", RULE_BACKENDS)
 class TestHandBuiltRule:
     def run(self, backend, num_queries, num_keys, **kwargs):
         q = torch.zeros(1, 1, num_queries, num_keys)

@@ -15,7 +15,7 @@ from agentfast.models import (
     visibility_preset,
 )
 
-BACKENDS = ["reference", "sdpa"]
+BACKENDS = ["reference", "sdpa", "cpp"]
 STATE_DIM, ACTION_DIM, NUM_OPTIONS, NUM_AGENTS = 6, 4, 3, 3
 BATCH, STEPS = 3, 8
 ATOL = 2e-6  # "unchanged": equal up to fp32 rounding
