@@ -336,22 +336,27 @@ def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark script from the source tree, or the built-in quick attention check."""
     if args.which == "quick":
-        return _quick_attention_bench(args.device)
-    script = _benchmarks_dir() / ("bench_attention.py" if args.which == "attention" else "bench_training.py")
+        quick = argparse.ArgumentParser(prog="agentfast bench quick")
+        quick.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        return _quick_attention_bench(quick.parse_args(args.args).device)
+    script = _benchmarks_dir() / f"bench_{args.which}.py"
     if not script.is_file():
         raise CLIError(f"{script} is not here (benchmarks ship with the source tree, not the "
                        "installed package); run `agentfast bench quick` for a built-in check")
     import runpy
 
-    sys.argv = [str(script), *extra]
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(script), *args.args]
     sys.path.insert(0, str(script.parent))
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
     return 0
 
 
@@ -485,11 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="benchmarks: attention kernels, training throughput, or a quick check",
         description="attention: benchmarks/bench_attention.py; training: "
-                    "benchmarks/bench_training.py (both from the source tree; further "
-                    "arguments are passed through); quick: built-in forward timing of every "
-                    "usable attention backend (works from an installed package).")
+                    "benchmarks/bench_training.py (both from the source tree; the arguments "
+                    "after the name go to the script, e.g. `agentfast bench training "
+                    "--threads 1`); quick: built-in forward timing of every usable attention "
+                    "backend (works from an installed package; takes --device).")
     bench.add_argument("which", nargs="?", choices=("attention", "training", "quick"), default="attention")
-    bench.add_argument("--device", default="auto", help="device for the quick check")
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="passed to the benchmark script (quick takes --device)")
 
     commands.add_parser("info", help="build information and usable attention backends",
                         description="Print versions, the compiled extension status and which "
@@ -498,25 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"convert": cmd_convert, "embed": cmd_embed, "train": cmd_train,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentfast`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    extra: list[str] = []
-    if argv and argv[0] == "bench":
-        args, extra = parser.parse_known_args(argv)
-    else:
-        args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     try:
-        if args.command == "bench":
-            return cmd_bench(args, extra)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("agentfast: interrupted", file=sys.stderr)

@@ -13,7 +13,11 @@ are measured round-robin (``--rounds`` rounds of ``--steps`` steps each) so that
 other processes hits them alike; the median round is reported. A timestep is one valid
 (state, action) pair of a batch; padding is not counted.
 
-Writes ``training.json`` and ``training.md`` to --out (default benchmarks/results/<device>/).
+Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``training``) to --out
+(default benchmarks/results/<device>/). The checked-in CPU results were made with
+``--threads 1 --models action,multi_agent,hierarchical`` (demo-sized) and
+``--threads 1 --models action,multi_agent --max-seq-len 256 --episode-len 256 --batch-size 4
+--name training_long`` (long episodes, where attention dominates).
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ def timed_round(trainer: Trainer, batches: list[dict[str, Any]], device: str) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     items = synthetic_items(args.batch_size * (args.steps + args.warmup), args.dim,
-                            min(17, args.max_seq_len), generator)
+                            min(args.episode_len, args.max_seq_len), generator)
     batches = [move_batch(collate_episodes(items[i:i + args.batch_size]), args.device)
                for i in range(0, len(items), args.batch_size)]
     warmup, timed = batches[:args.warmup], batches[args.warmup:]
@@ -164,6 +168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--hidden-dim", type=int, default=256)
     parser.add_argument("--max-seq-len", type=int, default=24)
+    parser.add_argument("--episode-len", type=int, default=17,
+                        help="longest synthetic episode in steps (lengths are uniform from 3)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
@@ -171,6 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    parser.add_argument("--name", default="training", help="file name stem of the results")
     return parser.parse_args(argv)
 
 
@@ -181,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / args.device.split(":")[0]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "training.md").write_text(markdown(report))
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(report))
     print()
     print(markdown(report))
     return 0

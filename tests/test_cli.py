@@ -152,3 +152,11 @@ def test_incompatible_checkpoints_are_refused(workspace, trained, tmp_path, caps
     assert "cannot resume" in message and "learning_rate" in message
     message = _error(capsys, _train_args(workspace, trained))
     assert "already holds a run" in message and "--overwrite" in message
+
+
+def test_info_and_the_built_in_quick_benchmark(capsys):
+    assert main(["info"]) == 0
+    assert "backend" in capsys.readouterr().out
+    assert main(["bench", "quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "reference" in out and " ms" in out
