@@ -1,6 +1,6 @@
 // CPU kernels of agentfast::masked_attention: blocked online softmax (FlashAttention-2 style).
 //
-// Forward: one task per (batch, head, block of kBlockM queries), run with at::parallel_for.
+// Forward: one task per (batch, head, block of kBlockM queries), handed out to the threads.
 // Each task walks the key blocks its queries can see, keeping a running row max, row sum and
 // an fp32 output accumulator, so extra memory is O(block * D) per thread, never N x N.
 // Backward: one task per (batch, head); it walks key blocks (outer) and query blocks (inner),
@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -441,6 +442,22 @@ const acc_t* rows_as_acc(const TensorAccess& t, int64_t b, int64_t h, int64_t fi
 }
 
 // ---------------------------------------------------------------------------------------
+// Work distribution. Each worker (one per thread) sets up its scratch buffers once and then
+// pulls tasks from a shared atomic counter until none are left. Unlike a static split, a
+// thread that other processes slow down simply takes fewer tasks instead of holding up the
+// call. Every task writes its own outputs and sums in a fixed order whichever thread runs
+// it, so results stay bitwise deterministic.
+template <typename Worker>
+void run_workers(int64_t tasks, const Worker& worker) {
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  // Inside an outer parallel region this runs inline as a single worker, which still takes
+  // every task.
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    if (begin < end) worker();
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward.
 
 template <typename scalar_t>
@@ -454,13 +471,17 @@ void forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
   acc_t* lse_data = lse.data_ptr<acc_t>();
   const int64_t tasks = shape.batch * heads * info.num_query_blocks;
 
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> next_task{0};
+  run_workers(tasks, [&] {
     std::vector<acc_t> q_buf(kBlockM * head_dim), k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
     std::vector<acc_t> scores(kBlockM * kBlockN), acc(kBlockM * head_dim);
     std::vector<acc_t> run_max(kBlockM), run_sum(kBlockM);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t query_block = task % info.num_query_blocks;
-      const int64_t bh = task / info.num_query_blocks, b = bh / heads, h = bh % heads;
+    const int64_t bh_count = shape.batch * heads;
+    for (int64_t task; (task = next_task.fetch_add(1)) < tasks;) {
+      // Last query blocks first: under causal masking they see the most keys, and handing out
+      // the long tasks first leaves short ones to even out the threads at the end.
+      const int64_t query_block = info.num_query_blocks - 1 - task / bh_count;
+      const int64_t bh = task % bh_count, b = bh / heads, h = bh % heads;
       const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
       int64_t ldq, ldk, ldv;
       const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
@@ -525,12 +546,14 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
   scalar_t* dk_data = grad_k.data_ptr<scalar_t>();
   scalar_t* dv_data = grad_v.data_ptr<scalar_t>();
 
-  at::parallel_for(0, shape.batch * heads, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> next_bh{0};
+  const int64_t bh_count = shape.batch * heads;
+  run_workers(bh_count, [&] {
     std::vector<acc_t> q_buf(kBlockM * head_dim), g_buf(kBlockM * head_dim);
     std::vector<acc_t> k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
     std::vector<acc_t> probs(kBlockM * kBlockN), dprobs(kBlockM * kBlockN);
     std::vector<acc_t> dk_acc(kBlockN * head_dim), dv_acc(kBlockN * head_dim), dq_acc(nq * head_dim);
-    for (int64_t bh = begin; bh < end; ++bh) {
+    for (int64_t bh; (bh = next_bh.fetch_add(1)) < bh_count;) {
       const int64_t b = bh / heads, h = bh % heads;
       std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
       std::fill(dk_data + bh * nk * head_dim, dk_data + (bh + 1) * nk * head_dim, scalar_t(0));
