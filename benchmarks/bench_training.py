@@ -78,6 +78,8 @@ def usable_backends(device: str, embed_dim: int, num_heads: int) -> tuple[list[s
     usable, skipped = [], {}
     for name in backend_names():
         reason = get_backend(name).why_not(call)
+        if name == "triton" and device == "cpu" and reason is None:
+            reason = "the Triton interpreter (TRITON_INTERPRET=1) checks correctness, not speed"
         if reason is None:
             usable.append(name)
         else:

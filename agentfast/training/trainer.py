@@ -156,7 +156,8 @@ class Trainer:
         self.weights = LossWeights(mse=config.mse_weight, value=config.value_weight,
                                    option=config.option_weight,
                                    termination=config.termination_weight)
-        set_deterministic(config.deterministic)
+        if config.deterministic:  # False leaves the process-wide setting alone
+            set_deterministic(True)
         self.model = model.to(self.device)
         self.agent_mask = None
         if config.model_type == "multi_agent":
