@@ -8,8 +8,10 @@
     agentfast bench                                      # attention kernel benchmark
     agentfast info                                       # build info and backends
 
-Under ``torchrun --nproc_per_node=N agentfast train ...`` training runs with
-DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 writes checkpoints and logs.
+Under ``torchrun --nproc_per_node=N -m agentfast train ...`` (or ``torchrun --no-python
+--nproc_per_node=N agentfast train ...`` with the console script) training runs with
+DistributedDataParallel (gloo on CPU, nccl on GPU), each process on its shard of the data;
+rank 0 writes checkpoints and logs.
 Errors in the input (missing files, bad records, an incompatible checkpoint) end the
 command with a one-line message and exit status 2.
 """

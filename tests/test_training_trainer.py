@@ -130,3 +130,16 @@ def test_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
     assert list(sampler) == list(whole)[4:]
     other_epoch = ResumableSampler(10, seed=1)
     assert list(other_epoch) != list(whole)
+
+
+def test_multi_agent_validation_reports_the_action_loss_per_agent(datasets):
+    trainer = _trainer(datasets, _config(model_type="multi_agent", max_steps=2))
+    metrics = trainer.validation_loss()
+    per_agent = {k: v for k, v in metrics.items() if k.startswith("action_loss_agent")}
+    train, val = datasets
+    acting = sorted({int(a) for item in val for a in item["agent_ids"].tolist()})
+    assert sorted(per_agent) == [f"action_loss_agent{a}" for a in acting] and len(acting) > 1
+    # The per-agent losses, weighted by each agent's step count, give back the overall loss.
+    counts = {a: sum(int((item["agent_ids"] == a).sum()) for item in val) for a in acting}
+    weighted = sum(per_agent[f"action_loss_agent{a}"] * n for a, n in counts.items()) / sum(counts.values())
+    assert weighted == pytest.approx(metrics["action_loss"], rel=1e-4)

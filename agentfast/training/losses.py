@@ -79,6 +79,20 @@ def termination_loss(term_logits: Tensor, labels: Tensor, mask: Tensor) -> Tenso
     return masked_mean(per_step, mask)
 
 
+def per_step_action_loss(action_preds: Tensor, batch: dict, discrete: bool,
+                         mse_weight: float = 1.0) -> Tensor:
+    """The action loss of every step, ``[B, T]`` (not masked; pair it with ``target_mask``).
+
+    Used to report the loss per agent of a multi-agent log.
+    """
+    if discrete:
+        ids = batch["action_ids"].clamp_min(0)
+        return F.cross_entropy(action_preds.float().transpose(1, 2), ids, reduction="none")
+    pred, target = action_preds.float(), batch["actions"].float()
+    cosine = F.cosine_similarity(pred, target, dim=-1, eps=1e-8)
+    return (1.0 - cosine) + mse_weight * (pred - target).pow(2).mean(dim=-1)
+
+
 @dataclass
 class ModelOutputs:
     """What a model's forward produced, named uniformly across the three models."""

@@ -35,7 +35,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
-from .losses import LossWeights, compute_losses, target_mask
+from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
 from .modeling import forward_batch, move_batch, visibility_mask
 from .precision import autocast_context, make_grad_scaler, resolve_precision, set_deterministic
 from .schedules import build_optimizer, warmup_cosine_schedule
@@ -250,15 +250,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def _loss(self, model: nn.Module, batch: dict[str, Any]):
+    def _loss(self, model: nn.Module, batch: dict[str, Any], with_outputs: bool = False):
         with autocast_context(self.precision, self.device):
             outputs = forward_batch(model, self.config.model_type, batch,
                                     discrete=self.config.discrete_actions,
                                     agent_mask=self.agent_mask,
                                     condition_on_returns=self.config.condition_on_returns,
                                     visibility_from_data=self.config.visibility == "data")
-        return compute_losses(outputs, batch, discrete=self.config.discrete_actions,
-                              weights=self.weights)
+        losses = compute_losses(outputs, batch, discrete=self.config.discrete_actions,
+                                weights=self.weights)
+        return (losses, outputs) if with_outputs else losses
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.train_model.train()
@@ -306,14 +307,33 @@ class Trainer:
         weight_sum = 0.0
         loader = DataLoader(self.val_dataset, batch_size=self.config.batch_size, shuffle=False,
                             collate_fn=self.collate_fn, generator=_private_generator())
+        per_agent: dict[int, list[float]] = {}
         for batch in loader:
             batch = move_batch(batch, self.device)
-            weight = float(target_mask(batch).sum())
-            for name, value in self._loss(model, batch).as_floats().items():
+            mask = target_mask(batch)
+            weight = float(mask.sum())
+            losses, outputs = self._loss(model, batch, with_outputs=True)
+            for name, value in losses.as_floats().items():
                 totals[name] = totals.get(name, 0.0) + value * weight
             weight_sum += weight
+            if self.config.model_type == "multi_agent":
+                self._add_per_agent(per_agent, outputs, batch, mask)
         model.train(was_training)
-        return {name: value / max(weight_sum, 1.0) for name, value in totals.items()}
+        metrics = {name: value / max(weight_sum, 1.0) for name, value in totals.items()}
+        for agent, (loss_sum, count) in sorted(per_agent.items()):
+            metrics[f"action_loss_agent{agent}"] = loss_sum / max(count, 1.0)
+        return metrics
+
+    def _add_per_agent(self, per_agent: dict[int, list[float]], outputs, batch: dict[str, Any],
+                       mask: torch.Tensor) -> None:
+        """Accumulate (loss sum, step count) of the action loss per acting agent."""
+        steps = per_step_action_loss(outputs.action_preds, batch, self.config.discrete_actions,
+                                     self.config.mse_weight)
+        for agent in batch["agent_ids"][mask].unique().tolist():
+            rows = mask & (batch["agent_ids"] == agent)
+            entry = per_agent.setdefault(int(agent), [0.0, 0.0])
+            entry[0] += float(steps[rows].sum())
+            entry[1] += float(rows.sum())
 
     def _evaluate_and_track(self) -> None:
         metrics = self.validation_loss()
