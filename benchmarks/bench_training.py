@@ -14,7 +14,7 @@ other processes hits them alike; the median round is reported. A timestep is one
 (state, action) pair of a batch; padding is not counted.
 
 Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``training``) to --out
-(default benchmarks/results/<device>/). The checked-in CPU results were made with
+(default benchmarks/results/<device slug>/, as bench_attention.py). The checked-in CPU results were made with
 ``--threads 1 --models action,multi_agent,hierarchical`` (demo-sized) and
 ``--threads 1 --models action,multi_agent --max-seq-len 256 --episode-len 256 --batch-size 4
 --name training_long`` (long episodes, where attention dominates).
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -145,6 +146,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def device_slug(device: str) -> str:
+    """The results folder name, as bench_attention.py names it (e.g. cpu-intel-r-xeon-r-processor)."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = platform.processor() or "cpu"
+        cpuinfo = Path("/proc/cpuinfo")
+        for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    return slug if device.startswith("cuda") else f"cpu-{slug}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     backends = list(dict.fromkeys(r["backend"] for r in report["rows"]))
     models = list(dict.fromkeys(r["model"] for r in report["rows"]))
@@ -178,7 +194,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device slug>)")
     parser.add_argument("--name", default="training", help="file name stem of the results")
     return parser.parse_args(argv)
 
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / args.device.split(":")[0]
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / device_slug(args.device)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{args.name}.md").write_text(markdown(report))
