@@ -17,6 +17,20 @@ from agentfast.attention import reference_attention
 ABS_FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-10}
 
 
+# Every mask feature alone and combined; each kernel's tests run all of them.
+MASK_FEATURES = {
+    "full": dict(causal=False),
+    "causal": dict(causal=True),
+    "padding": dict(causal=False, padding=True),
+    "agents": dict(causal=False, agents=3),
+    "causal+padding": dict(causal=True, padding=True),
+    "causal+agents": dict(causal=True, agents=3),
+    "padding+agents": dict(causal=False, padding=True, agents=3),
+    "causal+padding+agents": dict(causal=True, padding=True, agents=5),
+    "empty-rows": dict(causal=True, padding=True, agents=5, fully_masked_row=True),
+}
+
+
 @dataclass
 class Case:
     """One attention problem: tensors plus the mask arguments of ``agentfast.attention``."""

@@ -8,27 +8,19 @@ import torch
 from agentfast.attention import (attention, dense_mask, get_backend, make_call, select_backend,
                                  visibility_to_bitmask)
 from agentfast.attention.backends.extension import masked_attention
-from attention_cases import check_backend, make_case, reference_outputs
+from attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
 
-pytestmark = pytest.mark.skipif(
-    get_backend("cpp").unavailable_reason() is not None,
-    reason=f"agentfast._C unavailable: {get_backend('cpp').unavailable_reason()}",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_cpp_backend():
+    # The extension is part of the install: a missing build is a failure, not a skip.
+    reason = get_backend("cpp").unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"the cpp backend is unavailable: {reason}")
 
 
 def run_cpp(q, k, v, **kwargs):
     return attention(q, k, v, backend="cpp", **kwargs)
-
-
-MASK_FEATURES = {
-    "full": dict(causal=False),
-    "causal": dict(causal=True),
-    "padding": dict(causal=False, padding=True),
-    "agents": dict(causal=False, agents=3),
-    "causal+padding": dict(causal=True, padding=True),
-    "causal+agents": dict(causal=True, agents=4),
-    "all+empty-row": dict(causal=True, padding=True, agents=5, fully_masked_row=True),
-}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])

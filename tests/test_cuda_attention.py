@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentfast.attention import attention, get_backend, make_call
-from attention_cases import check_backend, make_case
+from attention_cases import MASK_FEATURES, check_backend, make_case
 
 pytestmark = pytest.mark.gpu
 
@@ -25,15 +25,6 @@ def run_cuda(q, k, v, **kwargs):
     return attention(q, k, v, backend="cuda", **kwargs)
 
 
-MASK_FEATURES = {
-    "full": dict(causal=False),
-    "causal": dict(causal=True),
-    "padding": dict(causal=False, padding=True),
-    "agents": dict(causal=False, agents=3),
-    "causal+padding": dict(causal=True, padding=True),
-    "causal+agents": dict(causal=True, agents=4),
-    "all+empty-row": dict(causal=True, padding=True, agents=5, fully_masked_row=True),
-}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 

@@ -22,7 +22,7 @@ import agentfast  # noqa: E402
 from agentfast.attention import get_backend, make_call, visibility_to_bitmask  # noqa: E402
 from agentfast.attention.backends import triton_fused  # noqa: E402
 from agentfast.attention.backends.base import AttentionCall  # noqa: E402
-from attention_cases import Case, check_backend, make_case, reference_outputs  # noqa: E402
+from attention_cases import MASK_FEATURES, Case, check_backend, make_case, reference_outputs  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -58,18 +58,6 @@ def blocky_agent_case(num_agents: int = 4, *, causal: bool = True, dtype=torch.f
 
 
 # --------------------------------------------------------------------------- numerics
-
-MASK_FEATURES = {
-    "full": dict(causal=False),
-    "causal": dict(),
-    "padding": dict(causal=False, padding=True),
-    "agents": dict(causal=False, agents=3),
-    "causal+padding": dict(padding=True),
-    "causal+agents": dict(agents=3),
-    "padding+agents": dict(causal=False, padding=True, agents=3),
-    "causal+padding+agents": dict(padding=True, agents=5),
-    "empty-rows": dict(padding=True, agents=5, fully_masked_row=True),
-}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
