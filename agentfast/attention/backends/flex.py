@@ -14,11 +14,22 @@ from torch import Tensor
 from .base import AttentionBackend, AttentionCall
 
 
+# Each mask combination (causal, padding, agents, query offset) is its own mask_mod and so
+# its own graph; a benchmark sweep or a model with decode steps meets more of them than
+# dynamo's default recompile limit (8), past which flex silently runs unfused.
+_RECOMPILE_LIMIT = 64
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # automatic dynamic shapes after the first recompile
+
+
+def _recompile_limit_option() -> str:
+    config = torch._dynamo.config
+    return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
 
 
 def make_mask_mod(call: AttentionCall):
@@ -65,7 +76,9 @@ class FlexBackend(AttentionBackend):
         block_mask = create_block_mask(
             make_mask_mod(call), batch, None, num_queries, call.k.shape[2], device=call.device
         )
-        return _compiled_flex()(call.q, call.k, call.v, block_mask=block_mask, scale=call.scale)
+        limit = {_recompile_limit_option(): _RECOMPILE_LIMIT}
+        with torch._dynamo.config.patch(**limit):
+            return _compiled_flex()(call.q, call.k, call.v, block_mask=block_mask, scale=call.scale)
 
 
 BACKEND = FlexBackend()
