@@ -19,8 +19,8 @@ Peak memory is the peak extra memory over the inputs during one call (CUDA: the 
 allocator's peak; CPU: the process's peak resident set, reset through /proc/self/clear_refs,
 with glibc told to unmap large blocks at free() while measuring, so the peak is honest).
 
-Writes ``attention.json`` and ``attention.md`` (and ``attention.png`` when matplotlib is
-installed) to --out, by default ``benchmarks/results/<device>/``.
+Writes ``NAME.json`` and ``NAME.md`` (and ``NAME.png`` when matplotlib is installed; NAME is
+--name, default ``attention``) to --out, by default ``benchmarks/results/<device>/``.
 """
 
 from __future__ import annotations
@@ -309,6 +309,7 @@ def parse_args(argv):
     parser.add_argument("--turn", type=int, default=128, help="tokens per agent turn (agents mask)")
     parser.add_argument("--repeats", type=int, default=3, help="minimum timed repeats")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per point")
+    parser.add_argument("--name", default="attention", help="file stem of the results (NAME.json/.md/.png)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")
     return parser.parse_args(argv)
 
@@ -361,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = dict(device=name, torch=torch.__version__, dtype=str(dtype)[6:], batch=batch, heads=heads,
                 turn=args.turn, agents=NUM_AGENTS, threads=torch.get_num_threads())
-    (out_dir / "attention.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
+    (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
     title = f"Attention benchmark on {name} (B={batch}, H={heads}, {str(dtype)[6:]}, torch {torch.__version__})"
-    (out_dir / "attention.md").write_text(markdown(rows, title) + "\n")
-    plot(rows, out_dir / "attention.png")
+    (out_dir / f"{args.name}.md").write_text(markdown(rows, title) + "\n")
+    plot(rows, out_dir / f"{args.name}.png")
     print(f"results in {out_dir}")
     return 0
 

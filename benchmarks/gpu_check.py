@@ -5,7 +5,10 @@ the GPU test tier, the kernel benchmarks and the model (training throughput) ben
 Each step's output goes to ``benchmarks/results/<device>/``; a failing step is recorded and
 the next one still runs. Without a CUDA device it prints why and exits 0.
 
-    python benchmarks/gpu_check.py [--quick] [--skip tests,bench_training]
+    python benchmarks/gpu_check.py [--quick] [--skip tests,bench_training] [--time-limit 450]
+
+The default time limit leaves room for the build inside one 10-minute command; a step cut short keeps
+what it printed in its log.
 """
 
 from __future__ import annotations
@@ -30,31 +33,40 @@ def device_slug() -> str:
 
 
 def steps(out_dir: Path, quick: bool) -> list[tuple[str, list[str]]]:
+    """The steps, most important first: correctness, then the D=64 sweep the targets are
+    stated for, then model throughput, autotuning, and the other head dims."""
     python = sys.executable
-    attention_sweep = ["--n", "512,2048,8192"] if quick else []
+    lengths = ["--n", "512,2048,8192"] if quick else []
+    attention = [python, "benchmarks/bench_attention.py", "--device", "cuda", "--out", str(out_dir), *lengths]
     return [
         ("info", [python, "-m", "agentfast.info"]),
-        ("tests", [python, "-m", "pytest", "-q", "-rs", "tests",
-                   f"--junitxml={out_dir / 'tests.xml'}"]),
-        ("bench_attention", [python, "benchmarks/bench_attention.py", "--device", "cuda",
-                             "--out", str(out_dir), *attention_sweep]),
-        ("bench_triton_attention", [python, "benchmarks/bench_triton_attention.py", "--out", str(out_dir)]),
+        ("tests", [python, "-m", "pytest", "-q", "-rs", "tests", f"--junitxml={out_dir / 'tests.xml'}"]),
+        ("bench_attention_d64", [*attention, "--d", "64", "--budget", "0.3", "--name", "attention_d64"]),
         ("bench_training", [python, "benchmarks/bench_training.py", "--device", "cuda",
-                            "--out", str(out_dir)]),
+                            "--models", "action,multi_agent,hierarchical", "--out", str(out_dir)]),
+        ("bench_triton_attention", [python, "benchmarks/bench_triton_attention.py", "--out", str(out_dir)]),
+        ("bench_attention_d32_d128", [*attention, "--d", "32,128", "--budget", "0.2",
+                                      "--name", "attention_d32_d128"]),
     ]
 
 
-def run_step(name: str, command: list[str], out_dir: Path) -> dict:
+def run_step(name: str, command: list[str], out_dir: Path, seconds_left: float) -> dict:
+    """Run one step with its output in ``<name>.log``; a step past the time left is stopped
+    (its log keeps every line printed so far)."""
     started = time.time()
     log_path = out_dir / f"{name}.log"
     print(f"==> {name}: {' '.join(command)}", flush=True)
     with log_path.open("w") as log:
-        process = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            returncode = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                        timeout=max(seconds_left, 1)).returncode
+        except subprocess.TimeoutExpired:
+            returncode = "timeout"
     seconds = round(time.time() - started, 1)
     tail = log_path.read_text().splitlines()[-3:]
-    print(f"    exit {process.returncode} in {seconds}s; " + " | ".join(tail), flush=True)
-    return {"step": name, "returncode": process.returncode, "seconds": seconds, "log": log_path.name}
+    print(f"    exit {returncode} in {seconds}s; " + " | ".join(tail), flush=True)
+    return {"step": name, "returncode": returncode, "seconds": seconds, "log": log_path.name}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a shorter attention sweep")
     parser.add_argument("--skip", default="", help="comma-separated step names to skip")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<device>)")
+    parser.add_argument("--time-limit", type=float, default=450,
+                        help="seconds for all steps together; later steps are cut short or skipped past it")
     args = parser.parse_args(argv)
 
     import torch
@@ -76,8 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "steps": [run_step(name, cmd, out_dir) for name, cmd in steps(out_dir, args.quick) if name not in skipped],
+        "steps": [],
     }
+    deadline = time.time() + args.time_limit
+    for name, command in steps(out_dir, args.quick):
+        if name in skipped:
+            continue
+        if time.time() >= deadline:
+            summary["steps"].append({"step": name, "returncode": "not run: time limit", "seconds": 0})
+            continue
+        summary["steps"].append(run_step(name, command, out_dir, deadline - time.time()))
     (out_dir / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in summary["steps"] if s["returncode"] != 0]
     print(f"gpu-check: results in {out_dir}; " + (f"FAILED: {', '.join(failed)}" if failed else "all steps passed"))
