@@ -3,6 +3,12 @@
 The order comes from ``benchmarks/bench_attention.py`` (results in ``benchmarks/results/``):
 fastest measured backend first. ``reference`` always closes the list, so ``auto`` never
 fails where ``reference`` would succeed. Update this table when new measurements say so.
+
+CPU rows: measured (``benchmarks/results/cpu-*/attention.md``): for masked calls ``cpp``
+beats SDPA with a materialised mask by 2-4x; for plain causal calls SDPA's own causal path
+is level with ``cpp`` forward+backward and slightly ahead forward-only.
+CUDA rows: the fused kernels lead because they skip masked tiles that SDPA must compute;
+they await ``make gpu-check`` numbers (``benchmarks/results/<gpu>/``) to be confirmed.
 """
 
 from __future__ import annotations
