@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentfast.attention import attention, get_backend, make_call
+from agentfast.attention import attention, dense_mask, get_backend, make_call
+from agentfast.attention.backends.extension import masked_attention
 from attention_cases import MASK_FEATURES, check_backend, make_case
 
 pytestmark = pytest.mark.gpu
@@ -96,6 +97,97 @@ def test_rerun_is_bitwise_identical(dtype):
 
     for a, b in zip(run_once(), run_once()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("num_queries,num_keys,head_dim", [(1, 300, 80), (33, 300, 96), (100, 257, 40)],
+                         ids=lambda x: str(x))
+def test_queries_against_a_longer_cache(num_queries, num_keys, head_dim, dtype):
+    # Bottom-right alignment across several key tiles, head dims the wmma tiles pad.
+    case = make_case(2, 2, num_queries, num_keys, head_dim, dtype=dtype, device=DEVICE, causal=True,
+                     padding=True, agents=4, seed=13)
+    check_backend(case, run_cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_sixty_four_agents_use_the_top_bit(dtype):
+    # Agent 63 is bit 63 of the int64 bitmask: the sign bit, read as an unsigned bit.
+    case = make_case(2, 2, 150, head_dim=40, dtype=dtype, device=DEVICE, causal=True, padding=True,
+                     agents=64, seed=17)
+    case.agent_ids[:, ::5] = 63
+    check_backend(case, run_cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_more_batch_heads_than_one_grid_dimension_holds(dtype):
+    # B * H = 65552 > 65535, the limit of gridDim.y: the kernels fold it over grid.y and grid.z.
+    case = make_case(4097, 16, 3, 5, head_dim=16, dtype=dtype, device=DEVICE, causal=True, padding=True, seed=19)
+    check_backend(case, run_cuda)
+
+
+def test_keys_nobody_sees_get_exactly_zero_gradient():
+    case = make_case(2, 2, 70, head_dim=24, dtype=torch.bfloat16, device=DEVICE, causal=False, padding=True,
+                     agents=3, seed=23)
+    case.agent_visibility[:, :, 2] = False  # nobody sees agent 2
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    out = run_cuda(q, k, v, **case.mask_kwargs())
+    out.backward(torch.randn_like(out))
+    unseen = (case.agent_ids == 2) | (torch.arange(70, device=DEVICE) >= case.seq_lens[:, None])
+    for grad in (k.grad, v.grad):
+        assert torch.equal(grad.transpose(1, 2)[unseen], torch.zeros_like(grad.transpose(1, 2)[unseen]))
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_strided_inputs_give_the_bits_of_contiguous_copies(dtype):
+    # check_backend clones its inputs, and a clone of a qkv slice is contiguous: this test
+    # hands the kernels the strided views themselves.
+    batch, length, heads, head_dim = 2, 45, 3, 40
+    qkv = torch.randn(batch, length, 3, heads, head_dim, device=DEVICE, dtype=dtype)
+    case = make_case(batch, heads, length, head_dim=head_dim, dtype=dtype, device=DEVICE, causal=True, agents=2,
+                     padding=True)
+
+    def run(q, k, v):
+        q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+        out = run_cuda(q, k, v, **case.mask_kwargs())
+        out.backward(torch.ones_like(out))
+        return out.detach(), q.grad, k.grad, v.grad
+
+    views = [qkv[:, :, i].transpose(1, 2) for i in range(3)]
+    copies = [t.contiguous() for t in views]
+    assert not views[0].is_contiguous()
+    for a, b in zip(run(*views), run(*copies)):
+        assert torch.equal(a, b)
+
+
+def test_inputs_strided_along_the_head_dim():
+    case = make_case(2, 2, 45, head_dim=40, dtype=torch.float16, device=DEVICE, causal=True, agents=2, seed=29)
+    case.q, case.k, case.v = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (case.q, case.k, case.v))
+    assert case.q.stride(-1) != 1
+    check_backend(case, run_cuda)
+
+
+def test_lse_matches_logsumexp_and_is_differentiable():
+    # The lse output's gradient goes through delta = rowsum(dO * O) - grad_lse.
+    case = make_case(2, 2, 30, 50, 40, device=DEVICE, causal=True, agents=3, padding=True, fully_masked_row=True,
+                     seed=4)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    _, lse = masked_attention(q, k, v, causal=True, scale=call.scale, seq_lens=call.seq_lens,
+                              agent_ids=call.agent_ids, agent_bitmask=call.agent_bitmask)
+    allowed = dense_mask(2, 30, 50, q.device, causal=True, seq_lens=call.seq_lens,
+                         agent_ids=call.agent_ids, visibility=call.visibility)
+    q2, k2 = (t.detach().double().requires_grad_(True) for t in (case.q, case.k))
+    scores = (q2 @ k2.transpose(-1, -2) * call.scale).masked_fill(~allowed, float("-inf"))
+    expected = torch.logsumexp(scores, dim=-1)
+    assert torch.equal(torch.isfinite(lse), torch.isfinite(expected))
+    torch.testing.assert_close(lse.double(), expected, atol=1e-4, rtol=1e-5)
+    weights = torch.randn(lse.shape, device=DEVICE, dtype=torch.float64) * torch.isfinite(expected)
+    (lse.double().nan_to_num(neginf=0.0) * weights).sum().backward()
+    (expected.nan_to_num(neginf=0.0) * weights).sum().backward()
+    torch.testing.assert_close(q.grad.double(), q2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(k.grad.double(), k2.grad, atol=1e-4, rtol=1e-4)
+    assert torch.equal(v.grad, torch.zeros_like(v.grad))
 
 
 def test_side_stream_matches_default_stream():

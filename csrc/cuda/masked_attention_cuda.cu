@@ -62,7 +62,7 @@ struct Strides4 {
 Strides4 strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 struct MaskParams {
-  int heads, num_queries, num_keys, offset, num_agents;
+  int batch_heads, heads, num_queries, num_keys, offset, num_agents;
   bool causal;
   const int64_t* seq_lens;       // [B] or null
   const int32_t* agent_ids;      // [B, Nk] or null (then no agent mask)
@@ -105,6 +105,11 @@ struct BackwardArgs {
 
 // ---------------------------------------------------------------------------------------
 // Mask helpers.
+
+// The (batch, head) of this CTA. B * H is spread over grid.y and grid.z because grid.y alone
+// stops at 65535 (B = 8192 environments x 8 heads is past it); a few trailing CTAs of the
+// rounded-up grid have no (batch, head) and return before touching memory.
+__device__ __forceinline__ int batch_head_of_block() { return blockIdx.y + blockIdx.z * gridDim.y; }
 
 __device__ __forceinline__ int seq_len_of(const MaskParams& m, int b) {
   if (m.seq_lens == nullptr) return m.num_keys;
@@ -301,7 +306,8 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
   int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
 
   const MaskParams& m = args.mask;
-  const int bh = blockIdx.y, b = bh / m.heads, h = bh % m.heads;
+  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
+  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
   const int q_first = blockIdx.x * BM, q_count = min(BM, m.num_queries - q_first);
   const bool has_agents = m.agent_ids != nullptr;
   int key_end = seq_len_of(m, b);
@@ -428,7 +434,8 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
   int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
 
   const MaskParams& m = args.mask;
-  const int bh = blockIdx.y, b = bh / m.heads, h = bh % m.heads;
+  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
+  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
   const int q_first = blockIdx.x * BM, q_count = min(BM, m.num_queries - q_first);
   const bool has_agents = m.agent_ids != nullptr;
   int key_end = seq_len_of(m, b);
@@ -536,7 +543,8 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
   int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
 
   const MaskParams& m = args.mask;
-  const int bh = blockIdx.y, b = bh / m.heads, h = bh % m.heads;
+  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
+  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
   const int k_first = blockIdx.x * BN;
   const int rows_out = min(BN, m.num_keys - k_first);
   const int k_valid = max(0, min(BN, seq_len_of(m, b) - k_first));  // keys past seq_len get 0
@@ -639,6 +647,7 @@ MaskTensors prepare_mask(const AttentionShape& shape, bool causal, const Optiona
                          const OptionalTensor& agent_ids, const OptionalTensor& agent_bitmask, cudaStream_t stream) {
   MaskTensors t;
   MaskParams& p = t.params;
+  p.batch_heads = static_cast<int>(shape.batch * shape.heads);
   p.heads = static_cast<int>(shape.heads);
   p.num_queries = static_cast<int>(shape.num_queries);
   p.num_keys = static_cast<int>(shape.num_keys);
@@ -675,9 +684,17 @@ MaskTensors prepare_mask(const AttentionShape& shape, bool causal, const Optiona
   return t;
 }
 
+// blocks x (B * H) CTAs, B * H folded over grid.y and grid.z (each at most 65535).
+dim3 grid_of(int64_t blocks, int64_t batch_heads) {
+  constexpr int64_t kMaxGridYZ = 65535;
+  const int64_t z = (batch_heads + kMaxGridYZ - 1) / kMaxGridYZ;
+  const int64_t y = z == 0 ? 0 : (batch_heads + z - 1) / z;
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
+
 template <typename Kernel, typename Args>
 void launch(Kernel kernel, dim3 grid, int threads, size_t smem_bytes, cudaStream_t stream, const Args& args) {
-  if (grid.x == 0 || grid.y == 0) return;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   int device = 0, max_smem = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -705,7 +722,7 @@ template <typename T, int HD>
 void run_forward(const ForwardArgs<T>& args, int64_t batch_heads, cudaStream_t stream) {
   using C = Config<HD>;
   using Tile = ForwardTile<T, HD, C::kFwdM, C::kFwdN>;
-  const dim3 grid((args.mask.num_queries + C::kFwdM - 1) / C::kFwdM, static_cast<unsigned>(batch_heads));
+  const dim3 grid = grid_of((args.mask.num_queries + C::kFwdM - 1) / C::kFwdM, batch_heads);
   launch(forward_kernel<T, HD, C::kFwdM, C::kFwdN>, grid, Tile::kThreads, Tile::kBytes, stream, args);
 }
 
@@ -714,9 +731,9 @@ void run_backward(const BackwardArgs<T>& args, int64_t batch_heads, cudaStream_t
   using C = Config<HD>;
   using Dq = DqTile<T, HD, C::kDqM, C::kDqN>;
   using Kv = DkvTile<T, HD, C::kKvM, C::kKvN>;
-  const dim3 dq_grid((args.mask.num_queries + C::kDqM - 1) / C::kDqM, static_cast<unsigned>(batch_heads));
+  const dim3 dq_grid = grid_of((args.mask.num_queries + C::kDqM - 1) / C::kDqM, batch_heads);
   launch(dq_kernel<T, HD, C::kDqM, C::kDqN>, dq_grid, Dq::kThreads, Dq::kBytes, stream, args);
-  const dim3 kv_grid((args.mask.num_keys + C::kKvN - 1) / C::kKvN, static_cast<unsigned>(batch_heads));
+  const dim3 kv_grid = grid_of((args.mask.num_keys + C::kKvN - 1) / C::kKvN, batch_heads);
   launch(dkdv_kernel<T, HD, C::kKvM, C::kKvN>, kv_grid, Kv::kThreads, Kv::kBytes, stream, args);
 }
 
@@ -740,8 +757,9 @@ void check_cuda_inputs(const Tensor& q, const AttentionShape& shape) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
   TORCH_CHECK(dtype == at::kFloat || major >= 8, "agentfast::masked_attention on CUDA needs compute capability ",
               "8.0+ for float16/bfloat16 (tensor-core path), this device has major version ", major);
-  TORCH_CHECK(shape.batch * shape.heads <= 65535, "agentfast::masked_attention on CUDA supports B * H <= 65535, got ",
-              shape.batch * shape.heads);
+  // (batch, head) and row indices are int in the kernels; element offsets are int64.
+  TORCH_CHECK(shape.batch * shape.heads < (int64_t(1) << 31),
+              "agentfast::masked_attention on CUDA supports B * H < 2^31, got ", shape.batch * shape.heads);
   TORCH_CHECK(shape.num_keys < (int64_t(1) << 31), "agentfast::masked_attention on CUDA supports < 2^31 keys");
 }
 
