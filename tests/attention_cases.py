@@ -130,7 +130,8 @@ def check_backend(case: Case, run, *, backward: bool = True) -> None:
     """Check ``run(q, k, v, **mask_kwargs)`` against the reference under the numerics rule,
     for the output and (if ``backward``) dq, dk, dv; fully masked rows must be exact zeros."""
     dtype = case.q.dtype
-    q, k, v = (t.detach().clone().requires_grad_(backward) for t in (case.q, case.k, case.v))
+    # detach() keeps the caller's strides (a qkv split stays a strided view); clone() would not.
+    q, k, v = (t.detach().requires_grad_(backward) for t in (case.q, case.k, case.v))
     out = run(q, k, v, **case.mask_kwargs())
     assert out.dtype == dtype and out.shape == case.q.shape
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out) if backward else None
