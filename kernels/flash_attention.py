@@ -36,6 +36,44 @@ SUMMARY_BLOCK = 16
 LOG2E = 1.4426950408889634
 
 
+def _interpreter_loop_bounds() -> None:
+    """Let the interpreter use scalar tensors as ``range`` bounds under every numpy.
+
+    The interpreter holds a scalar as a one-element 1-d array and some triton releases turn
+    it into a loop bound with ``int(array)``, which numpy >= 2.4 refuses for ndim > 0
+    ("only 0-dimensional arrays can be converted to Python scalars"). Probe that conversion;
+    only where it fails, have the interpreter's tensor patching convert the single element.
+    """
+    import operator
+
+    import numpy as np
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    scope_type = getattr(interpreter, "_LangPatchScope", None)
+    if patch_tensor is None or scope_type is None:
+        return  # a layout this probe does not know: leave the interpreter as it is
+    scope = scope_type()
+    patch_tensor(tl.tensor, scope)
+    try:
+        operator.index(tl.tensor(interpreter.TensorHandle(np.array([3], dtype=np.int32), tl.int32), tl.int32))
+        return
+    except TypeError:
+        pass
+    finally:
+        scope.restore()
+
+    def patch_with_scalar_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patch_with_scalar_index
+
+
+if INTERPRETED:
+    _interpreter_loop_bounds()
+
+
 # ----------------------------------------------------------------------------- configs
 
 
