@@ -235,6 +235,28 @@ def _query_bounds(start_m, num_queries, num_keys, kv_len,
 
 
 @triton.jit
+def _query_tile_setup(b, start_m, offs_m, offset, num_queries, num_keys, SeqLens, AgentIds_row,
+                      Bitmask_row, QuerySeesAny_row, QuerySeesAll_row, query_entries,
+                      CAUSAL: tl.constexpr, HAS_SEQ_LENS: tl.constexpr, HAS_AGENTS: tl.constexpr,
+                      SUMMARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What a query tile needs before its key loop, shared by the forward and dq kernels:
+    the valid key length, the key bounds (fully visible / partially visible), and the agents
+    its rows see with the tile-wide union and intersection from the agent summaries."""
+    kv_len = num_keys
+    if HAS_SEQ_LENS:
+        kv_len = tl.minimum(tl.load(SeqLens + b).to(tl.int32), num_keys)
+    full_end, end = _query_bounds(start_m, num_queries, num_keys, kv_len, CAUSAL, BLOCK_M, BLOCK_N)
+    q_sees = tl.zeros([BLOCK_M], dtype=tl.int64)
+    sees_any = 0
+    sees_all = 0
+    if HAS_AGENTS:
+        _, q_sees = _load_agents_and_sees(AgentIds_row, Bitmask_row, offset + offs_m, offs_m < num_queries)
+        sees_any = _summary_or(QuerySeesAny_row, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
+        sees_all = _summary_and(QuerySeesAll_row, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
+    return kv_len, full_end, end, q_sees, sees_any, sees_all
+
+
+@triton.jit
 def _forward_tile(
     acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, offs_m, offs_d, offset, num_queries, kv_len, q_sees, AgentIds_row, scale_log2,
@@ -290,20 +312,11 @@ def _forward_kernel(
                    num_queries, True, HEAD_DIM, BLOCK_D)
     K_head = K + b * stride_kb + h * stride_kh
     V_head = V + b * stride_vb + h * stride_vh
-    kv_len = num_keys
-    if HAS_SEQ_LENS:
-        kv_len = tl.minimum(tl.load(SeqLens + b).to(tl.int32), num_keys)
-    full_end, end = _query_bounds(start_m, num_queries, num_keys, kv_len, CAUSAL, BLOCK_M, BLOCK_N)
-
     AgentIds_row = AgentIds + b * stride_ids_b
-    q_sees = tl.zeros([BLOCK_M], dtype=tl.int64)
-    sees_any = 0
-    sees_all = 0
-    if HAS_AGENTS:
-        _, q_sees = _load_agents_and_sees(AgentIds_row, Bitmask + b * stride_mask_b,
-                                          offset + offs_m, offs_m < num_queries)
-        sees_any = _summary_or(QuerySeesAny + b * query_entries, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
-        sees_all = _summary_and(QuerySeesAll + b * query_entries, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
+    kv_len, full_end, end, q_sees, sees_any, sees_all = _query_tile_setup(
+        b, start_m, offs_m, offset, num_queries, num_keys, SeqLens, AgentIds_row,
+        Bitmask + b * stride_mask_b, QuerySeesAny + b * query_entries, QuerySeesAll + b * query_entries,
+        query_entries, CAUSAL, HAS_SEQ_LENS, HAS_AGENTS, SUMMARY, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -439,20 +452,11 @@ def _dq_kernel(
     delta = tl.load(Delta + bh.to(tl.int64) * num_queries + offs_m, mask=offs_m < num_queries, other=0.0)
     K_head = K + b * stride_kb + h * stride_kh
     V_head = V + b * stride_vb + h * stride_vh
-    kv_len = num_keys
-    if HAS_SEQ_LENS:
-        kv_len = tl.minimum(tl.load(SeqLens + b).to(tl.int32), num_keys)
-    full_end, end = _query_bounds(start_m, num_queries, num_keys, kv_len, CAUSAL, BLOCK_M, BLOCK_N)
-
     AgentIds_row = AgentIds + b * stride_ids_b
-    q_sees = tl.zeros([BLOCK_M], dtype=tl.int64)
-    sees_any = 0
-    sees_all = 0
-    if HAS_AGENTS:
-        _, q_sees = _load_agents_and_sees(AgentIds_row, Bitmask + b * stride_mask_b,
-                                          offset + offs_m, offs_m < num_queries)
-        sees_any = _summary_or(QuerySeesAny + b * query_entries, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
-        sees_all = _summary_and(QuerySeesAll + b * query_entries, start_m, query_entries, BLOCK_M // SUMMARY, SUMMARY)
+    kv_len, full_end, end, q_sees, sees_any, sees_all = _query_tile_setup(
+        b, start_m, offs_m, offset, num_queries, num_keys, SeqLens, AgentIds_row,
+        Bitmask + b * stride_mask_b, QuerySeesAny + b * query_entries, QuerySeesAll + b * query_entries,
+        query_entries, CAUSAL, HAS_SEQ_LENS, HAS_AGENTS, SUMMARY, BLOCK_M, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, full_end, BLOCK_N):
