@@ -96,6 +96,26 @@ def test_rerun_is_bitwise_identical():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 3, 8])
+@pytest.mark.parametrize("batch,heads,length", [(1, 1, 600), (1, 2, 300), (3, 1, 260)], ids=str)
+def test_backward_splits_key_blocks_when_threads_outnumber_heads(threads, batch, heads, length):
+    """Fewer batch x head rows than threads: the backward deals key blocks out to several
+    tasks and sums their dQ shares; gradients still follow the rule and reruns match bitwise."""
+    case = make_case(batch, heads, length, head_dim=32, causal=True, agents=3, padding=True, seed=9)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_backend(case, run_cpp)
+        grads = []
+        for _ in range(2):
+            q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+            run_cpp(q, k, v, **case.mask_kwargs()).sum().backward()
+            grads.append((q.grad, k.grad, v.grad))
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_lse_matches_logsumexp_and_is_differentiable():
     case = make_case(2, 2, 30, 50, 16, dtype=torch.float64, causal=True, agents=3, padding=True, seed=4)
     call = make_call(case.q, case.k, case.v, **case.mask_kwargs())

@@ -3,9 +3,10 @@
 // Forward: one task per (batch, head, block of kBlockM queries), handed out to the threads.
 // Each task walks the key blocks its queries can see, keeping a running row max, row sum and
 // an fp32 output accumulator, so extra memory is O(block * D) per thread, never N x N.
-// Backward: one task per (batch, head); it walks key blocks (outer) and query blocks (inner),
-// accumulating dK/dV per key block and dQ in an [Nq, D] buffer, so results are deterministic
-// (no cross-thread reductions). Scores are recomputed from the saved log-sum-exp.
+// Backward: one task per (batch, head, chunk of key blocks); it walks key blocks (outer) and
+// query blocks (inner), accumulating dK/dV per key block and dQ in an [Nq, D] buffer per task,
+// summed in chunk order when there are several chunks (no atomics, no cross-thread races).
+// Scores are recomputed from the saved log-sum-exp.
 //
 // Whole key blocks are skipped when the mask empties them: beyond seq_len, after the last
 // query (causal), or holding no agent that any query of the block can see (per-block agent
@@ -531,6 +532,45 @@ void forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
 // ---------------------------------------------------------------------------------------
 // Backward.
 
+template <typename acc_t, typename scalar_t>
+void store_rows(const acc_t* src, int64_t count, scalar_t* dst) {
+  for (int64_t idx = 0; idx < count; ++idx) dst[idx] = static_cast<scalar_t>(src[idx]);
+}
+
+// dQ[bh] = sum over chunks of the shares [bh, chunk, Nq, D], added in chunk order.
+template <typename acc_t, typename scalar_t>
+void sum_dq_shares(const acc_t* shares, int64_t chunks, int64_t bh_count, int64_t nq, int64_t head_dim,
+                   scalar_t* dq) {
+  at::parallel_for(0, bh_count * nq, 64, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(head_dim);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / nq, i = row % nq;
+      const acc_t* share = shares + (bh * chunks * nq + i) * head_dim;
+      std::copy(share, share + head_dim, total.begin());
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        const acc_t* next = share + chunk * nq * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) total[d] += next[d];
+      }
+      store_rows(total.data(), head_dim, dq + row * head_dim);
+    }
+  });
+}
+
+// Backward tasks are (batch x head, chunk of key blocks). With at least as many batch x head
+// rows as threads a chunk is every key block, and dQ builds up in a per-task buffer. With
+// fewer, the key blocks are dealt round-robin into chunks (so that under causal masking every
+// chunk gets early and late keys alike), two tasks per thread; each task adds its share of dQ
+// into a buffer of its own and a second pass sums the shares in chunk order. The split depends
+// on the shape and the thread count only, never on scheduling, so results are bitwise
+// reproducible for a given thread count.
+constexpr int64_t kMaxKeyChunks = 16;  // bounds the dQ shares at 16 x dQ in fp32
+
+int64_t backward_key_chunks(int64_t bh_count, int64_t key_blocks) {
+  const int64_t threads = at::get_num_threads();
+  if (bh_count >= threads) return 1;
+  return std::clamp<int64_t>((2 * threads + bh_count - 1) / bh_count, 1, std::min(key_blocks, kMaxKeyChunks));
+}
+
 template <typename scalar_t>
 void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& lse, const Tensor& delta, Tensor& grad_q, Tensor& grad_k,
@@ -546,26 +586,41 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
   scalar_t* dk_data = grad_k.data_ptr<scalar_t>();
   scalar_t* dv_data = grad_v.data_ptr<scalar_t>();
 
-  std::atomic<int64_t> next_bh{0};
   const int64_t bh_count = shape.batch * heads;
-  run_workers(bh_count, [&] {
+  const int64_t chunks = backward_key_chunks(bh_count, info.num_key_blocks);
+  const bool shared_dq = chunks > 1;
+  std::vector<acc_t> dq_shares(shared_dq ? bh_count * chunks * nq * head_dim : 0);
+  const int64_t tasks = bh_count * chunks;
+
+  std::atomic<int64_t> next_task{0};
+  run_workers(tasks, [&] {
     std::vector<acc_t> q_buf(kBlockM * head_dim), g_buf(kBlockM * head_dim);
     std::vector<acc_t> k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
     std::vector<acc_t> probs(kBlockM * kBlockN), dprobs(kBlockM * kBlockN);
-    std::vector<acc_t> dk_acc(kBlockN * head_dim), dv_acc(kBlockN * head_dim), dq_acc(nq * head_dim);
-    for (int64_t bh; (bh = next_bh.fetch_add(1)) < bh_count;) {
-      const int64_t b = bh / heads, h = bh % heads;
-      std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
-      std::fill(dk_data + bh * nk * head_dim, dk_data + (bh + 1) * nk * head_dim, scalar_t(0));
-      std::fill(dv_data + bh * nk * head_dim, dv_data + (bh + 1) * nk * head_dim, scalar_t(0));
+    std::vector<acc_t> dk_acc(kBlockN * head_dim), dv_acc(kBlockN * head_dim);
+    std::vector<acc_t> dq_own(shared_dq ? 0 : nq * head_dim);
+    for (int64_t task; (task = next_task.fetch_add(1)) < tasks;) {
+      const int64_t chunk = task / bh_count, bh = task % bh_count, b = bh / heads, h = bh % heads;
+      acc_t* dq_acc = shared_dq ? dq_shares.data() + (bh * chunks + chunk) * nq * head_dim : dq_own.data();
+      std::fill(dq_acc, dq_acc + nq * head_dim, acc_t(0));
       const int64_t key_end = info.key_end(b, nq - 1);
-      for (int64_t k_first = 0, key_block = 0; k_first < key_end; k_first += kBlockN, ++key_block) {
+      for (int64_t key_block = chunk; key_block < info.num_key_blocks; key_block += chunks) {
+        const int64_t k_first = key_block * kBlockN;
+        scalar_t* dk_dst = dk_data + (bh * nk + k_first) * head_dim;
+        scalar_t* dv_dst = dv_data + (bh * nk + k_first) * head_dim;
+        // Keys past key_end (seq_len, or after the last query under causal) get zero gradient.
+        const int64_t rows = std::min(kBlockN, nk - k_first);
+        if (k_first >= key_end) {
+          std::fill(dk_dst, dk_dst + rows * head_dim, scalar_t(0));
+          std::fill(dv_dst, dv_dst + rows * head_dim, scalar_t(0));
+          continue;
+        }
         const int64_t n = std::min(kBlockN, key_end - k_first);
         int64_t ldk, ldv, ldq, ldg;
         const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, h, k_first, n, head_dim, k_buf.data(), ldk);
         const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, h, k_first, n, head_dim, v_buf.data(), ldv);
-        std::fill(dk_acc.begin(), dk_acc.begin() + n * head_dim, acc_t(0));
-        std::fill(dv_acc.begin(), dv_acc.begin() + n * head_dim, acc_t(0));
+        std::fill(dk_acc.begin(), dk_acc.begin() + rows * head_dim, acc_t(0));
+        std::fill(dv_acc.begin(), dv_acc.begin() + rows * head_dim, acc_t(0));
         // Causal: queries before position k_first see none of these keys.
         const int64_t first_query = info.causal ? std::max<int64_t>(0, k_first - info.offset) : 0;
         for (int64_t query_block = first_query / kBlockM; query_block < info.num_query_blocks; ++query_block) {
@@ -594,19 +649,15 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
           gemm<acc_t>(true, false, n, head_dim, m, scale, dprobs.data(), kBlockN, q_rows, ldq, acc_t(1),
                       dk_acc.data(), head_dim);
           gemm<acc_t>(false, false, m, head_dim, n, scale, dprobs.data(), kBlockN, k_rows, ldk, acc_t(1),
-                      dq_acc.data() + q_first * head_dim, head_dim);
+                      dq_acc + q_first * head_dim, head_dim);
         }
-        scalar_t* dk_dst = dk_data + (bh * nk + k_first) * head_dim;
-        scalar_t* dv_dst = dv_data + (bh * nk + k_first) * head_dim;
-        for (int64_t idx = 0; idx < n * head_dim; ++idx) {
-          dk_dst[idx] = static_cast<scalar_t>(dk_acc[idx]);
-          dv_dst[idx] = static_cast<scalar_t>(dv_acc[idx]);
-        }
+        store_rows(dk_acc.data(), rows * head_dim, dk_dst);
+        store_rows(dv_acc.data(), rows * head_dim, dv_dst);
       }
-      scalar_t* dq_dst = dq_data + bh * nq * head_dim;
-      for (int64_t idx = 0; idx < nq * head_dim; ++idx) dq_dst[idx] = static_cast<scalar_t>(dq_acc[idx]);
+      if (!shared_dq) store_rows(dq_acc, nq * head_dim, dq_data + bh * nq * head_dim);
     }
   });
+  if (shared_dq) sum_dq_shares(dq_shares.data(), chunks, bh_count, nq, head_dim, dq_data);
 }
 
 void check_cpu(const Tensor& q) {
