@@ -105,8 +105,12 @@ _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_SEQ_LENS", "HAS_AGENTS", "Q_BUCKET", "K_
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop tiles that waste work on short query blocks (decode) or spill at large head dims."""
-    q_bucket, head_dim = named_args["Q_BUCKET"], kwargs.get("HEAD_DIM", 64)
+    """Drop tiles that waste work on short query blocks (decode) or spill at large head dims.
+
+    The autotuner passes the positional launch arguments in ``named_args`` and the keyword
+    ones in ``kwargs``; the launchers pass these by keyword, but either works."""
+    launch_args = {**named_args, **kwargs}
+    q_bucket, head_dim = launch_args["Q_BUCKET"], launch_args["HEAD_DIM"]
     kept = []
     for config in configs:
         block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
@@ -118,6 +122,16 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
             continue
         kept.append(config)
     return kept or configs[-1:]
+
+
+# CUDA stops gridDim.y and gridDim.z at 65535: batch x heads (the summaries: batch) folds
+# over both axes, and the programs past the end return at once.
+MAX_GRID_YZ = 65535
+
+
+def _folded_grid(tiles: int, rows: int) -> tuple[int, int, int]:
+    per_axis = min(max(rows, 1), MAX_GRID_YZ)
+    return tiles, per_axis, triton.cdiv(rows, per_axis)
 
 
 def _bucket(n: int) -> int:
@@ -152,14 +166,22 @@ def _summary_and(Row, tile_start, num_entries, COUNT: tl.constexpr, SUMMARY: tl.
 
 
 @triton.jit
+def _folded_row():
+    """This program's row (batch x head, or batch) of a grid from ``_folded_grid``."""
+    return tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+
+
+@triton.jit
 def _agent_summary_kernel(
     AgentIds, Bitmask, Present, SeesAny, SeesAll,
-    stride_ids_b, stride_mask_b, start_pos, num_positions, num_entries,
+    stride_ids_b, stride_mask_b, start_pos, num_positions, num_entries, batch,
     SUMMARY: tl.constexpr,
 ):
     """Per block of SUMMARY positions: agents present, OR and AND of what they see."""
     block = tl.program_id(0)
-    b = tl.program_id(1)
+    b = _folded_row()
+    if b >= batch:
+        return
     idx = block * SUMMARY + tl.arange(0, SUMMARY)
     valid = idx < num_positions
     ids = tl.load(AgentIds + b * stride_ids_b + start_pos + idx, mask=valid, other=0).to(tl.int64)
@@ -295,14 +317,16 @@ def _forward_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_ids_b, stride_mask_b, key_entries, query_entries,
-    num_heads, num_queries, num_keys, scale_log2,
+    num_heads, num_rows, num_queries, num_keys, scale_log2,
     Q_BUCKET, K_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_SEQ_LENS: tl.constexpr, HAS_AGENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = _query_tile(CAUSAL) * BLOCK_M
-    bh = tl.program_id(1)
+    bh = _folded_row()
+    if bh >= num_rows:
+        return
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -372,11 +396,13 @@ def _forward_kernel(
 def _delta_kernel(Out, DOut, Delta,
                   stride_ob, stride_oh, stride_om, stride_od,
                   stride_gb, stride_gh, stride_gm, stride_gd,
-                  num_heads, num_queries,
+                  num_heads, num_rows, num_queries,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta[b, h, i] = sum_d dO * O in fp32 (the softmax backward's row term)."""
     start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    bh = _folded_row()
+    if bh >= num_rows:
+        return
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -430,7 +456,7 @@ def _dq_kernel(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_ids_b, stride_mask_b, key_entries, query_entries,
-    num_heads, num_queries, num_keys, scale, scale_log2,
+    num_heads, num_rows, num_queries, num_keys, scale, scale_log2,
     Q_BUCKET, K_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_SEQ_LENS: tl.constexpr, HAS_AGENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -438,7 +464,9 @@ def _dq_kernel(
 ):
     """dq for one query tile, walking the same key tiles as the forward."""
     start_m = _query_tile(CAUSAL) * BLOCK_M
-    bh = tl.program_id(1)
+    bh = _folded_row()
+    if bh >= num_rows:
+        return
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -533,7 +561,7 @@ def _dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_ids_b, stride_mask_b, key_entries, query_entries,
-    num_heads, num_queries, num_keys, scale, scale_log2,
+    num_heads, num_rows, num_queries, num_keys, scale, scale_log2,
     Q_BUCKET, K_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_SEQ_LENS: tl.constexpr, HAS_AGENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -541,7 +569,9 @@ def _dkdv_kernel(
 ):
     """dk, dv for one key tile, walking the query tiles that can see it."""
     start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
+    bh = _folded_row()
+    if bh >= num_rows:
+        return
     b = (bh // num_heads).to(tl.int64)
     h = (bh % num_heads).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -658,9 +688,9 @@ def _agent_summaries(agent_ids: Tensor, bitmask: Tensor, start: int, count: int,
                      batch: int) -> tuple[Tensor, Tensor, Tensor]:
     present, sees_any, sees_all = (
         torch.empty(batch, entries, dtype=torch.int64, device=agent_ids.device) for _ in range(3))
-    _agent_summary_kernel[(entries, batch)](
+    _agent_summary_kernel[_folded_grid(entries, batch)](
         agent_ids, bitmask, present, sees_any, sees_all,
-        agent_ids.stride(0), bitmask.stride(0), start, count, entries, SUMMARY=SUMMARY_BLOCK)
+        agent_ids.stride(0), bitmask.stride(0), start, count, entries, batch, SUMMARY=SUMMARY_BLOCK)
     return present, sees_any, sees_all
 
 
@@ -701,13 +731,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tensor | None, agent_ids:
         return out, lse
     with _device_guard(q):
         masks = _MaskArgs(q, k, seq_lens, agent_ids, bitmask)
-        grid = lambda meta: (triton.cdiv(num_queries, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+        grid = lambda meta: _folded_grid(triton.cdiv(num_queries, meta["BLOCK_M"]), batch * heads)  # noqa: E731
         _forward_kernel[grid](
             q, k, v, out, lse, masks.seq_lens, masks.agent_ids, masks.bitmask,
             masks.key_present, masks.query_sees_any, masks.query_sees_all,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             masks.stride_ids_b, masks.stride_mask_b, masks.key_entries, masks.query_entries,
-            heads, num_queries, num_keys, scale * LOG2E,
+            heads, batch * heads, num_queries, num_keys, scale * LOG2E,
             **_static_args(q, k, causal, masks),
         )
     return out, lse
@@ -731,21 +761,21 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         static = _static_args(q, k, causal, masks)
         delta = torch.empty((batch, heads, num_queries), dtype=torch.float32, device=q.device)
         delta_block = 16 if INTERPRETED else 64
-        _delta_kernel[(triton.cdiv(num_queries, delta_block), batch * heads)](
-            out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, num_queries,
+        _delta_kernel[_folded_grid(triton.cdiv(num_queries, delta_block), batch * heads)](
+            out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, batch * heads, num_queries,
             HEAD_DIM=head_dim, BLOCK_D=static["BLOCK_D"], BLOCK_M=delta_block,
         )
         common = (masks.seq_lens, masks.agent_ids, masks.bitmask,
                   masks.key_present, masks.query_sees_any, masks.query_sees_all)
         strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
         tail = (masks.stride_ids_b, masks.stride_mask_b, masks.key_entries, masks.query_entries,
-                heads, num_queries, num_keys, scale, scale * LOG2E)
-        dkdv_grid = lambda meta: (triton.cdiv(num_keys, meta["BLOCK_N"]), batch * heads)  # noqa: E731
+                heads, batch * heads, num_queries, num_keys, scale, scale * LOG2E)
+        dkdv_grid = lambda meta: _folded_grid(triton.cdiv(num_keys, meta["BLOCK_N"]), batch * heads)  # noqa: E731
         _dkdv_kernel[dkdv_grid](
             q, k, v, grad_out, dk, dv, lse, delta, *common,
             *strides, *dk.stride(), *dv.stride(), *tail, **static,
         )
-        dq_grid = lambda meta: (triton.cdiv(num_queries, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+        dq_grid = lambda meta: _folded_grid(triton.cdiv(num_queries, meta["BLOCK_M"]), batch * heads)  # noqa: E731
         _dq_kernel[dq_grid](
             q, k, v, grad_out, dq, lse, delta, *common,
             *strides, *dq.stride(), *tail, **static,

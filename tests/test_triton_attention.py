@@ -218,6 +218,43 @@ def test_rerun_is_bitwise_identical():
         assert torch.equal(a, b)
 
 
+def test_batch_heads_fold_over_two_grid_axes(monkeypatch):
+    """CUDA caps grid axes 1 and 2 at 65535, so batch x heads (the agent summaries: batch) folds
+    over both and the trailing programs idle. A cap of 4 exercises the fold at small sizes."""
+    from agentfast.kernels import flash_attention as fa
+
+    monkeypatch.setattr(fa, "MAX_GRID_YZ", 4)
+    assert fa._folded_grid(3, 10) == (3, 4, 3) and fa._folded_grid(3, 4) == (3, 4, 1)
+    check_backend(make_case(5, 2, 21, 30, 16, device=DEVICE, causal=True, padding=True, agents=3, seed=13),
+                  run_triton)
+
+
+def test_autotune_pruning_reads_keyword_launch_arguments(monkeypatch):
+    """The autotuner gives the pruner positional launch arguments in named_args and keyword ones
+    in kwargs; the launchers pass the buckets by keyword. (GPU-only path: under the
+    interpreter there is one config and nothing to prune.)"""
+    import triton
+
+    from agentfast.kernels import flash_attention as fa
+
+    monkeypatch.setattr(fa, "INTERPRETED", False)
+    configs = fa._configs(fa._FORWARD_SHAPES)
+
+    def launch_args(num_queries, head_dim):
+        q = torch.zeros(1, 1, num_queries, head_dim)
+        k = torch.zeros(1, 1, 300, head_dim)
+        return fa._static_args(q, k, True, fa._MaskArgs(q, k, None, None, None))
+
+    decode = launch_args(1, 256)
+    kept = fa._prune(configs, {}, **decode)
+    assert [c.kwargs for c in kept] == [c.kwargs for c in fa._prune(configs, dict(decode))]
+    assert kept and all(c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64
+                        for c in kept)
+    prefill = fa._prune(configs, {}, **launch_args(300, 64))
+    assert {c.kwargs["BLOCK_M"] for c in prefill} == {c.kwargs["BLOCK_M"] for c in configs} - {16}
+    assert all(isinstance(c, triton.Config) for c in prefill)
+
+
 # --------------------------------------------------------------------------- support and ops
 
 
