@@ -117,7 +117,7 @@ def test_padding_matches_unpadded_rows_and_ignores_garbage(kind, backend, discre
     garbage = {key: value.clone() for key, value in batch.items()}
     for row, length in enumerate(lengths):
         garbage["states"][row, length:] = float("nan")
-        garbage["returns_to_go"][row, length:] = -1e3
+        garbage["returns_to_go"][row, length:] = float("-inf")
         garbage["actions"][row, length:] = -100 if discrete else float("inf")
         garbage["options"][row, length:] = -100
         garbage["agent_ids"][row, length:] = -100
@@ -127,6 +127,20 @@ def test_padding_matches_unpadded_rows_and_ignores_garbage(kind, backend, discre
         for full, dirty, single in zip(padded, with_garbage, alone):
             torch.testing.assert_close(full[row, :length], single[0], atol=ATOL, rtol=1e-5)
             torch.testing.assert_close(dirty[row, :length], full[row, :length], atol=ATOL, rtol=1e-5)
+    # Nor does the padding reach the parameters through the backward pass (0 * NaN = NaN).
+    clean_grads, dirty_grads = (valid_step_gradients(model, data, seq_lens, agent_mask) for data in (batch, garbage))
+    for name, clean in clean_grads.items():
+        assert torch.isfinite(dirty_grads[name]).all(), f"non-finite gradient of {name} from padding"
+        torch.testing.assert_close(dirty_grads[name], clean, atol=ATOL, rtol=1e-5)
+
+
+def valid_step_gradients(model, batch, seq_lens, agent_mask):
+    """Parameter gradients of the sum of every output over the valid steps."""
+    model.zero_grad()
+    valid = torch.arange(STEPS)[None, :] < seq_lens[:, None]
+    loss = sum(output[valid].sum() for output in run(model, batch, seq_lens, agent_mask))
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 # ----------------------------------------------------------------------------- causality

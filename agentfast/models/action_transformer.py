@@ -20,6 +20,7 @@ from .backbone import (
     interleave,
     token_stream,
     valid_steps,
+    zero_padding,
 )
 from .kv_cache import KVCache
 
@@ -93,7 +94,7 @@ class ActionTransformer(SequencePolicy):
         batch, num_steps = self._batch_and_steps(states)
         seq_lens = check_seq_lens(seq_lens, batch, num_steps, states.device)
         valid = valid_steps(seq_lens, batch, num_steps, states.device)
-        state_tokens = self._state_tokens(states, returns_to_go, batch, num_steps)
+        state_tokens = self._state_tokens(states, returns_to_go, batch, num_steps, valid)
         action_tokens = self._embed_actions(actions, batch, num_steps, valid)
         hidden = self.backbone(interleave(state_tokens, action_tokens), seq_lens=self._token_seq_lens(seq_lens))
         return self._heads(token_stream(hidden, 0, self.tokens_per_step))
@@ -138,8 +139,9 @@ class ActionTransformer(SequencePolicy):
         action_pred, value = self._heads(hidden[:, -1])
         return action_pred, value
 
-    def _state_tokens(self, states: Tensor, returns_to_go: Any, batch: int, num_steps: int | None) -> Tensor:
-        tokens = self._embed_states(states, batch, num_steps)
+    def _state_tokens(self, states: Tensor, returns_to_go: Any, batch: int, num_steps: int | None,
+                      valid: Tensor | None = None) -> Tensor:
+        tokens = self._embed_states(states, batch, num_steps, valid)
         if returns_to_go is not None:
             lead = (batch, num_steps) if num_steps is not None else (batch,)
             name = "returns_to_go" if num_steps is not None else "return_to_go"
@@ -147,7 +149,7 @@ class ActionTransformer(SequencePolicy):
                 check_float_input(name, returns_to_go, (*lead, 1))
                 returns_to_go = returns_to_go.squeeze(-1)
             check_float_input(name, returns_to_go, lead)
-            tokens = tokens + self.return_embed(returns_to_go.to(tokens.dtype).unsqueeze(-1))
+            tokens = tokens + self.return_embed(zero_padding(returns_to_go.to(tokens.dtype), valid).unsqueeze(-1))
         return tokens
 
     def _heads(self, state_hidden: Tensor) -> tuple[Tensor, Tensor]:

@@ -81,6 +81,15 @@ def check_seq_lens(seq_lens: Any, batch: int, num_steps: int, device: torch.devi
     return seq_lens
 
 
+def zero_padding(values: Tensor, valid: Tensor | None) -> Tensor:
+    """``values`` ``[B, T, ...]`` with padded steps set to 0 before they are embedded, so that
+    NaN/inf padding reaches neither the outputs nor, through 0 * NaN in a weight gradient,
+    the parameters."""
+    if valid is None:
+        return values
+    return values.masked_fill(~valid.reshape(*valid.shape, *([1] * (values.dim() - valid.dim()))), 0)
+
+
 def valid_steps(seq_lens: Tensor | None, batch: int, num_steps: int, device: torch.device) -> Tensor | None:
     """bool ``[B, T]``: True at timesteps inside ``seq_lens`` (None when all are valid)."""
     if seq_lens is None:
@@ -244,7 +253,8 @@ class TransformerBackbone(nn.Module):
                 agent_ids = cache.write_agent_ids(agent_ids)
         positions = torch.arange(first, first + tokens.shape[1], device=tokens.device)
         if seq_lens is not None:
-            # Zero padded tokens so that even NaN/inf padding cannot leak through 0-weights.
+            # Padded tokens carry no information; zero them so that attention backends never see
+            # what the embeddings made of the padding.
             tokens = torch.where((positions[None, :] < seq_lens[:, None])[..., None], tokens, torch.zeros_like(tokens))
         x = tokens + self.timestep_embed(positions // self.tokens_per_step)
         x = self.embed_dropout(self.embed_norm(x))
@@ -351,10 +361,10 @@ class SequencePolicy(nn.Module):
     def _param_dtype(self) -> torch.dtype:
         return self.state_embed.weight.dtype
 
-    def _embed_states(self, states: Tensor, batch: int, num_steps: int | None) -> Tensor:
+    def _embed_states(self, states: Tensor, batch: int, num_steps: int | None, valid: Tensor | None = None) -> Tensor:
         shape = (batch, num_steps, self.state_dim) if num_steps is not None else (batch, self.state_dim)
         check_float_input("states", states, shape)
-        return self.state_embed(states.to(self._param_dtype()))
+        return self.state_embed(zero_padding(states.to(self._param_dtype()), valid))
 
     def _embed_actions(self, actions: Any, batch: int, num_steps: int | None, valid: Tensor | None) -> Tensor:
         """Embed actions ``[B, T, action_dim]`` float or ``[B, T]`` long (``num_steps=None``:
@@ -374,7 +384,7 @@ class SequencePolicy(nn.Module):
                 "(build the model with discrete_actions=True for action indices)"
             )
         check_float_input(name, actions, (*lead, self.action_dim))
-        return self.action_embed(actions.to(self._param_dtype()))
+        return self.action_embed(zero_padding(actions.to(self._param_dtype()), valid))
 
     def _batch_and_steps(self, states: Any) -> tuple[int, int]:
         if not isinstance(states, Tensor):

@@ -82,7 +82,7 @@ class HierarchicalTransformer(SequencePolicy):
         valid = valid_steps(seq_lens, batch, num_steps, device)
         option_tokens = self.option_embed(check_index_input("options", options, (batch, num_steps), self.num_options, valid))
         tokens = interleave(
-            self._embed_states(states, batch, num_steps),
+            self._embed_states(states, batch, num_steps, valid),
             option_tokens,
             self._embed_actions(actions, batch, num_steps, valid),
         )

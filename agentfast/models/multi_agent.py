@@ -140,7 +140,7 @@ class MultiAgentTransformer(SequencePolicy):
         agent_ids = check_index_input("agent_ids", agent_ids, (batch, num_steps), self.max_num_agents, valid)
         visibility = self._visibility(agent_mask, batch, device, agent_ids)
         agent_tokens = self.agent_embed(agent_ids)
-        state_tokens = self._embed_states(states, batch, num_steps) + agent_tokens
+        state_tokens = self._embed_states(states, batch, num_steps, valid) + agent_tokens
         action_tokens = self._embed_actions(actions, batch, num_steps, valid) + agent_tokens
         token_agents = agent_ids.repeat_interleave(self.tokens_per_step, dim=1) if visibility is not None else None
         hidden = self.backbone(
