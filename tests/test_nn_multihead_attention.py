@@ -150,6 +150,25 @@ def test_gradients_match_torch():
         torch.testing.assert_close(ours_param.grad, theirs_param.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "inference"])
+def test_swapped_into_torch_transformer_encoder_layer(mode):
+    """Swapping the class inside torch's encoder layer: same outputs in training, in eval with
+    gradients and under no_grad, where torch's inference fast path runs on our weights."""
+    torch.manual_seed(2)
+    theirs = torch.nn.TransformerEncoderLayer(EMBED, HEADS, dim_feedforward=32, dropout=0.0, batch_first=True)
+    ours = torch.nn.TransformerEncoderLayer(EMBED, HEADS, dim_feedforward=32, dropout=0.0, batch_first=True)
+    ours.self_attn = MultiheadAttention(EMBED, HEADS, batch_first=True, backend="sdpa")
+    ours.load_state_dict(theirs.state_dict())
+    query, _, _ = inputs(True)
+    padding, causal = right_padding([7, 5, 2]), causal_float_mask().isinf()
+    for layer in (theirs, ours):
+        layer.train(mode == "train")
+    with torch.inference_mode(mode == "inference"):
+        expected = theirs(query, src_mask=causal, src_key_padding_mask=padding)
+        got = ours(query, src_mask=causal, src_key_padding_mask=padding)
+    torch.testing.assert_close(got[~padding], expected[~padding], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_agent_visibility_and_seq_lens_extras(backend):
     """Extra keyword arguments apply the contract's rule, identically on both paths."""

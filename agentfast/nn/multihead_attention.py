@@ -12,6 +12,10 @@ backends; the rest falls back to a dense path with the same results as torch:
   training, ``add_bias_kv`` / ``add_zero_attn``: ``torch.nn.functional.
   scaled_dot_product_attention`` with the merged mask.
 
+Inside ``torch.nn.TransformerEncoderLayer`` in eval mode without gradients, torch takes its
+own fused inference kernel with this module's weights (its "fast path"; turn it off with
+``torch.backends.mha.set_fastpath_enabled(False)``); training and every other call run here.
+
 Differences from torch: a query that may attend no key at all returns 0 (torch gives NaN);
 ``is_causal=True`` without ``attn_mask`` applies the causal mask (torch raises); with an
 ``attn_mask`` given, that mask is applied on every path (torch's SDPA shortcut for
@@ -170,6 +174,14 @@ class MultiheadAttention(nn.Module):
         if unbatched:
             return out.squeeze(0), (weights.squeeze(0) if weights is not None else None)
         return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def merge_masks(
+        self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, query: Tensor
+    ) -> tuple[Tensor | None, int | None]:
+        """torch's ``MultiheadAttention.merge_masks``, which the inference fast path of
+        ``torch.nn.TransformerEncoderLayer`` calls before it runs torch's own fused kernel on
+        this module's weights."""
+        return nn.MultiheadAttention.merge_masks(self, attn_mask, key_padding_mask, query)
 
     # -- inputs ---------------------------------------------------------------------------
 
