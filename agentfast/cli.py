@@ -162,23 +162,27 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .data import convert
+    from .training.run import print_read_errors
 
     _require_file(args.input)
     report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
     print(report.summary())
+    errors = print_read_errors(report)
     print(f"wrote {len(report.episodes)} episodes to {args.output}")
     _print_json_log(args.log, {"event": "convert", "input": args.input, "output": args.output,
-                               "episodes": len(report.episodes), "skipped": report.skipped})
+                               "episodes": len(report.episodes), "skipped": report.skipped,
+                               "errors": errors})
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .data import load_episodes
-    from .training.run import build_encoder
+    from .training.run import build_encoder, print_read_errors
 
     _require_file(args.data)
     report = load_episodes(args.data, format=args.format, strict=not args.lenient)
     print(report.summary())
+    errors = print_read_errors(report)
     texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
     settings = _encoder_settings(args)
     if settings.cache_dir == "":
@@ -192,7 +196,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
           f"({cached.hits} cached, {cached.misses} computed) into {cached.cache.directory}")
     _print_json_log(args.log, {"event": "embed", "texts": len(texts), "dim": int(embeddings.shape[1]),
                                "hits": cached.hits, "misses": cached.misses, "seconds": seconds,
-                               "identity": encoder.identity})
+                               "identity": encoder.identity, "skipped": report.skipped,
+                               "errors": errors})
     return 0
 
 

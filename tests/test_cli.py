@@ -160,3 +160,32 @@ def test_info_and_the_built_in_quick_benchmark(capsys):
     assert main(["bench", "quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reference" in out and " ms" in out
+
+
+def _with_bad_records(path, count):
+    """The synthetic log with ``count`` broken records (one action short) after the good ones."""
+    bad = [{"states": [f"s{i}", f"t{i}"], "actions": [f"a{i}"]} for i in range(count)]
+    return write_jsonl(path, make_episode_dicts(4) + bad)
+
+
+def test_lenient_reads_report_every_skipped_record(workspace, tmp_path, capsys):
+    data = _with_bad_records(tmp_path / "bad.jsonl", 6)
+    good = len(make_episode_dicts(4))
+    log = tmp_path / "log.jsonl"
+    assert main(["convert", str(data), str(tmp_path / "out.jsonl"), "--lenient",
+                 "--log", str(log)]) == 0
+    err = capsys.readouterr().err
+    for line in range(good + 1, good + 7):
+        assert f"bad.jsonl:{line}: field 'actions'" in err
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["skipped"] == 6 and len(record["errors"]) == 6
+    assert f"bad.jsonl:{good + 6}" in record["errors"][-1]
+    output = tmp_path / "run"
+    args = _train_args(workspace, output, "--max-steps", "1", "--no-eval", "--lenient")
+    args[1] = str(data)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert sum(f"bad.jsonl:{line}:" in err for line in range(good + 1, good + 7)) == 6
+    events = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    data_event = next(e for e in events if e["event"] == "data")
+    assert data_event["skipped"] == 6 and len(data_event["errors"]) == 6

@@ -9,6 +9,7 @@ baselines. ``evaluate_policies`` does the evaluation part for saved policies.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +36,7 @@ from .evaluation import (
 )
 from .modeling import build_model, visibility_mask
 from .precision import seed_everything
-from .trainer import Trainer, TrainResult
+from .trainer import JsonlLogger, Trainer, TrainResult
 
 MODEL_LABELS = {"action": "ActionTransformer", "multi_agent": "MultiAgentTransformer",
                 "hierarchical": "HierarchicalTransformer"}
@@ -138,6 +139,15 @@ def load_report(settings: DataSettings):
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     return load_episodes(path, format=settings.format, strict=settings.strict)
+
+
+def print_read_errors(report: Any) -> list[str]:
+    """Every record a lenient read skipped, one line each on stderr (the summary names only
+    the first); returns the lines for the JSONL log."""
+    lines = [str(error) for error in report.errors]
+    for line in lines:
+        print(f"skipped {line}", file=sys.stderr)
+    return lines
 
 
 def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, max_seq_len: int,
@@ -245,23 +255,28 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     else:
         _prepare_fresh_output(output_dir, overwrite, context)
     torch_device = resolve_device(device, context)
+    log_path = log_path or output_dir / "train_log.jsonl"
+    read_errors: list[str] = []
     if episodes is None:
         report = load_report(data)
         if context.is_main:
             print(report.summary())
+            read_errors = print_read_errors(report)
         episodes = report.episodes
     encoder = encoder or build_encoder(encoder_settings)
     prepared = prepare_data(episodes, encoder, data, config.max_seq_len, progress=progress,
                             context=context)
     if context.is_main:
         print(_describe_split(prepared.summary))
+        JsonlLogger(log_path).log({"event": "data", **prepared.summary,
+                                   "skipped": len(read_errors), "errors": read_errors})
     seed_everything(config.seed)  # identical initial weights on every rank
     action_dim = len(prepared.vocab["action"]) if config.discrete_actions else prepared.action_dim
     model = build_model(config, state_dim=prepared.state_dim, action_dim=action_dim,
                         num_agents=prepared.num_agents, num_options=max(1, prepared.num_options))
     trainer = Trainer(model, config, prepared.train, prepared.val, output_dir=output_dir,
                       device=torch_device, context=context,
-                      log_path=log_path or output_dir / "train_log.jsonl", progress=progress,
+                      log_path=log_path, progress=progress,
                       stop_after_step=stop_after_step, num_agents=prepared.num_agents)
     result = trainer.train(resume=resume)
     metadata = {
@@ -410,6 +425,7 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
     torch_device = resolve_device(device)
     policies = [load_pretrained(d, device=torch_device) for d in directories]
     report_data = load_report(data)
+    print_read_errors(report_data)
     max_len = min(int(p.config["model_config"]["max_seq_len"]) for p in policies)
     vocab = _vocab_from_policy(policies[0])
     prepared = prepare_data(report_data.episodes, encoder, data, max_len, vocab=vocab,
