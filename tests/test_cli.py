@@ -189,3 +189,12 @@ def test_lenient_reads_report_every_skipped_record(workspace, tmp_path, capsys):
     events = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     data_event = next(e for e in events if e["event"] == "data")
     assert data_event["skipped"] == 6 and len(data_event["errors"]) == 6
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(workspace, trained, tmp_path, capsys):
+    keep = tmp_path / "keep"
+    shutil.copytree(trained, keep)
+    before = sorted(str(p.relative_to(keep)) for p in keep.rglob("*"))
+    message = _error(capsys, _train_args(workspace, keep, "--overwrite", "--held-out-task-types", "typo"))
+    assert "held-out task types ['typo'] do not occur" in message
+    assert sorted(str(p.relative_to(keep)) for p in keep.rglob("*")) == before

@@ -39,3 +39,34 @@ def test_two_process_ddp_training_through_the_cli(tmp_path):
     assert done.stdout.count("majority baseline") == 1  # only rank 0 reports
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == \
         ["latest", "step-00000003", "step-00000006"]
+
+
+class _FakeRank:
+    """A non-zero rank of a two-process run: rank 0's answers come from ``rank0``."""
+
+    rank, world_size, is_main, enabled = 1, 2, False, True
+
+    def __init__(self, rank0):
+        self.rank0 = rank0
+        self.barriers = 0
+
+    def broadcast_object(self, value):
+        assert value is None  # only rank 0 looks
+        return self.rank0
+
+    def barrier(self):
+        self.barriers += 1
+
+
+def test_only_rank_0_decides_about_an_old_run_and_every_rank_meets_at_the_barrier(tmp_path):
+    from agentfast.training.run import _check_fresh_output, _delete_old_run
+
+    # Rank 0 saw an old run that it has already deleted by the time this rank looks.
+    rank = _FakeRank(["config.json", "checkpoints/"])
+    existing = _check_fresh_output(tmp_path, True, rank)
+    assert existing == ["config.json", "checkpoints/"]
+    (tmp_path / "config.json").write_text("{}")  # a rank other than 0 never deletes
+    _delete_old_run(tmp_path, rank)
+    assert rank.barriers == 1 and (tmp_path / "config.json").exists()
+    with pytest.raises(ValueError, match="already holds a run"):
+        _check_fresh_output(tmp_path / "empty", False, _FakeRank(["model.safetensors"]))

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import (
     CheckpointError,
     PretrainedPolicy,
+    checkpoint_root,
     load_pretrained,
     read_pretrained_config,
     save_pretrained,
@@ -250,10 +251,11 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     """Train one policy on a log file and save it to ``output_dir`` (see module docstring)."""
     context = context or DistributedContext()
     output_dir = Path(output_dir)
+    old_run: list[str] = []
     if resume:
         _check_resume_config(output_dir, config)
     else:
-        _prepare_fresh_output(output_dir, overwrite, context)
+        old_run = _check_fresh_output(output_dir, overwrite, context)
     torch_device = resolve_device(device, context)
     log_path = log_path or output_dir / "train_log.jsonl"
     read_errors: list[str] = []
@@ -268,8 +270,6 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                             context=context)
     if context.is_main:
         print(_describe_split(prepared.summary))
-        JsonlLogger(log_path).log({"event": "data", **prepared.summary,
-                                   "skipped": len(read_errors), "errors": read_errors})
     seed_everything(config.seed)  # identical initial weights on every rank
     action_dim = len(prepared.vocab["action"]) if config.discrete_actions else prepared.action_dim
     model = build_model(config, state_dim=prepared.state_dim, action_dim=action_dim,
@@ -278,6 +278,12 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                       device=torch_device, context=context,
                       log_path=log_path, progress=progress,
                       stop_after_step=stop_after_step, num_agents=prepared.num_agents)
+    # Everything that can refuse the run has run by now; only then may the old one go.
+    if old_run:
+        _delete_old_run(output_dir, context)
+    if context.is_main:
+        JsonlLogger(log_path).log({"event": "data", **prepared.summary,
+                                   "skipped": len(read_errors), "errors": read_errors})
     result = trainer.train(resume=resume)
     metadata = {
         "train_config": config.to_dict(),
@@ -307,18 +313,29 @@ _RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "action_bank.saf
               "train_log.jsonl")
 
 
-def _prepare_fresh_output(output_dir: Path, overwrite: bool, context: DistributedContext) -> None:
-    """A fresh run must not mix with an old one's checkpoints and log."""
-    from .checkpoint import checkpoint_root
-
+def _old_run_files(output_dir: Path) -> list[str]:
     existing = [name for name in _RUN_FILES if (output_dir / name).exists()]
     if checkpoint_root(output_dir).exists():
         existing.append("checkpoints/")
-    if not existing:
-        return
-    if not overwrite:
+    return existing
+
+
+def _check_fresh_output(output_dir: Path, overwrite: bool, context: DistributedContext) -> list[str]:
+    """The files of an earlier run in ``output_dir`` (a fresh run must not mix with its
+    checkpoints and log); without ``overwrite`` they are an error.
+
+    Rank 0 looks and every rank uses its answer: a rank that looked after rank 0 had
+    deleted the old run would otherwise skip the barrier of ``_delete_old_run``.
+    """
+    existing = context.broadcast_object(_old_run_files(output_dir) if context.is_main else None)
+    if existing and not overwrite:
         raise ValueError(f"{output_dir} already holds a run ({', '.join(existing)}); pass "
                          "--resume to continue it or --overwrite to start over")
+    return existing
+
+
+def _delete_old_run(output_dir: Path, context: DistributedContext) -> None:
+    """Rank 0 deletes the earlier run; the barrier keeps the others from writing meanwhile."""
     if context.is_main:
         import shutil
 
