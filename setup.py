@@ -45,7 +45,7 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern), recursive=True))
 
 
-def _write_build_info(with_cuda: bool, archs: str | None) -> None:
+def _write_build_info(target: Path, with_cuda: bool, archs: str | None) -> None:
     import torch
 
     info = {
@@ -59,11 +59,26 @@ def _write_build_info(with_cuda: bool, archs: str | None) -> None:
         from torch.utils.cpp_extension import CUDA_HOME
 
         info["cuda_home"] = CUDA_HOME
-    BUILD_INFO.write_text(json.dumps(info, indent=2) + "\n")
+    target.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _build_ext_class(with_cuda: bool, archs: str | None) -> type:
+    """torch's ninja BuildExtension that, once the build succeeded, records what the extension
+    was built against next to it (in place for editable installs, else in the wheel)."""
+    from torch.utils.cpp_extension import BuildExtension
+
+    class BuildExtensionWithInfo(BuildExtension.with_options(use_ninja=True)):
+        def run(self) -> None:
+            super().run()
+            target = Path(self.get_ext_fullpath("agentfast._C")).parent / BUILD_INFO.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_build_info(target, with_cuda, archs)
+
+    return BuildExtensionWithInfo
 
 
 def _extensions() -> tuple[list, dict]:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cpp_sources = _sources("csrc/**/*.cpp")
     if not cpp_sources:
@@ -98,8 +113,7 @@ def _extensions() -> tuple[list, dict]:
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )
-    _write_build_info(with_cuda, archs)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _build_ext_class(with_cuda, archs)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -19,7 +19,7 @@ _error: str | None = None
 
 
 def build_info() -> dict[str, Any]:
-    """What setup.py recorded when it built the extension ({} if it never ran here)."""
+    """What the build recorded next to the extension after building it ({} if none here)."""
     try:
         return json.loads(_BUILD_INFO.read_text())
     except (OSError, ValueError):
@@ -47,8 +47,10 @@ def load() -> ModuleType | None:
     global _error
     import torch  # the extension links against libtorch: load it first
 
+    _error = None
+
     try:
-        return importlib.import_module("agentfast._C")
+        module = importlib.import_module("agentfast._C")
     except ImportError as exc:
         built = build_info()
         if not built:
@@ -59,6 +61,13 @@ def load() -> ModuleType | None:
             _error = f"agentfast._C failed to load: {exc} [{_describe_mismatch()}]"
         warnings.warn(_error, RuntimeWarning, stacklevel=2)
         return None
+    built_with = build_info().get("torch_version")
+    if built_with is not None and built_with != torch.__version__:
+        # It loaded, so the ABI is close enough to link; still, kernels built against another
+        # torch are untested with this one.
+        warnings.warn(f"agentfast._C does not match this torch: {_describe_mismatch()}; rebuild it with "
+                      "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=2)
+    return module
 
 
 def load_error() -> str | None:
@@ -67,4 +76,6 @@ def load_error() -> str | None:
 
 
 def has_cuda_kernels() -> bool:
-    return load() is not None and bool(build_info().get("with_cuda"))
+    """Whether the loaded extension holds CUDA kernels (asked of the module, not the record)."""
+    module = load()
+    return module is not None and bool(module.built_with_cuda())

@@ -6,13 +6,14 @@ present (a small agent-masked call), and if not, why not.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 
 import torch
 
 from . import __version__
-from ._extension import build_info, load_error, runtime_info
+from ._extension import build_info, has_cuda_kernels, load_error, runtime_info
 from .attention import backend_names, get_backend, make_call
 
 
@@ -49,14 +50,16 @@ def report() -> str:
         f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
     ]
     if built:
-        lines.append(
-            f"extension agentfast._C built with torch {built.get('torch_version')}, "
-            f"CUDA kernels: {'yes, archs ' + str(built.get('cuda_archs')) if built.get('with_cuda') else 'no'}"
-        )
+        cuda = (f"CUDA {built.get('torch_cuda_version')}, archs {built.get('cuda_archs')}, toolkit "
+                f"{built.get('cuda_home')}" if built.get("with_cuda") else "no CUDA kernels")
+        lines.append(f"extension agentfast._C built with torch {built.get('torch_version')}: {cuda}")
     else:
         lines.append("extension agentfast._C: no build recorded")
     error = load_error()
-    lines.append(f"extension loads: {'yes' if error is None else 'no (' + error + ')'}")
+    if error is None:
+        lines.append(f"extension loads: yes, CUDA kernels {'present' if has_cuda_kernels() else 'absent'}")
+    else:
+        lines.append(f"extension loads: no ({error})")
     lines.append("")
     lines.append(f"{'backend':<10} {'device':<6} usable")
     lines.extend(f"{name:<10} {device:<6} {status}" for name, device, status in backend_table())
@@ -64,6 +67,11 @@ def report() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="agentfast info",
+        description="Print the build of agentfast._C (torch, CUDA, archs) and which attention "
+                    "backends can serve calls here, with the reason for each that cannot.",
+    ).parse_args(argv)
     print(report())
     return 0
 

@@ -4,8 +4,16 @@ crashes an import."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
 
 
 def run_python(code: str) -> str:
@@ -67,3 +75,44 @@ def test_missing_extension_warns_with_versions_instead_of_crashing(tmp_path, mon
         assert "rebuild" in _extension.load_error()
     finally:
         _extension.load.cache_clear()
+
+
+def test_loaded_but_mismatched_extension_warns_and_is_used(tmp_path, monkeypatch):
+    """An extension built against another torch that still links is used, with one warning
+    naming both versions."""
+    from agentfast import _extension
+
+    info = tmp_path / "_build_info.json"
+    info.write_text(json.dumps({"torch_version": "0.0.1", "torch_cuda_version": "9.9"}))
+    monkeypatch.setattr(_extension, "_BUILD_INFO", info)
+    sentinel = object()
+    monkeypatch.setattr(_extension.importlib, "import_module", lambda name: sentinel)
+    _extension.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"does not match this torch: built against torch 0\.0\.1"):
+            assert _extension.load() is sentinel
+        assert _extension.load_error() is None
+    finally:
+        _extension.load.cache_clear()
+
+
+def test_sdist_carries_every_extension_source_and_records_no_build(tmp_path):
+    """The source archive builds elsewhere only if every csrc file (headers too) is in it; and
+    only a finished build records build metadata, not merely reading setup.py."""
+    tree = tmp_path / "tree"
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "Makefile"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tree / name)
+    ignore = shutil.ignore_patterns("*.so", "_build_info.json", "__pycache__")
+    for name in ("csrc", "agentfast", "kernels"):
+        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
+    env = {**os.environ, "AGENTFAST_CUDA": "0"}
+    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
+                            cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {Path(*Path(name).parts[1:]) for name in tar.getnames()}
+    sources = {path.relative_to(ROOT) for path in (ROOT / "csrc").rglob("*") if path.is_file()}
+    assert sources and sources <= packed, sorted(map(str, sources - packed))
+    assert not (tree / "agentfast" / "_build_info.json").exists()
