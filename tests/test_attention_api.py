@@ -198,7 +198,7 @@ class TestValidation:
         self.expect(r"q must be 4-D \[B, H, N, D\], got shape \(3, 5, 8\)", q=self.q[0])
 
     def test_integer_dtype(self):
-        self.expect("q must be float32, float16 or bfloat16", q=self.q.long())
+        self.expect("q must be float32, float16, bfloat16 or float64", q=self.q.long())
 
     def test_mixed_dtypes(self):
         self.expect("must share a dtype", k=self.kv.half())

@@ -204,6 +204,37 @@ def test_op_rejects_bad_inputs_with_clear_errors():
     assert reason is not None and ("cpu" in reason or "CUDA" in reason)
 
 
+def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
+    """The cuda backend's why_not against described devices (no GPU needed): a Hopper card
+    has room for every kernel; an sm_89 card (99 KiB of shared memory per block) not for the
+    fp32 kernels at head dim 64; a Turing card has no bf16 tensor-core path."""
+    import types
+
+    from agentfast.attention.backends import extension
+
+    if not extension._BUILT_WITH_CUDA:
+        pytest.skip("agentfast._C was built without its CUDA kernels")
+    backend = get_backend("cuda")
+
+    def call(dtype, head_dim):
+        return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, head_dim=head_dim)
+
+    def gpu(name, major, minor, kib):
+        properties = types.SimpleNamespace(name=name, major=major, minor=minor,
+                                           shared_memory_per_block_optin=kib * 1024)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+
+    gpu("H100", 9, 0, 227)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert all(backend.why_not(call(dtype, head_dim)) is None for head_dim in (24, 64, 128, 256))
+    gpu("L4", 8, 9, 99)
+    reason = backend.why_not(call(torch.float32, 64))
+    assert reason is not None and "shared memory" in reason and "L4 allows 99 KiB" in reason
+    assert backend.why_not(call(torch.bfloat16, 64)) is None
+    gpu("T4", 7, 5, 64)
+    assert "compute capability 8.0+" in backend.why_not(call(torch.bfloat16, 64))
+
+
 def test_reference_outputs_helper_agrees_with_cpp_in_float64():
     """A tight end-to-end check: in float64 the kernel matches the oracle to 1e-12."""
     case = make_case(2, 2, 70, 140, 48, dtype=torch.float64, causal=True, agents=4, padding=True, seed=8)

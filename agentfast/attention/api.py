@@ -38,7 +38,7 @@ def _check_tensors(q: Tensor, k: Tensor, v: Tensor) -> None:
         if t.dim() != 4:
             _fail(f"{name} must be 4-D [B, H, N, D], got shape {tuple(t.shape)}")
         if t.dtype not in _FLOAT_DTYPES:
-            _fail(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+            _fail(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
         _fail(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):

@@ -107,7 +107,27 @@ class _ExtensionBackend(AttentionBackend):
         return out
 
 
+class _CudaExtensionBackend(_ExtensionBackend):
+    """The CUDA half, which also needs the device to have the kernels' shared memory and
+    tensor cores for fp16/bf16."""
+
+    def why_not(self, call: AttentionCall) -> str | None:
+        reason = super().why_not(call)
+        if reason is not None:
+            return reason
+        properties = torch.cuda.get_device_properties(call.device)
+        if call.dtype != torch.float32 and properties.major < 8:
+            return (f"needs compute capability 8.0+ for {str(call.dtype).removeprefix('torch.')} "
+                    f"(tensor cores), {properties.name} has {properties.major}.{properties.minor}")
+        needed = _EXTENSION.cuda_shared_memory_bytes(call.dtype == torch.float32, call.head_dim)
+        allowed = properties.shared_memory_per_block_optin
+        if needed > allowed:
+            return (f"needs {needed // 1024} KiB of shared memory per block at head dim {call.head_dim} "
+                    f"({str(call.dtype).removeprefix('torch.')}), {properties.name} allows {allowed // 1024} KiB")
+        return None
+
+
 CPP_BACKEND = _ExtensionBackend(
     "cpp", "cpu", (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 )
-CUDA_BACKEND = _ExtensionBackend("cuda", "cuda", (torch.float32, torch.float16, torch.bfloat16))
+CUDA_BACKEND = _CudaExtensionBackend("cuda", "cuda", (torch.float32, torch.float16, torch.bfloat16))
