@@ -38,9 +38,13 @@ demo: install
 # Compiles for the present GPU's architecture only, to keep the visit short. On a slow visit,
 # GPU_CHECK_ARGS="--quick" shortens the attention sweep and --skip drops steps.
 gpu-check:
-	TORCH_CUDA_ARCH_LIST=$$($(PYTHON) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability()) if torch.cuda.is_available() else print('9.0')") \
-		$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
-	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+	@if ! $(PYTHON) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+		echo "make gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to do."; \
+	else \
+		TORCH_CUDA_ARCH_LIST=$$($(PYTHON) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") \
+			$(PYTHON) -m pip install --no-build-isolation --no-deps -e . && \
+		$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS); \
+	fi
 
 bench:
 	$(PYTHON) benchmarks/bench_attention.py --device cpu
