@@ -219,3 +219,80 @@ def test_bundled_examples_read_cleanly():
     assert all(e.options is not None and e.rewards is not None for e in report.episodes)
     assert len(load_episodes(EXAMPLES / "chat.jsonl").episodes) > 0
     assert len(load_episodes(EXAMPLES / "conversations.json").episodes) > 0
+
+
+def test_detect_format_reads_a_first_line_of_any_length(tmp_path):
+    long_state = "x" * 70_000  # the line is longer than any fixed-size peek
+    episodes = write_lines(tmp_path / "long.jsonl", [json.dumps({**GOOD, "states": [long_state, "s1"]})])
+    chat = write_lines(tmp_path / "long_chat.jsonl", [json.dumps(
+        {"messages": [{"role": "user", "content": long_state}, {"role": "assistant", "content": "ok"}]})])
+    assert detect_format(episodes) == "episodes" and detect_format(chat) == "openai_chat"
+    assert load_episodes(episodes).episodes[0].states[0] == long_state
+    assert load_episodes(chat).episodes[0].states == [f"user: {long_state}"]
+
+
+def test_detect_format_passes_over_a_malformed_first_line(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", ["{not json", json.dumps(CHAT)])
+    assert detect_format(path) == "openai_chat"
+    with pytest.raises(DataError) as caught:  # strict: the reader names the bad line
+        load_episodes(path)
+    assert caught.value.line == 1 and "malformed JSON" in str(caught.value)
+    with pytest.warns(UserWarning, match="skipped 1 bad record"):
+        report = load_episodes(path, strict=False)
+    assert report.format == "openai_chat" and len(report.episodes) == 1 and report.skipped == 1
+
+
+def test_detect_format_without_any_json_object_names_the_first_bad_line(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", ["", "{not json", "3"])
+    with pytest.raises(DataError) as caught:
+        detect_format(path)
+    message = str(caught.value)
+    assert caught.value.path == str(path) and caught.value.line == 2
+    assert "line 2: malformed JSON" in message
+    assert "pass format= one of episodes, openai_chat, chatgpt_export (--format on the command line)" in message
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_detect_format_of_an_empty_file_says_it_is_empty(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match="the file is empty") as caught:
+        load_episodes(path)
+    assert caught.value.path == str(path)
+
+
+def test_files_with_a_utf8_bom_are_read(tmp_path):
+    episodes = tmp_path / "bom.jsonl"
+    episodes.write_text("\ufeff" + json.dumps(GOOD) + "\n", encoding="utf-8")
+    chat = tmp_path / "bom_chat.jsonl"
+    chat.write_text("\ufeff" + json.dumps(CHAT) + "\n", encoding="utf-8")
+    export = tmp_path / "conversations.json"
+    export.write_text("\ufeff" + json.dumps([conversation()]), encoding="utf-8")
+    assert [detect_format(p) for p in (episodes, chat, export)] == ["episodes", "openai_chat", "chatgpt_export"]
+    assert load_episodes(episodes).episodes == [Episode.from_dict(GOOD)]
+    assert len(load_episodes(chat).episodes) == 1 and len(load_episodes(export).episodes) == 1
+
+
+def test_non_utf8_bytes_are_errors_naming_file_and_line(tmp_path):
+    latin1 = json.dumps({**GOOD, "states": ["café", "s1"]}, ensure_ascii=False).encode("latin-1")
+    only_bad = tmp_path / "latin1.jsonl"
+    only_bad.write_bytes(latin1 + b"\n")
+    with pytest.raises(DataError) as caught:
+        detect_format(only_bad)
+    assert caught.value.path == str(only_bad) and "line 1: not UTF-8 text: byte 0xe9" in str(caught.value)
+
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(json.dumps(GOOD).encode() + b"\n" + latin1 + b"\n")
+    with pytest.raises(DataError) as caught:
+        load_episodes(mixed)
+    assert (caught.value.path, caught.value.line) == (str(mixed), 2) and "UTF-8" in str(caught.value)
+    with pytest.warns(UserWarning, match="skipped 1 bad record"):
+        report = load_episodes(mixed, strict=False)
+    assert len(report.episodes) == 1 and report.skipped == 1
+
+    export = tmp_path / "conversations.json"
+    export.write_bytes(b"[\n" + json.dumps(conversation()).encode() + b",\n\"caf\xe9\"\n]")
+    with pytest.raises(DataError) as caught:
+        load_episodes(export)
+    assert (caught.value.path, caught.value.line) == (str(export), 3) and "UTF-8" in str(caught.value)
+

@@ -17,6 +17,8 @@ line and field. In lenient mode bad records are skipped, collected in
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import os
 import warnings
@@ -85,23 +87,45 @@ class _Collector:
         return self.report
 
 
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, bytes) for each non-blank line, however long, without a BOM.
+
+    Lines are decoded one by one (``_decode_line``) so a stray non-UTF-8 byte is an error
+    of its line, which lenient mode can skip, rather than of the whole file.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if raw.strip():
+                yield number, raw
+
+
+def _decode_line(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
+            "line; save the file as UTF-8", path=str(path), line=number,
+        ) from None
+
+
+def _parse_line(raw: bytes, path: Path, number: int) -> Any:
+    text = _decode_line(raw, path, number)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"malformed JSON: {error.msg} at column {error.colno}",
+            path=str(path), line=number, field=None,
+        ) from None
+
+
 def _json_lines(path: Path) -> Iterator[tuple[int, Callable[[], Any]]]:
     """Yield (line number, parser) for each non-blank line; parsing errors become DataErrors."""
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-
-            def parse(text: str = text, number: int = number) -> Any:
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(
-                        f"malformed JSON: {error.msg} at column {error.colno}",
-                        path=str(path), line=number, field=None,
-                    ) from None
-
-            yield number, parse
+    for number, raw in _raw_lines(path):
+        yield number, lambda raw=raw, number=number: _parse_line(raw, path, number)
 
 
 def read_episodes_jsonl(
@@ -302,7 +326,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
 
     Parsing element by element keeps the line of each conversation for error messages.
     """
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     decoder = json.JSONDecoder()
     position = _skip_space(text, 0)
     if position >= len(text) or text[position] != "[":
@@ -330,6 +354,18 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
         bad_line = 1 + text.count("\n", 0, position)
         raise DataError("malformed JSON: expected ',' or ']' between conversations",
                         path=str(path), line=bad_line)
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text (a UTF-8 BOM dropped); bad bytes are located by line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} cannot be decoded; save the file "
+            "as UTF-8", path=str(path), line=1 + data.count(b"\n", 0, error.start),
+        ) from None
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -460,25 +496,54 @@ _READERS: dict[str, Callable[..., ReadReport]] = {
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Tell the three formats apart by the first record's keys (extension as a tiebreak)."""
+    """Tell the formats apart by the first record's keys (extension as a tiebreak).
+
+    A JSON array is judged by its first element, JSONL by its first line that holds a JSON
+    object: a malformed line before it is left to the reader, which names it (strict) or
+    skips and counts it (lenient).
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        head = handle.read(1 << 16).lstrip()
-    if head.startswith("["):
-        return "chatgpt_export" if '"mapping"' in head or '"current_node"' in head else "episodes_array"
-    first_line = head.split("\n", 1)[0]
-    try:
-        record = json.loads(first_line)
-    except json.JSONDecodeError:
-        if path.name.endswith(".json"):
+    lines = _raw_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataError("cannot detect the format: the file is empty", path=str(path))
+    if first[1].lstrip().startswith(b"["):
+        return _array_format(path)
+    first_error: DataError | None = None
+    for number, raw in itertools.chain([first], lines):
+        try:
+            record = _parse_line(raw, path, number)
+        except DataError as error:
+            if number == first[0] and path.name.endswith(".json"):
+                return "chatgpt_export"  # a pretty-printed export; its reader locates errors
+            first_error = first_error or error
+            continue
+        if not isinstance(record, Mapping):
+            first_error = first_error or DataError("not a JSON object", path=str(path), line=number)
+            continue
+        if "messages" in record:
+            return "openai_chat"
+        if "mapping" in record:
             return "chatgpt_export"
-        raise DataError("cannot detect the format: the first line is not a JSON object; pass "
-                        f"format= one of {', '.join(FORMATS)}", path=str(path), line=1) from None
-    if isinstance(record, Mapping) and "messages" in record:
-        return "openai_chat"
-    if isinstance(record, Mapping) and "mapping" in record:
-        return "chatgpt_export"
-    return "episodes"
+        return "episodes"
+    raise DataError(
+        f"cannot detect the format: no line holds a JSON object (first problem: line "
+        f"{first_error.line}: {first_error.reason}); pass format= one of {', '.join(FORMATS)} "
+        "(--format on the command line)", path=str(path), line=first_error.line,
+    )
+
+
+def _array_format(path: Path) -> str:
+    """``chatgpt_export`` unless the array's first element looks like an episode."""
+    text = _read_text(path)
+    start = _skip_space(text, _skip_space(text, 0) + 1)
+    try:
+        element, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError:
+        return "chatgpt_export"  # empty or malformed: the export reader says where
+    if isinstance(element, Mapping) and "states" in element and "mapping" not in element:
+        return "episodes_array"
+    return "chatgpt_export"
 
 
 def load_episodes(
