@@ -453,7 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "save_pretrained, and evaluate it on held-out task types.")
     train.add_argument("data", help="log file (any supported format)")
     train.add_argument("--output", required=True, help="directory for the policy, checkpoints and log")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the latest checkpoint in --output, with the data, "
+                            "encoder and settings it started with (a mismatch is refused); "
+                            "with no checkpoint there a fresh run starts, with a notice")
     train.add_argument("--overwrite", action="store_true",
                        help="delete an earlier run in --output (checkpoints, log, policy) first")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -198,3 +198,31 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(workspace, trai
     message = _error(capsys, _train_args(workspace, keep, "--overwrite", "--held-out-task-types", "typo"))
     assert "held-out task types ['typo'] do not occur" in message
     assert sorted(str(p.relative_to(keep)) for p in keep.rglob("*")) == before
+
+
+def test_resume_refuses_other_data_or_encoder_settings(workspace, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(workspace, run, "--stop-after-step", "1", "--no-eval")) == 0
+    capsys.readouterr()
+    resume = lambda *extra: _error(capsys, _train_args(workspace, run, "--resume", *extra))  # noqa: E731
+    message = resume("--gamma", "0.5")
+    assert "cannot resume" in message and "gamma: checkpoint 0.99 vs now 0.5" in message
+    message = resume("--held-out-task-types", "debugging", "--val-fraction", "0.3")
+    assert "held_out_task_types: checkpoint ['performance'] vs now ['debugging']" in message
+    assert "val_fraction: checkpoint 0.15 vs now 0.3" in message
+    assert "window_stride" in resume("--window-stride", "2")
+    assert "encoder: checkpoint" in resume("--pooling", "cls")
+    edited = write_jsonl(tmp_path / "edited.jsonl", make_episode_dicts(4, seed=1))
+    args = _train_args(workspace, run, "--resume")
+    args[1] = str(edited)
+    assert "episodes: checkpoint" in _error(capsys, args)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(workspace, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(workspace, run, "--resume", "--max-steps", "1", "--no-eval")) == 0
+    assert "no checkpoint in " in capsys.readouterr().out
+    assert (run / "model.safetensors").is_file()
+    (run / "checkpoints" / "step-00000001" / "trainer_state.pt").write_bytes(b"garbage")
+    message = _error(capsys, _train_args(workspace, run, "--resume", "--max-steps", "1"))
+    assert "cannot read training state" in message and "trainer_state.pt" in message

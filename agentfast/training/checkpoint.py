@@ -385,18 +385,36 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``trainer_state.pt`` of the training checkpoint ``path``; CheckpointError if damaged."""
+    state_path = Path(path) / STATE_FILE
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read training state {state_path}: {error} (delete "
+                              f"{Path(path).name} to resume from an earlier checkpoint, or start "
+                              "over with --overwrite)") from error
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{state_path} is not an agentfast training state")
+    return state
+
+
 def load_training_checkpoint(path: str | os.PathLike, model: nn.Module
                              ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Load weights into ``model``; return (trainer_state, best_state or None)."""
     path = Path(path)
     load_weights(unwrap(model), path / WEIGHTS_FILE)
-    try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read training state {path / STATE_FILE}: {error}") from error
+    state = read_trainer_state(path)
     best = None
     if (path / BEST_WEIGHTS_FILE).is_file():
-        from safetensors.torch import load_file
-
-        best = load_file(str(path / BEST_WEIGHTS_FILE))
+        best = _load_tensors(path / BEST_WEIGHTS_FILE, "best weights")
     return state, best
+
+
+def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {what} {path}: {error}") from error

@@ -20,6 +20,7 @@ from .checkpoint import (
     CheckpointError,
     PretrainedPolicy,
     checkpoint_root,
+    latest_checkpoint,
     load_pretrained,
     read_pretrained_config,
     save_pretrained,
@@ -224,22 +225,51 @@ class TrainOutcome:
     data_summary: dict[str, Any]
 
 
-def _check_resume_config(output_dir: Path, config: TrainConfig) -> None:
-    """A resumed run must use the settings it started with (else the math changes)."""
-    from .checkpoint import latest_checkpoint
+def run_settings(data: DataSettings, episodes: Sequence[Any], encoder: Any) -> dict[str, Any]:
+    """What decides a run besides the TrainConfig: the split, windows and returns of the
+    data, the episodes themselves (by content, so a moved file still matches) and the
+    encoder. Saved with every training checkpoint and compared on resume."""
+    return {
+        "held_out_task_types": sorted(data.held_out_task_types),
+        "val_fraction": data.val_fraction, "window_stride": data.window_stride,
+        "gamma": data.gamma, "split_seed": data.split_seed,
+        "episodes": episodes_fingerprint(episodes), "encoder": encoder.identity,
+    }
 
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is None:
-        return
-    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
-    saved = state.get("train_config", {})
-    mutable = {"log_every"}
-    differing = sorted(k for k, v in config.to_dict().items()
-                       if k not in mutable and k in saved and saved[k] != v)
+
+def episodes_fingerprint(episodes: Sequence[Any]) -> str:
+    """A content hash of the episodes, in order."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for episode in episodes:
+        digest.update(json.dumps(episode.to_dict(), sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return f"{len(episodes)} episodes, sha256 {digest.hexdigest()[:16]}"
+
+
+_RESUME_MUTABLE = {"log_every"}  # settings a resumed run may change
+
+
+def _check_resume(checkpoint: Path, config: TrainConfig, settings: dict[str, Any]) -> None:
+    """A resumed run must use the settings it started with (else the math changes)."""
+    from .checkpoint import read_trainer_state
+
+    state = read_trainer_state(checkpoint)
+    differing = _differences(state.get("train_config", {}), config.to_dict())
+    differing += _differences(state.get("run_settings", {}), settings)
     if differing:
-        details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {config.to_dict()[k]!r}"
-                            for k in differing)
-        raise ValueError(f"cannot resume {checkpoint} with different settings ({details})")
+        raise ValueError(f"cannot resume {checkpoint} with different settings "
+                         f"({'; '.join(differing)}); use the settings it started with, or "
+                         "start over with --overwrite")
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``name: checkpoint X vs now Y`` for each setting that changed (checkpoints from
+    before a setting was saved do not know it, so it is not compared)."""
+    return [f"{name}: checkpoint {saved[name]!r} vs now {value!r}" for name, value in now.items()
+            if name not in _RESUME_MUTABLE and name in saved and saved[name] != value]
 
 
 def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: EncoderSettings,
@@ -248,12 +278,21 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                  log_path: str | os.PathLike | None = None, stop_after_step: int | None = None,
                  evaluate: bool = True, episodes: Sequence[Any] | None = None,
                  encoder: Any | None = None, overwrite: bool = False) -> TrainOutcome:
-    """Train one policy on a log file and save it to ``output_dir`` (see module docstring)."""
+    """Train one policy on a log file and save it to ``output_dir`` (see module docstring).
+
+    ``resume`` continues from the latest checkpoint in ``output_dir`` if the TrainConfig,
+    data settings, episodes and encoder are the ones it was written with (``run_settings``);
+    with no checkpoint there it says so and starts a fresh run.
+    """
     context = context or DistributedContext()
     output_dir = Path(output_dir)
     old_run: list[str] = []
+    checkpoint = None
     if resume:
-        _check_resume_config(output_dir, config)
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None and context.is_main:
+            print(f"no checkpoint in {checkpoint_root(output_dir)} to resume from; "
+                  "starting a fresh run")
     else:
         old_run = _check_fresh_output(output_dir, overwrite, context)
     torch_device = resolve_device(device, context)
@@ -266,6 +305,9 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
             read_errors = print_read_errors(report)
         episodes = report.episodes
     encoder = encoder or build_encoder(encoder_settings)
+    settings = run_settings(data, episodes, encoder)
+    if checkpoint is not None:  # before the embedding, the slow part
+        _check_resume(checkpoint, config, settings)
     prepared = prepare_data(episodes, encoder, data, config.max_seq_len, progress=progress,
                             context=context)
     if context.is_main:
@@ -277,14 +319,15 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     trainer = Trainer(model, config, prepared.train, prepared.val, output_dir=output_dir,
                       device=torch_device, context=context,
                       log_path=log_path, progress=progress,
-                      stop_after_step=stop_after_step, num_agents=prepared.num_agents)
+                      stop_after_step=stop_after_step, num_agents=prepared.num_agents,
+                      run_settings=settings)
     # Everything that can refuse the run has run by now; only then may the old one go.
     if old_run:
         _delete_old_run(output_dir, context)
     if context.is_main:
         JsonlLogger(log_path).log({"event": "data", **prepared.summary,
                                    "skipped": len(read_errors), "errors": read_errors})
-    result = trainer.train(resume=resume)
+    result = trainer.train(resume=checkpoint or False)
     metadata = {
         "train_config": config.to_dict(),
         "data": {**asdict(data), **{k: prepared.summary[k] for k in ("task_types", "actions")}},

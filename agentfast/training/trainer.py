@@ -132,6 +132,8 @@ class Trainer:
         stop_after_step: end the run right after this step, saving a checkpoint first (a
             controlled stand-in for a kill; used by the resume test).
         num_agents: agents in the data, for the multi-agent visibility preset.
+        run_settings: what else decides the run (data split, encoder, ...), saved in every
+            checkpoint so a resume can refuse to continue with other settings.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Dataset,
@@ -139,7 +141,7 @@ class Trainer:
                  device: str | torch.device = "cpu", context: DistributedContext | None = None,
                  log_path: str | os.PathLike | None = None, progress: bool = True,
                  collate_fn: Callable | None = None, stop_after_step: int | None = None,
-                 num_agents: int = 1) -> None:
+                 num_agents: int = 1, run_settings: dict[str, Any] | None = None) -> None:
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
         self.config = config
@@ -151,6 +153,7 @@ class Trainer:
         self.collate_fn = collate_fn or _default_collate()
         self.progress = progress and self.context.is_main
         self.stop_after_step = stop_after_step
+        self.run_settings = dict(run_settings or {})
         self.logger = JsonlLogger(log_path, enabled=self.context.is_main)
         self.precision = resolve_precision(config.precision, self.device)
         self.weights = LossWeights(mse=config.mse_weight, value=config.value_weight,
@@ -233,6 +236,7 @@ class Trainer:
             "rng": rng,
             "world_size": self.context.world_size,
             "train_config": self.config.to_dict(),
+            "run_settings": self.run_settings,
             "history": self.history,
         }
 
