@@ -53,6 +53,20 @@ def test_episode_jsonl_lenient_skips_and_counts(tmp_path):
     assert "skipped 2 bad records" in report.summary()
 
 
+def test_huge_integers_are_field_or_line_errors_in_both_modes(tmp_path):
+    huge_reward = '{"states": ["s"], "actions": ["a"], "rewards": [1%s]}' % ("0" * 400)
+    too_many_digits = '{"states": ["s"], "actions": ["a"], "rewards": [%s]}' % ("9" * 5000)
+    path = write_lines(tmp_path / "e.jsonl", [json.dumps(GOOD), huge_reward, too_many_digits])
+    with pytest.raises(DataError) as caught:
+        read_episodes_jsonl(path)
+    assert (caught.value.path, caught.value.line, caught.value.field) == (str(path), 2, "rewards[0]")
+    assert "must be finite" in str(caught.value)
+    with pytest.warns(UserWarning, match="skipped 2 bad records"):
+        report = read_episodes_jsonl(path, strict=False)
+    assert len(report.episodes) == 1
+    assert [(e.line, e.field) for e in report.errors] == [(2, "rewards[0]"), (3, None)]
+    assert "5000 digits" in str(report.errors[1])
+
 def test_write_then_read_round_trip(tmp_path):
     episodes = [Episode.from_dict({**GOOD, "agent_ids": ["coder", "reviewer"], "options": ["o", "p"]})]
     assert write_episodes_jsonl(episodes, tmp_path / "out" / "x.jsonl") == 1

@@ -48,6 +48,8 @@ def test_integer_agents_keep_their_ids_and_optional_fields_may_be_absent():
         ({"rewards": [0, float("nan"), 1]}, "rewards[1]", "must be finite"),
         ({"rewards": [0, float("inf"), 1]}, "rewards[1]", "must be finite"),
         ({"rewards": [0, True, 1]}, "rewards[1]", "must be a number"),
+        ({"rewards": [0, 10**400, 1]}, "rewards[1]", "must be finite, got an integer too large for a float"),
+        ({"rewards": [0, -(10**400), 1]}, "rewards[1]", "must be finite, got an integer too large for a float"),
         ({"rewards": [0, "1", 1]}, "rewards[1]", "must be a number"),
         ({"states": [], "actions": [], "rewards": [], "agent_ids": [], "options": []}, "states", "empty episode"),
         ({"agent_ids": [0, -1, 0]}, "agent_ids[1]", ">= 0"),

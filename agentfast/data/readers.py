@@ -120,6 +120,8 @@ def _parse_line(raw: bytes, path: Path, number: int) -> Any:
             f"malformed JSON: {error.msg} at column {error.colno}",
             path=str(path), line=number, field=None,
         ) from None
+    except ValueError as error:  # e.g. an integer longer than Python's digit limit
+        raise DataError(f"unreadable JSON: {error}", path=str(path), line=number) from None
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Callable[[], Any]]]:

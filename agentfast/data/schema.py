@@ -208,10 +208,19 @@ class _Validator:
             # bool is an int subclass in Python, but True as a reward is almost surely a bug.
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise self.fail(f"rewards[{i}]", f"must be a number, got {_type_name(item)}")
-            if not math.isfinite(item):
-                raise self.fail(f"rewards[{i}]", f"must be finite, got {item}")
-            result.append(float(item))
+            result.append(self.finite(item, f"rewards[{i}]"))
         return result
+
+    def finite(self, number: int | float, where: str) -> float:
+        """``number`` as a finite float; JSON integers can be too large for any float."""
+        try:
+            value = float(number)
+        except OverflowError:
+            raise self.fail(where, "must be finite, got an integer too large for a float "
+                                   f"({number.bit_length()} bits; the limit is about 1.8e308)") from None
+        if not math.isfinite(value):
+            raise self.fail(where, f"must be finite, got {value}")
+        return value
 
     def agents(
         self,
