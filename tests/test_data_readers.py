@@ -53,6 +53,7 @@ def test_episode_jsonl_lenient_skips_and_counts(tmp_path):
     assert "skipped 2 bad records" in report.summary()
 
 
+
 def test_huge_integers_are_field_or_line_errors_in_both_modes(tmp_path):
     huge_reward = '{"states": ["s"], "actions": ["a"], "rewards": [1%s]}' % ("0" * 400)
     too_many_digits = '{"states": ["s"], "actions": ["a"], "rewards": [%s]}' % ("9" * 5000)
@@ -310,3 +311,29 @@ def test_non_utf8_bytes_are_errors_naming_file_and_line(tmp_path):
         load_episodes(export)
     assert (caught.value.path, caught.value.line) == (str(export), 3) and "UTF-8" in str(caught.value)
 
+
+def test_chat_messages_after_the_last_assistant_message_are_counted(tmp_path):
+    trailing = {"messages": CHAT["messages"] + [
+        {"role": "user", "content": "Thanks!"}, {"role": "tool", "tool_call_id": "c2", "content": "done"}]}
+    path = write_lines(tmp_path / "c.jsonl", [json.dumps(CHAT), json.dumps(trailing)])
+    with pytest.warns(UserWarning, match="left out 2 messages after the last assistant message"):
+        report = read_openai_chat_jsonl(path)
+    assert report.unanswered_messages == 2 and report.skipped == 0
+    first, second = report.episodes
+    assert (second.states, second.actions) == (first.states, first.actions)
+    assert "left out 2 messages" in report.summary()
+
+    export = tmp_path / "conversations.json"
+    unanswered = conversation()
+    unanswered["mapping"]["u2"] = node("u2", "a2", "user", "And now?")
+    unanswered["current_node"] = "u2"
+    export.write_text(json.dumps([conversation(), unanswered]))
+    with pytest.warns(UserWarning, match="left out 1 message after"):
+        report = read_chatgpt_export(export)
+    assert report.unanswered_messages == 1 and report.episodes[1].actions == report.episodes[0].actions
+
+
+def test_conversations_ending_with_the_assistant_leave_nothing_out(tmp_path, recwarn):
+    report = read_openai_chat_jsonl(write_lines(tmp_path / "c.jsonl", [json.dumps(CHAT)]))
+    assert report.unanswered_messages == 0 and "left out" not in report.summary()
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -12,7 +12,9 @@ Three inputs are understood:
 
 In strict mode (the default) the first bad record raises a ``DataError`` naming file,
 line and field. In lenient mode bad records are skipped, collected in
-``ReadReport.errors`` and counted, and a warning says how many were skipped.
+``ReadReport.errors`` and counted, and a warning says how many were skipped. Chat messages
+after a conversation's last assistant message (no action follows them) are counted in
+``ReadReport.unanswered_messages`` and named in the same warning and summary.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from .schema import DataError, Episode, EpisodeValidationError
 
@@ -36,13 +38,18 @@ NO_NEW_INPUT = "(no new input)"  # state of an assistant turn that directly foll
 
 @dataclass
 class ReadReport:
-    """What a reader produced: the good episodes, the errors and how many records were skipped."""
+    """What a reader produced: the good episodes, the errors and how many records were skipped.
+
+    ``unanswered_messages`` counts chat messages after a conversation's last assistant
+    message: no action follows them, so they cannot become a step and are left out.
+    """
 
     episodes: list[Episode] = field(default_factory=list)
     errors: list[DataError] = field(default_factory=list)
     skipped: int = 0
     path: str | None = None
     format: str | None = None
+    unanswered_messages: int = 0
 
     def summary(self) -> str:
         """One line for logs and the CLI, e.g. ``read 300 episodes from x.jsonl; skipped 2 ...``."""
@@ -54,6 +61,10 @@ class ReadReport:
             text += f" (first: {self.errors[0]})" if self.errors else ""
         else:
             text += "; no bad records"
+        if self.unanswered_messages:
+            count = self.unanswered_messages
+            text += (f"; left out {count} message{'s' if count != 1 else ''} after the last "
+                     "assistant message of a conversation (no action follows them)")
         return text
 
     def __len__(self) -> int:
@@ -70,19 +81,22 @@ class _Collector:
         self.report = ReadReport(path=str(path), format=fmt)
         self.strict = strict
 
-    def attempt(self, build: Callable[[], Episode]) -> None:
+    def attempt(self, build: Callable[[], Episode | _ChatEpisode]) -> None:
         try:
-            episode = build()
+            built = build()
         except DataError as error:
             if self.strict:
                 raise
             self.report.errors.append(error)
             self.report.skipped += 1
             return
-        self.report.episodes.append(episode)
+        if isinstance(built, _ChatEpisode):
+            self.report.unanswered_messages += built.unanswered
+            built = built.episode
+        self.report.episodes.append(built)
 
     def finish(self) -> ReadReport:
-        if self.report.skipped:
+        if self.report.skipped or self.report.unanswered_messages:
             warnings.warn(self.report.summary(), stacklevel=3)
         return self.report
 
@@ -161,6 +175,13 @@ class _Message:
     name: str | None = None
 
 
+class _ChatEpisode(NamedTuple):
+    """An episode built from a conversation, and how many trailing messages it left out."""
+
+    episode: Episode
+    unanswered: int
+
+
 def _render_tool_call(name: str, arguments: Any) -> str:
     """Tool calls become part of the action text, so a policy can learn to emit them."""
     if not isinstance(arguments, str):
@@ -179,12 +200,14 @@ def _messages_to_episode(
     *,
     state_context: str,
     fail: Callable[[str, str], DataError],
-) -> Episode:
+) -> _ChatEpisode:
     """One step per assistant message; its state is the context that preceded it.
 
     ``state_context="new"`` keeps only the messages since the previous assistant message
     (the sequence model sees earlier steps itself, and long histories would otherwise be
     cut by the encoder's length limit); ``"full"`` keeps the whole conversation so far.
+    Messages after the last assistant message pair with no action; they are counted in
+    the result (``unanswered``), so the reader can report them.
     """
     states: list[str] = []
     actions: list[str] = []
@@ -213,7 +236,7 @@ def _messages_to_episode(
     }
     if record["agent_ids"] is None:
         del record["agent_ids"]
-    return Episode.from_dict(record, source=None)
+    return _ChatEpisode(Episode.from_dict(record, source=None), unanswered=len(pending))
 
 
 def _check_state_context(state_context: str) -> None:
@@ -285,7 +308,7 @@ def read_openai_chat_jsonl(
     collector = _Collector(path, "openai_chat", strict)
     for number, parse in _json_lines(path):
 
-        def build(number: int = number, parse: Callable[[], Any] = parse) -> Episode:
+        def build(number: int = number, parse: Callable[[], Any] = parse) -> _ChatEpisode:
             def fail(field_name: str, message: str) -> DataError:
                 return EpisodeValidationError(message, path=str(path), line=number, field=field_name)
 
@@ -309,7 +332,7 @@ def read_openai_chat_jsonl(
     return collector.finish()
 
 
-def _relocated(build: Callable[[], Episode], path: Path, line: int | None) -> Episode:
+def _relocated(build: Callable[[], _ChatEpisode], path: Path, line: int | None) -> _ChatEpisode:
     """Give schema errors raised on a derived record the location of the input record."""
     try:
         return build()
@@ -422,7 +445,7 @@ def _export_branch(conversation: Mapping[str, Any], fail: Callable[[str, str], D
 
 def _export_conversation(
     conversation: Any, index: int, fail: Callable[[str, str], DataError], state_context: str
-) -> Episode:
+) -> _ChatEpisode:
     if not isinstance(conversation, Mapping):
         raise fail(None, "each conversation must be an object")
     messages = []
@@ -467,7 +490,7 @@ def read_chatgpt_export(
     try:
         for index, (line, conversation) in enumerate(_iter_json_array(path)):
 
-            def build(index: int = index, line: int = line, conversation: Any = conversation) -> Episode:
+            def build(index: int = index, line: int = line, conversation: Any = conversation) -> _ChatEpisode:
                 def fail(field_name: str | None, message: str) -> DataError:
                     return EpisodeValidationError(
                         f"conversation {index}: {message}", path=str(path), line=line, field=field_name
