@@ -311,6 +311,9 @@ def test_kv_cache_misuse_raises_clear_errors():
     cache = hierarchical.new_cache(2)
     with pytest.raises(ValueError, match="expects step_state"):
         hierarchical.step_option(cache, torch.zeros(2, dtype=torch.long))
+    dropout_model = make_model("action", dropout=0.1).train()
+    with pytest.warns(RuntimeWarning, match=r"training mode: dropout is active.*model\.eval\(\)"):
+        dropout_model.step(dropout_model.new_cache(2), state)
 
 
 # ----------------------------------------------------------------------------- training knobs

@@ -218,5 +218,11 @@ def test_bad_inputs_raise_clear_errors():
         ours(query, query, query, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match=r"2-D attn_mask has shape \(4, 5\), but should be \(5, 5\)"):
+        ours(query, query, query, attn_mask=torch.zeros(4, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"3-D attn_mask has shape \(2, 5, 5\), but should be \(8, 5, 5\)"):
+        ours(query, query, query, attn_mask=torch.zeros(2, 5, 5))
+    with pytest.raises(ValueError, match="2-D .* or 3-D"):
+        ours(query, query, query, attn_mask=torch.zeros(5))
     with pytest.raises(ValueError, match="agent_ids"):
         ours(query, query, query, agent_visibility=torch.ones(2, 2, dtype=torch.bool))

@@ -9,6 +9,7 @@ kernel serves the call, and a ``KVCache`` turns the same code into incremental i
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -401,6 +402,13 @@ class SequencePolicy(nn.Module):
         return state.shape[0]
 
     def _check_cache(self, cache: Any, batch: int) -> KVCache:
+        if self.training and float(self.config["dropout"]) > 0:
+            warnings.warn(
+                f"{type(self).__name__}.step() in training mode: dropout is active, so steps are random "
+                "and differ from forward(); call model.eval() for inference",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache must come from model.new_cache(...), got {type(cache).__name__}")
         if cache.batch_size != batch:

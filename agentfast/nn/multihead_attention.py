@@ -153,6 +153,7 @@ class MultiheadAttention(nn.Module):
         unbatched = query.dim() == 2
         query, key, value, key_padding_mask = self._to_batch_first(query, key, value, key_padding_mask, unbatched)
         batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        self._check_attn_mask(attn_mask, batch, num_queries, num_keys)
         q, k, v = self._project(query, key, value)
         causal = None  # None: the masks need the dense path
         if self._fast_path_possible(need_weights, num_queries, num_keys):
@@ -184,6 +185,21 @@ class MultiheadAttention(nn.Module):
         return nn.MultiheadAttention.merge_masks(self, attn_mask, key_padding_mask, query)
 
     # -- inputs ---------------------------------------------------------------------------
+
+    def _check_attn_mask(self, attn_mask: Tensor | None, batch: int, num_queries: int, num_keys: int) -> None:
+        """torch's shapes: ``[L, S]`` or ``[B * num_heads, L, S]``."""
+        if attn_mask is None:
+            return
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attn_mask must be a tensor, got {type(attn_mask).__name__}")
+        shapes = {2: (num_queries, num_keys), 3: (batch * self.num_heads, num_queries, num_keys)}
+        if attn_mask.dim() not in shapes:
+            raise ValueError(f"attn_mask must be 2-D [L, S] or 3-D [B * num_heads, L, S], got {attn_mask.dim()}-D")
+        if tuple(attn_mask.shape) != shapes[attn_mask.dim()]:
+            raise ValueError(
+                f"the {attn_mask.dim()}-D attn_mask has shape {tuple(attn_mask.shape)}, "
+                f"but should be {shapes[attn_mask.dim()]}"
+            )
 
     def _to_batch_first(
         self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, unbatched: bool
