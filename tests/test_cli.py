@@ -226,3 +226,16 @@ def test_resume_without_a_checkpoint_says_it_starts_fresh(workspace, tmp_path, c
     (run / "checkpoints" / "step-00000001" / "trainer_state.pt").write_bytes(b"garbage")
     message = _error(capsys, _train_args(workspace, run, "--resume", "--max-steps", "1"))
     assert "cannot read training state" in message and "trainer_state.pt" in message
+
+
+def test_a_training_checkpoint_is_not_taken_for_a_policy(workspace, trained, tmp_path, capsys):
+    step = trained / "checkpoints" / "step-00000006"
+    for argv in (["predict", str(step), "hi"], ["evaluate", str(step), "--no-progress"],
+                 ["predict", str(trained / "checkpoints"), "hi"]):
+        message = _error(capsys, argv)
+        assert "is a training checkpoint, not a saved policy" in message
+        assert f"--output folder {trained}," in message
+    killed = tmp_path / "killed"
+    assert main(_train_args(workspace, killed, "--stop-after-step", "1", "--no-eval")) == 0
+    message = _error(capsys, ["predict", str(killed / "checkpoints" / "step-00000001"), "hi"])
+    assert f"{killed} holds no policy yet" in message and "--resume" in message

@@ -119,3 +119,56 @@ def test_old_checkpoints_are_pruned(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step-00000002", "step-00000003"]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+
+
+def _saved_policy(directory):
+    model = ActionTransformer(8, 8, **SIZE)
+    save_pretrained(directory, model, model_type="action", vocab={"action": ["a", "b"]},
+                    action_bank=torch.randn(2, 8))
+    return directory
+
+
+def test_training_checkpoints_are_refused_as_policies_even_in_the_old_format(tmp_path):
+    model = ActionTransformer(8, 8, **SIZE)
+    step = ckpt.save_training_checkpoint(tmp_path, 3, model=model, best_state=None,
+                                         trainer_state={"step": 3})
+    config = json.loads((step / "config.json").read_text())
+    config["format"] = ckpt.FORMAT_NAME  # what older versions wrote
+    (step / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="is a training checkpoint, not a saved policy"):
+        load_pretrained(step)
+    (step / "trainer_state.pt").unlink()  # a config without a model type is still refused
+    with pytest.raises(CheckpointError, match="lacks model_type"):
+        load_pretrained(step)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("vocab.json", b'{"action": ["a", ', "cannot read vocabulary .*vocab.json: not valid JSON"),
+    ("vocab.json", b'["a", "b"]', "vocabulary .*vocab.json must map names to lists"),
+    ("action_bank.safetensors", b"\x00" * 40, "cannot read action bank .*action_bank.safetensors"),
+])
+def test_damaged_policy_files_name_the_file(tmp_path, name, content, message):
+    directory = _saved_policy(tmp_path / "policy")
+    (directory / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(directory)
+
+
+def test_a_bank_without_embeddings_is_refused(tmp_path):
+    directory = _saved_policy(tmp_path / "policy")
+    ckpt.save_state_dict({"other": torch.zeros(2, 8)}, directory / "action_bank.safetensors")
+    with pytest.raises(CheckpointError, match="holds no 2-D 'embeddings' tensor"):
+        load_pretrained(directory)
+
+
+def test_damaged_training_state_is_a_checkpoint_error(tmp_path):
+    model = ActionTransformer(8, 8, **SIZE)
+    step = ckpt.save_training_checkpoint(tmp_path, 1, model=model, best_state=None,
+                                         trainer_state={"step": 1})
+    (step / "trainer_state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot read training state .*trainer_state.pt"):
+        ckpt.load_training_checkpoint(step, model)
+    (step / "best_model.safetensors").write_bytes(b"junk")
+    ckpt.atomic_torch_save({"step": 1}, step / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="cannot read best weights .*best_model"):
+        ckpt.load_training_checkpoint(step, model)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 FORMAT_NAME = "agentfast-policy"
+TRAINING_FORMAT_NAME = "agentfast-training-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,6 +42,7 @@ BANK_FILE = "action_bank.safetensors"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
 STATE_FILE = "trainer_state.pt"
 LATEST_FILE = "latest"
+CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 
 
@@ -245,6 +247,8 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not directory.exists():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     config_path = directory / CONFIG_FILE
+    if (directory / STATE_FILE).is_file() or (directory / LATEST_FILE).is_file():
+        raise CheckpointError(_training_checkpoint_message(directory))
     if not config_path.is_file():
         raise CheckpointError(
             f"{directory} is not an agentfast policy: {CONFIG_FILE} is missing "
@@ -252,18 +256,34 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
-    if config.get("format") != FORMAT_NAME:
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise CheckpointError(
-            f"{config_path} is not an agentfast policy config (format={config.get('format')!r})"
+            f"{config_path} is not an agentfast policy config "
+            f"(format={config.get('format') if isinstance(config, dict) else None!r})"
         )
     if int(config.get("format_version", -1)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{config_path} has format version {config['format_version']}; this agentfast "
             f"reads up to {FORMAT_VERSION}"
         )
+    missing = [key for key in ("model_type", "model_config") if key not in config]
+    if missing:
+        raise CheckpointError(f"{config_path} lacks {' and '.join(missing)}; it is not a "
+                              "complete saved policy")
     return config
+
+
+def _training_checkpoint_message(directory: Path) -> str:
+    """Where the policy of the run that wrote the training checkpoint ``directory`` is."""
+    run = directory.parent if directory.name == CHECKPOINTS_DIR else directory.parent.parent
+    if (run / CONFIG_FILE).is_file():
+        return (f"{directory} is a training checkpoint, not a saved policy; pass the run's "
+                f"--output folder {run}, where the trained policy is")
+    return (f"{directory} is a training checkpoint, not a saved policy, and {run} holds no "
+            "policy yet: finish the run with `agentfast train DATA --output "
+            f"{run} --resume` (the policy is saved when training ends)")
 
 
 def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> PretrainedPolicy:
@@ -272,16 +292,29 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     config = read_pretrained_config(directory)
     model = build_model_from_config(config["model_type"], config["model_config"])
     load_weights(model, directory / WEIGHTS_FILE)
-    vocab_path = directory / VOCAB_FILE
-    vocab = json.loads(vocab_path.read_text(encoding="utf-8")) if vocab_path.is_file() else {}
+    vocab = _read_vocab(directory / VOCAB_FILE)
     bank = None
     if (directory / BANK_FILE).is_file():
-        from safetensors.torch import load_file
-
-        bank = load_file(str(directory / BANK_FILE))["embeddings"].to(device)
+        tensors = _load_tensors(directory / BANK_FILE, "action bank")
+        if "embeddings" not in tensors or tensors["embeddings"].dim() != 2:
+            raise CheckpointError(f"action bank {directory / BANK_FILE} holds no 2-D "
+                                  "'embeddings' tensor")
+        bank = tensors["embeddings"].to(device)
     model.to(device).eval()
     return PretrainedPolicy(model=model, model_type=config["model_type"], config=config,
                             vocab=vocab, action_bank=bank, directory=directory)
+
+
+def _read_vocab(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot read vocabulary {path}: not valid JSON ({error})") from error
+    if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
+        raise CheckpointError(f"vocabulary {path} must map names to lists of labels")
+    return vocab
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -318,7 +351,7 @@ def _as_tuples(value: Any) -> Any:
 # ----------------------------------------------------------------------------- training checkpoints
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINTS_DIR
 
 
 def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model: nn.Module,
@@ -336,7 +369,7 @@ def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model:
             save_state_dict(best_state, staging / BEST_WEIGHTS_FILE)
         atomic_torch_save(trainer_state, staging / STATE_FILE)
         atomic_write_json(staging / CONFIG_FILE, {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "format": TRAINING_FORMAT_NAME, "format_version": FORMAT_VERSION,
             "model_class": type(unwrap(model)).__name__,
             "model_config": dict(getattr(unwrap(model), "config", {})),
             "step": step,
