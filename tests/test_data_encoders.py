@@ -93,3 +93,33 @@ def test_default_encoder_loads_offline_and_ranks_similar_texts_closer():
                               "Bananas are yellow and sweet."], progress=False)
     assert torch.dot(a, b) > torch.dot(a, c) + 0.2
     torch.testing.assert_close(a.norm(), torch.tensor(1.0))
+
+
+def test_a_missing_local_path_is_a_clear_value_error(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "encoder")
+    with pytest.raises(ValueError) as caught:
+        TextEncoder(missing)
+    assert str(caught.value) == (f"encoder {missing!r} not found as a local path or on the "
+                                 "Hugging Face hub (offline?)")
+    assert isinstance(caught.value.__cause__, OSError)  # the original error stays chained
+
+
+def test_a_directory_without_a_model_is_a_clear_value_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match=r"the directory does not hold a loadable Hugging Face model"):
+        TextEncoder(str(tmp_path))
+
+
+def test_an_unreachable_hub_name_gives_a_one_line_cli_error(tmp_path):
+    data = tmp_path / "e.jsonl"
+    data.write_text('{"states": ["s"], "actions": ["a"]}\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "agentfast", "embed", str(data), "--encoder", "agentfast-tests/no-such-encoder",
+         "--cache-dir", str(tmp_path / "cache"), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=REPO,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("error: encoder 'agentfast-tests/no-such-encoder' not found as a local path or on "
+            "the Hugging Face hub (offline?)") in result.stderr

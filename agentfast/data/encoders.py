@@ -64,13 +64,9 @@ class TextEncoder:
         max_length: int | None = None,
         normalize: bool = False,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         source = default_encoder_path() if name_or_path is None else str(name_or_path)
         local = Path(source).is_dir()
-        # A local directory must never fall back to the hub (offline machines, reproducibility).
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = AutoModel.from_pretrained(source, local_files_only=local)
+        model, tokenizer = _load_pretrained(source, local)
         label = DEFAULT_ENCODER_PACKAGE if name_or_path is None else source
         self._setup(model, tokenizer, label, pooling, device, dtype, batch_size, max_length,
                     normalize, config_dir=Path(source) if local else None)
@@ -200,6 +196,33 @@ class TextEncoder:
     def __repr__(self) -> str:
         return (f"TextEncoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, "
                 f"max_length={self.max_length}, device={str(self.device)!r})")
+
+
+def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
+    """The model and tokenizer of ``source``; a name that resolves nowhere is a ValueError.
+
+    transformers reports a missing model as an OSError whose text is about repo id syntax
+    or connections, which says little to someone who mistyped a path or is offline.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        # A local directory must never fall back to the hub (offline machines, reproducibility).
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        model = AutoModel.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as error:
+        if local:  # a directory that exists but holds no usable model (its error says why)
+            raise ValueError(f"encoder {source!r}: the directory does not hold a loadable "
+                             f"Hugging Face model and tokenizer ({_first_line(error)})") from error
+        if isinstance(error, OSError):
+            raise ValueError(f"encoder {source!r} not found as a local path or on the Hugging "
+                             "Face hub (offline?)") from error
+        raise
+    return model, tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
