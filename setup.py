@@ -4,6 +4,8 @@ Environment switches:
   AGENTFAST_CUDA=auto|0|1   compile the CUDA sources (auto: when torch has CUDA and nvcc is found)
   TORCH_CUDA_ARCH_LIST      CUDA architectures, e.g. "9.0" or "8.0;9.0" (default here: 8.0;9.0)
   MAX_JOBS                  parallel ninja jobs
+  AGENTFAST_MARCH           -march of the CPU kernels: auto (x86-64-v3 when this CPU has AVX2 + FMA),
+                            none, or any -march value (e.g. native, or x86-64-v3 to build for others)
 """
 
 from __future__ import annotations
@@ -41,6 +43,28 @@ def _cuda_requested() -> bool:
     return mode == "1" or (mode == "auto" and has_toolkit)
 
 
+# What -march=x86-64-v3 assumes, as /proc/cpuinfo names it.
+_X86_64_V3_FLAGS = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm", "xsave"}
+
+
+def _cpu_arch_flags() -> list[str]:
+    """-march for the CPU kernels, honouring AGENTFAST_MARCH (auto: x86-64-v3, i.e. AVX2 + FMA,
+    when the building CPU has it, so a build never holds instructions its own machine lacks;
+    the kernels fall back to plain loops without AVX2)."""
+    mode = os.environ.get("AGENTFAST_MARCH", "auto").strip()
+    if mode == "none":
+        return []
+    if mode != "auto":
+        return [f"-march={mode}"]
+    if os.uname().machine != "x86_64":
+        return []
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return []
+    return ["-march=x86-64-v3"] if _X86_64_V3_FLAGS <= flags else []
+
+
 def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern), recursive=True))
 
@@ -54,6 +78,7 @@ def _write_build_info(target: Path, with_cuda: bool, archs: str | None) -> None:
         "with_cuda": with_cuda,
         "cuda_archs": archs if with_cuda else None,
         "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "cpu_arch_flags": _cpu_arch_flags(),
     }
     if with_cuda:
         from torch.utils.cpp_extension import CUDA_HOME
@@ -85,8 +110,7 @@ def _extensions() -> tuple[list, dict]:
         return [], {}
     with_cuda = _cuda_requested()
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]  # torch >= 2.10 headers need C++20
-    if os.uname().machine == "x86_64":
-        cxx_flags.append("-march=x86-64-v3")  # AVX2 + FMA for the vectorised CPU loops
+    cxx_flags.extend(_cpu_arch_flags())
     define_macros = []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)

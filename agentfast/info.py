@@ -52,7 +52,9 @@ def report() -> str:
     if built:
         cuda = (f"CUDA {built.get('torch_cuda_version')}, archs {built.get('cuda_archs')}, toolkit "
                 f"{built.get('cuda_home')}" if built.get("with_cuda") else "no CUDA kernels")
-        lines.append(f"extension agentfast._C built with torch {built.get('torch_version')}: {cuda}")
+        flags = built.get("cpu_arch_flags")
+        cpu = "" if flags is None else f"; CPU kernels {' '.join(flags) or 'without -march'}"
+        lines.append(f"extension agentfast._C built with torch {built.get('torch_version')}: {cuda}{cpu}")
     else:
         lines.append("extension agentfast._C: no build recorded")
     error = load_error()
