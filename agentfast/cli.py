@@ -420,6 +420,27 @@ def _require_file(path: str) -> None:
 
 # ----------------------------------------------------------------------------- parser
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that, with ``intermixed`` set, takes positionals after options.
+
+    Plain argparse fills a ``nargs="*"`` positional from the words before the first option
+    only, so ``predict DIR --top-k 3 "hi"`` would reject "hi"; the intermixed parse does not.
+    """
+
+    intermixed = False
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.intermixed or self._parsing:
+            return super().parse_known_args(args, namespace)
+        # parse_known_intermixed_args calls parse_known_args itself (up to Python 3.12).
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentfast", description="Train transformer policies on LLM agent logs.",
@@ -428,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"agentfast {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_ArgumentParser)
 
     convert = commands.add_parser("convert", help="convert logs (chat JSONL, ChatGPT export) to episode JSONL",
                                   description="Read any supported log format and write normalised episode JSONL.")
@@ -489,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="reply to inputs with a trained policy",
                                   description="Each TEXT is one turn of a conversation; the reply is "
                                               "the nearest known action to the predicted embedding.")
+    predict.intermixed = True  # options may come before, between or after the texts
     predict.add_argument("checkpoint", help="policy directory")
     predict.add_argument("text", nargs="*", help="user inputs, one per turn (default: lines of stdin)")
     predict.add_argument("--top-k", type=int, default=5, help="candidates to rank")

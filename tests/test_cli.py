@@ -239,3 +239,15 @@ def test_a_training_checkpoint_is_not_taken_for_a_policy(workspace, trained, tmp
     assert main(_train_args(workspace, killed, "--stop-after-step", "1", "--no-eval")) == 0
     message = _error(capsys, ["predict", str(killed / "checkpoints" / "step-00000001"), "hi"])
     assert f"{killed} holds no policy yet" in message and "--resume" in message
+
+
+def test_predict_takes_options_before_between_and_after_the_texts(trained, capsys):
+    bank = json.loads((trained / "vocab.json").read_text())["action"]
+    assert main(["predict", str(trained), "--top-k", "3", "Broken: the cache", "-v",
+                 "It still fails", "--agent", "coder"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith(">")] == ["> Broken: the cache",
+                                                                 "> It still fails"]
+    ranked = [line for line in lines if "candidates:" in line]
+    assert len(ranked) == 2 and all(line.split("candidates: ")[1].count(";") == 2 for line in ranked)
+    assert all(line in bank for line in lines if not line.startswith((">", " ")))
