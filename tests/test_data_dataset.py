@@ -123,6 +123,25 @@ def test_integer_agents_keep_ids_and_given_vocabularies_are_extended():
     assert data.action_bank.shape == (4, 8)
 
 
+
+def test_more_than_64_agents_in_the_data_set_is_an_error_naming_the_episode():
+    first = episode(40, agents=[f"a{i}" for i in range(40)])
+    second = episode(40, agents=[f"b{i}" for i in range(40)], prefix="t")
+    second.metadata["source"] = "logs.jsonl:7"
+    with pytest.raises(ValueError) as caught:
+        EpisodeDataset([first, second], HashEncoder(), max_seq_len=8, progress=False)
+    assert str(caught.value) == ("the data set names 80 distinct agents, more than the 64 supported; "
+                                 "episode 1 (logs.jsonl:7) brings agent 'b24', the 65th")
+    full = EpisodeDataset([episode(2, agents=[63, 0])], HashEncoder(), max_seq_len=8, progress=False)
+    assert full.num_agents == 64 and full[0]["agent_ids"].tolist() == [63, 0]
+
+
+def test_an_unvalidated_huge_agent_id_fails_before_any_allocation():
+    # Built directly, not through from_dict, so only the dataset can catch it.
+    huge = Episode(states=["s0", "s1"], actions=["a0", "a1"], agent_ids=[0, 10**12])
+    with pytest.raises(ValueError, match=r"episode 1 has agent id 1000000000000; agent ids must lie in \[0, 64\)"):
+        EpisodeDataset([episode(1), huge], HashEncoder(), max_seq_len=8, progress=False)
+
 def test_works_with_a_real_tiny_encoder():
     encoder = tiny_encoder("last")
     data = EpisodeDataset([episode(2)], encoder, max_seq_len=4, progress=False)

@@ -53,6 +53,8 @@ def test_integer_agents_keep_their_ids_and_optional_fields_may_be_absent():
         ({"rewards": [0, "1", 1]}, "rewards[1]", "must be a number"),
         ({"states": [], "actions": [], "rewards": [], "agent_ids": [], "options": []}, "states", "empty episode"),
         ({"agent_ids": [0, -1, 0]}, "agent_ids[1]", ">= 0"),
+        ({"agent_ids": [0, 64, 0]}, "agent_ids[1]", "must be < 64, got 64: agent ids lie in [0, 64)"),
+        ({"agent_ids": [0, 50000, 0]}, "agent_ids[1]", "must be < 64, got 50000"),
         ({"agent_ids": [0, "coder", 0]}, "agent_ids[1]", "mixes integer ids and role names"),
         ({"agent_ids": [0, 1.5, 0]}, "agent_ids[1]", "integer or a role name"),
         ({"metadata": ["x"]}, "metadata", "must be an object"),
@@ -99,3 +101,16 @@ def test_nan_from_json_text_is_rejected():
     assert math.isnan(parsed["rewards"][0])
     with pytest.raises(EpisodeValidationError, match="finite"):
         Episode.from_dict(parsed)
+
+
+def test_at_most_64_agents_per_episode():
+    steps = [f"s{i}" for i in range(65)]
+    numbered = Episode.from_dict({"states": steps[:2], "actions": steps[:2], "agent_ids": [63, 0]})
+    assert numbered.agent_ids == [63, 0]
+    names = [f"agent{i}" for i in range(65)]
+    sixty_four = Episode.from_dict({"states": steps[:64], "actions": steps[:64], "agent_ids": names[:64]})
+    assert sixty_four.agent_names == names[:64]
+    with pytest.raises(EpisodeValidationError) as caught:
+        Episode.from_dict({"states": steps, "actions": steps, "agent_ids": names}, source="f.jsonl:5")
+    assert (caught.value.line, caught.value.field) == (5, "agent_ids[64]")
+    assert "'agent64' is agent number 65 of the episode; at most 64 distinct agents" in str(caught.value)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..attention.mask import MAX_AGENTS
 from .schema import Episode
 
 IGNORE_INDEX = -100  # action_ids at padding; torch's cross_entropy ignores it by default
@@ -135,7 +136,7 @@ class EpisodeDataset(Dataset):
             existing ids keep their meaning.
 
     Episodes without ``agent_ids`` act as agent 0; agents named by integers keep their
-    integer as id.
+    integer as id. All episodes together may name at most ``MAX_AGENTS`` (64) agents.
     """
 
     def __init__(
@@ -372,16 +373,38 @@ def _extend(vocab: Vocabulary | None, labels: Iterable[str]) -> Vocabulary:
 
 
 def _agent_vocabulary(episodes: Sequence[Episode], given: Vocabulary | None) -> Vocabulary:
-    """Integer agents keep their number as id ("0".."max" come first); names follow."""
+    """Integer agents keep their number as id ("0".."max" come first); names follow.
+
+    More than ``MAX_AGENTS`` agents is an error naming the episode that brings the first
+    one too many (checked before the "0".."max" range is built, so a huge id costs nothing).
+    """
     result = Vocabulary() if given is None else given.copy()
     numbered = [i for e in episodes if e.agent_ids is not None and e.agent_names is None for i in e.agent_ids]
+    if max(numbered, default=0) >= MAX_AGENTS:
+        index = next(i for i, e in enumerate(episodes) if e.agent_names is None
+                     and max(e.agent_ids or [0]) >= MAX_AGENTS)
+        raise ValueError(f"{_describe(episodes[index], index)} has agent id "
+                         f"{max(episodes[index].agent_ids)}; agent ids must lie in [0, {MAX_AGENTS})")
     if numbered or all(e.agent_ids is None for e in episodes):
         for i in range(max(numbered, default=0) + 1):
             result.add(str(i))
     for episode in episodes:
         for label in episode.agent_labels() or ():
             result.add(label)
+    if len(result) > MAX_AGENTS:
+        extra = result.label(MAX_AGENTS)
+        index = next((i for i, e in enumerate(episodes) if extra in (e.agent_labels() or ())), None)
+        where = "the given agent vocabulary" if index is None else _describe(episodes[index], index)
+        raise ValueError(f"the data set names {len(result)} distinct agents, more than the "
+                         f"{MAX_AGENTS} supported; {where} brings agent {extra!r}, the "
+                         f"{MAX_AGENTS + 1}th")
     return result
+
+
+def _describe(episode: Episode, index: int) -> str:
+    """``episode 3 (logs.jsonl:4)``: its position, and its source when the reader kept one."""
+    source = episode.metadata.get("source")
+    return f"episode {index}" + (f" ({source})" if source is not None else "")
 
 
 def _embed(encoder: Any, texts: list[str], progress: bool) -> torch.Tensor:

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..attention.mask import MAX_AGENTS
+
 EPISODE_KEYS = ("states", "actions", "rewards", "agent_ids", "options", "metadata")
 # Metadata keys that declare the allowed labels of an episode (checked when present).
 AGENT_NAMES_KEY = "agent_names"
@@ -67,7 +69,8 @@ def parse_source(source: str | None) -> tuple[str | None, int | None]:
 class Episode:
     """One logged interaction: step t pairs the observation ``states[t]`` with ``actions[t]``.
 
-    ``agent_ids`` are small integers; when the raw log named its agents (``"planner"``,
+    ``agent_ids`` are integers in ``[0, MAX_AGENTS)`` (64: the attention kernels keep agent
+    visibility in 64-bit masks); when the raw log named its agents (``"planner"``,
     ``"coder"``), ``agent_names[i]`` is the name of local id ``i`` so nothing is lost.
     """
 
@@ -244,6 +247,9 @@ class _Validator:
                 raise self.fail(where, f"must be an integer or a role name, got {_type_name(item)}")
             if isinstance(item, int) and item < 0:
                 raise self.fail(where, f"must be >= 0, got {item}")
+            if isinstance(item, int) and item >= MAX_AGENTS:
+                raise self.fail(where, f"must be < {MAX_AGENTS}, got {item}: agent ids lie in "
+                                       f"[0, {MAX_AGENTS}) (at most {MAX_AGENTS} agents are supported)")
             if isinstance(item, str) and not item:
                 raise self.fail(where, "must not be an empty name")
             if allowed is not None and str(item) not in allowed:
@@ -256,6 +262,9 @@ class _Validator:
             else:
                 if item not in names:
                     names.append(item)
+                if len(names) > MAX_AGENTS:
+                    raise self.fail(where, f"{item!r} is agent number {len(names)} of the episode; "
+                                           f"at most {MAX_AGENTS} distinct agents are supported")
                 ids.append(names.index(item))
         return ids, (names if names else None)
 
