@@ -339,8 +339,9 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
                                          args.ks.n, args.ks.d, k_valid, args.head_dim);
     load_rows<T, BN, HD, Tile::kThreads>(s_v, Tile::kLdT, args.v + b * args.vs.b + h * args.vs.h + k_first * args.vs.n,
                                          args.vs.n, args.vs.d, k_valid, args.head_dim);
-    if (has_agents) {
-      for (int j = threadIdx.x; j < BN; j += Tile::kThreads) s_key_agent[j] = j < k_valid ? agent_at(m, b, k_first + j) : 0;
+    // Written even without agents: allowed() reads it (and ignores it), so it is never uninitialised.
+    for (int j = threadIdx.x; j < BN; j += Tile::kThreads) {
+      s_key_agent[j] = (has_agents && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
     }
     __syncthreads();
 
@@ -472,8 +473,9 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
                                          args.ks.n, args.ks.d, k_valid, args.head_dim);
     load_rows<T, BN, HD, Tile::kThreads>(s_v, Tile::kLdT, args.v + b * args.vs.b + h * args.vs.h + k_first * args.vs.n,
                                          args.vs.n, args.vs.d, k_valid, args.head_dim);
-    if (has_agents) {
-      for (int j = threadIdx.x; j < BN; j += Tile::kThreads) s_key_agent[j] = j < k_valid ? agent_at(m, b, k_first + j) : 0;
+    // Written even without agents: allowed() reads it (and ignores it), so it is never uninitialised.
+    for (int j = threadIdx.x; j < BN; j += Tile::kThreads) {
+      s_key_agent[j] = (has_agents && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
     }
     __syncthreads();
 
