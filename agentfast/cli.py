@@ -38,7 +38,8 @@ TRAIN_HELP = {
     "attn_backend": "attention backend: auto, reference, sdpa, cpp, cuda, triton, flex",
     "gradient_checkpointing": "recompute activations in backward to save memory",
     "visibility": "multi-agent visibility: data (from the episodes), full, private or hub",
-    "condition_on_returns": "condition the ActionTransformer on returns-to-go",
+    "condition_on_returns": "condition the ActionTransformer on returns-to-go (--model action "
+                            "only; predict asks for --target-return)",
     "batch_size": "windows per optimiser step (per process under torchrun)",
     "learning_rate": "peak AdamW learning rate", "weight_decay": "AdamW weight decay",
     "betas": None, "warmup_steps": "linear warmup steps",
@@ -277,7 +278,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     read_pretrained_config(args.checkpoint)
     pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
-                                             agent=_agent_arg(args.agent))
+                                             agent=_agent_arg(args.agent),
+                                             target_return=args.target_return)
     if args.examples:
         return _predict_examples(pipeline, args)
     turns = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -326,11 +328,13 @@ def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
     for episode in episodes[::stride][:args.examples]:
         print(f"\n=== {episode.task_type} episode ({len(episode)} steps) ===")
         pipeline.reset()
+        returns = _logged_returns(pipeline, episode, config, args.target_return)
         for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
             agent = None
             if pipeline.kind == "multi_agent" and episode.agent_ids is not None:
                 agent = episode.agent_labels()[t]
-            predicted = pipeline.process(state, agent=agent)
+            predicted = pipeline.process(state, agent=agent,
+                                         target_return=None if returns is None else returns[t])
             hit = predicted == action
             correct, total = correct + hit, total + 1
             print(f"[{t}] state:     {state[:100]}")
@@ -341,6 +345,18 @@ def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
             pipeline.replace_last_reply(action)
     print(f"\n{correct}/{total} predicted actions match the log in these examples")
     return 0
+
+
+def _logged_returns(pipeline: Any, episode: Any, config: dict[str, Any],
+                    target_return: float | None) -> list[float] | None:
+    """The episode's own returns-to-go for a policy conditioned on returns (as the held-out
+    evaluation feeds them), unless --target-return asks for a fixed one."""
+    from .data import discounted_returns
+
+    if pipeline.target_return is None or target_return is not None:
+        return None
+    gamma = float(config.get("data", {}).get("gamma", 0.99))
+    return discounted_returns(episode.rewards or [0.0] * len(episode), gamma).tolist()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -519,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--examples", type=int, default=0,
                          help="replay this many held-out episodes and compare with the logged actions")
     predict.add_argument("--data", default=None, help="log file for --examples (default: the training data)")
+    predict.add_argument("--target-return", type=float, default=None,
+                         help="return-to-go asked of a policy trained with --condition-on-returns "
+                              "(default: the highest in its training data; --examples feeds "
+                              "each episode's logged returns-to-go unless this is given)")
     predict.add_argument("--verbose", "-v", action="store_true", help="show ranked candidates")
     predict.add_argument("--log", default=None, help="append predictions as JSONL here")
 

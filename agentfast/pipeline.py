@@ -97,6 +97,7 @@ class _Turn:
     state: Tensor  # [Ds]
     agent: int
     action: Tensor | None = None  # model input for the action: [Da] float or [] long
+    return_to_go: float | None = None  # asked of a policy conditioned on returns
 
 
 class AgentPipeline:
@@ -111,6 +112,11 @@ class AgentPipeline:
         agent_names, option_names: labels of the policy's agent and option ids.
         agent_mask: visibility matrix for multi-agent policies (None: everyone sees all).
         top_k: how many candidates to rank for the decoder and ``last``.
+        target_return: the return-to-go asked of an ActionTransformer trained on returns
+            (``--condition-on-returns``); None for any other policy. It stays the same
+            from turn to turn (no rewards are observed here); ``process(...,
+            target_return=...)`` sets it for one turn. ``from_pretrained`` defaults it to
+            the highest return-to-go of the policy's training data.
 
     Conversation state: ``process`` continues the pipeline's running conversation (one
     policy step per turn, through the KV cache); ``history=[(user, reply), ...]`` replaces
@@ -122,7 +128,7 @@ class AgentPipeline:
                  decoder: Decoder | Callable[[Tensor, DecodeContext], str] | None = None,
                  agent: int | str = 0, agent_names: Sequence[str] | None = None,
                  option_names: Sequence[str] | None = None, agent_mask: Tensor | None = None,
-                 top_k: int = 5) -> None:
+                 top_k: int = 5, target_return: float | None = None) -> None:
         self.encoder = encoder
         self.model = model.eval()
         self.bank = bank
@@ -136,6 +142,7 @@ class AgentPipeline:
         self.device = next(model.parameters()).device
         self._check_dims()
         self.agent = self._agent_id(agent)
+        self.target_return = self._return_to_go(target_return)
         self.last: Prediction | None = None
         self._turns: list[_Turn] = []
         self._texts: list[tuple[str, str]] = []
@@ -149,7 +156,9 @@ class AgentPipeline:
         """Load a policy saved by ``agentfast train`` with the encoder it was trained with.
 
         ``encoder`` overrides the saved encoder (it must produce vectors of the same size,
-        and should be the same model, or retrieval is meaningless).
+        and should be the same model, or retrieval is meaningless). A policy trained with
+        ``--condition-on-returns`` gets ``target_return`` (default: the highest
+        return-to-go of its training data); any other policy refuses one.
         """
         from .training.checkpoint import CheckpointError, load_pretrained
         from .training.modeling import visibility_mask
@@ -171,6 +180,7 @@ class AgentPipeline:
             preset = policy.config.get("train_config", {}).get("visibility", "data")
             agent_mask = visibility_mask(preset, policy.config["model_config"]["max_num_agents"],
                                          device)
+        kwargs["target_return"] = _saved_target_return(policy, kwargs.get("target_return"))
         return cls(encoder, policy.model, ActionBank(policy.action_texts, policy.action_bank.cpu()),
                    agent_names=policy.vocab.get("agent"), option_names=policy.vocab.get("option"),
                    agent_mask=agent_mask, **kwargs)
@@ -183,6 +193,14 @@ class AgentPipeline:
                              f"expects {state_dim}-dim states")
         if self.discrete and config.get("action_dim", len(self.bank)) > len(self.bank):
             raise ValueError("a discrete policy needs a bank text for each of its action ids")
+
+    def _return_to_go(self, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if self.kind != "action":
+            raise ValueError(f"target_return conditions an ActionTransformer; a {self.kind} "
+                             "policy takes no returns")
+        return float(value)
 
     def _agent_id(self, agent: int | str) -> int:
         if isinstance(agent, str):
@@ -206,17 +224,22 @@ class AgentPipeline:
         return list(self._texts)
 
     def process(self, user_input: str, history: Sequence[tuple[str, str]] | None = None,
-                *, agent: int | str | None = None) -> str:
-        """Reply to ``user_input``; see the class docstring for conversation state."""
+                *, agent: int | str | None = None, target_return: float | None = None) -> str:
+        """Reply to ``user_input``; see the class docstring for conversation state.
+
+        ``agent`` and ``target_return`` apply to this turn only (defaults: the pipeline's).
+        """
         if not isinstance(user_input, str):
             raise TypeError(f"user_input must be a string, got {type(user_input).__name__}")
         if history is not None:
             self._replace_history(history)
         agent_id = self.agent if agent is None else self._agent_id(agent)
+        rtg = self.target_return if target_return is None else self._return_to_go(target_return)
         state = self._embed([user_input])[0]
         if len(self._turns) + 1 > self._max_turns():
             self._drop_oldest(len(self._turns) + 1 - self._max_turns())
-        prediction, value, option = self._advance(_Turn(state=state, agent=agent_id))
+        prediction, value, option = self._advance(_Turn(state=state, agent=agent_id,
+                                                        return_to_go=rtg))
         candidates = (self.bank.by_logits(prediction, self.top_k) if self.discrete
                       else self.bank.nearest(prediction, self.top_k))
         context = DecodeContext(user_input=user_input, candidates=candidates,
@@ -268,7 +291,8 @@ class AgentPipeline:
         states = self._embed([user for user, _ in pairs])
         for state, (user, reply) in zip(states, pairs):
             self._turns.append(_Turn(state=state, agent=self.agent,
-                                     action=self._action_input(reply, None)))
+                                     action=self._action_input(reply, None),
+                                     return_to_go=self.target_return))
             self._texts.append((user, reply))
         overflow = len(self._turns) + 1 - self._max_turns()
         if overflow > 0:
@@ -286,7 +310,7 @@ class AgentPipeline:
         turns = self._turns
         self._turns, self._cache = [], None
         for turn in turns:
-            self._advance(_Turn(state=turn.state, agent=turn.agent))
+            self._advance(_Turn(state=turn.state, agent=turn.agent, return_to_go=turn.return_to_go))
             self._turns[-1].action = turn.action
 
     @torch.no_grad()
@@ -298,7 +322,9 @@ class AgentPipeline:
         state = turn.state.unsqueeze(0)
         self._turns.append(turn)
         if self.kind == "action":
-            pred, value = self.model.step(self._cache, state, prev_action=prev)
+            rtg = None if turn.return_to_go is None else torch.tensor([turn.return_to_go],
+                                                                       device=self.device)
+            pred, value = self.model.step(self._cache, state, prev_action=prev, return_to_go=rtg)
             return pred[0], float(value[0]), None
         if self.kind == "multi_agent":
             agent = torch.tensor([turn.agent], device=self.device)
@@ -313,6 +339,26 @@ class AgentPipeline:
         index = int(option[0])
         label = self.option_names[index] if index < len(self.option_names) else str(index)
         return pred[0], None, label
+
+
+def _saved_target_return(policy: Any, given: float | None) -> float | None:
+    """The target return a saved policy is stepped with (see ``from_pretrained``)."""
+    from .training.checkpoint import CheckpointError
+
+    conditioned = bool(policy.config.get("train_config", {}).get("condition_on_returns"))
+    if not conditioned:
+        if given is not None:
+            raise ValueError(f"{policy.directory} was not trained with --condition-on-returns; "
+                             "a target return would feed it an input it never learned")
+        return None
+    if given is not None:
+        return float(given)
+    highest = policy.config.get("data", {}).get("max_return_to_go")
+    if highest is None:
+        raise CheckpointError(f"{policy.directory} was trained with --condition-on-returns but "
+                              "records no training returns; pass target_return (predict "
+                              "--target-return)")
+    return float(highest)
 
 
 def _model_kind(model: nn.Module) -> str:

@@ -251,3 +251,20 @@ def test_predict_takes_options_before_between_and_after_the_texts(trained, capsy
     ranked = [line for line in lines if "candidates:" in line]
     assert len(ranked) == 2 and all(line.split("candidates: ")[1].count(";") == 2 for line in ranked)
     assert all(line in bank for line in lines if not line.startswith((">", " ")))
+
+
+def test_returns_conditioning_is_used_at_inference_and_refused_where_ignored(workspace, trained,
+                                                                            tmp_path, capsys):
+    message = _error(capsys, _train_args(workspace, tmp_path / "h", "--model", "hierarchical",
+                                         "--condition-on-returns"))
+    assert "--condition-on-returns needs a model that takes returns-to-go" in message
+    assert not (tmp_path / "h").exists()
+    run = tmp_path / "rtg"
+    assert main(_train_args(workspace, run, "--condition-on-returns", "--no-eval")) == 0
+    assert json.loads((run / "config.json").read_text())["data"]["max_return_to_go"] == 1.0
+    capsys.readouterr()
+    assert main(["predict", str(run), "Broken: the cache", "--target-return", "0.5", "-v"]) == 0
+    assert main(["predict", str(run), "--examples", "1"]) == 0
+    assert "predicted actions match the log" in capsys.readouterr().out
+    assert "was not trained with --condition-on-returns" in _error(
+        capsys, ["predict", str(trained), "hi", "--target-return", "1"])

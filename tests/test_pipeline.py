@@ -121,3 +121,45 @@ def test_bad_inputs_are_refused(encoder, bank):
         pipeline.replace_last_reply("x")
     with pytest.raises(ValueError, match="the action bank is empty"):
         ActionBank([], torch.empty(0, DIM))
+
+
+def test_a_policy_conditioned_on_returns_is_stepped_with_the_target_return(encoder, bank):
+    model = _policy()
+    pipeline = AgentPipeline(encoder, model, bank, target_return=2.0)
+    inputs = [f"turn {i}" for i in range(6)]  # max_seq_len is 4: the cache is rebuilt
+    targets = [None, None, 0.5, None, 3.0, None]
+    replies = [pipeline.process(text, target_return=target) for text, target in zip(inputs, targets)]
+    returns = torch.tensor([[2.0 if t is None else t for t in targets]])[:, -4:]
+    states = encoder.encode(inputs[-4:]).unsqueeze(0)
+    actions = encoder.encode(replies[-4:]).unsqueeze(0)
+    expected, _ = model(states, actions, returns_to_go=returns)
+    torch.testing.assert_close(pipeline.last.raw, expected[0, -1], rtol=1e-4, atol=1e-5)
+    unconditioned, _ = model(states, actions)
+    assert not torch.allclose(unconditioned[0, -1], expected[0, -1], atol=1e-3)
+    with pytest.raises(ValueError, match="a hierarchical policy takes no returns"):
+        AgentPipeline(encoder, _policy("hierarchical"), bank, target_return=1.0)
+
+
+def _save_action_policy(directory, encoder, bank, train_config, data):
+    save_pretrained(directory, _policy(), model_type="action", vocab={"action": ACTIONS},
+                    action_bank=bank.embeddings,
+                    metadata={"encoder": {"identity": encoder.identity, "settings": {}},
+                              "train_config": train_config, "data": data})
+    return directory
+
+
+def test_from_pretrained_asks_a_conditioned_policy_for_its_highest_training_return(tmp_path, encoder, bank):
+    from agentfast.training import CheckpointError
+
+    conditioned = _save_action_policy(tmp_path / "rtg", encoder, bank,
+                                      {"condition_on_returns": True}, {"max_return_to_go": 1.5})
+    assert AgentPipeline.from_pretrained(conditioned, encoder=encoder).target_return == 1.5
+    assert AgentPipeline.from_pretrained(conditioned, encoder=encoder, target_return=4).target_return == 4.0
+    older = _save_action_policy(tmp_path / "older", encoder, bank, {"condition_on_returns": True}, {})
+    with pytest.raises(CheckpointError, match="records no training returns; pass target_return"):
+        AgentPipeline.from_pretrained(older, encoder=encoder)
+    assert AgentPipeline.from_pretrained(older, encoder=encoder, target_return=1).target_return == 1.0
+    plain = _save_action_policy(tmp_path / "plain", encoder, bank, {}, {"max_return_to_go": 1.5})
+    assert AgentPipeline.from_pretrained(plain, encoder=encoder).target_return is None
+    with pytest.raises(ValueError, match="was not trained with --condition-on-returns"):
+        AgentPipeline.from_pretrained(plain, encoder=encoder, target_return=1.0)

@@ -31,10 +31,20 @@ def model_constructor_args(config: TrainConfig, *, state_dim: int, action_dim: i
         "max_num_agents": max(1, num_agents),
         "num_options": max(1, num_options),
     }
+    check_model_options(config)
     accepted = inspect.signature(cls.__init__).parameters
-    if config.discrete_actions and "discrete_actions" not in accepted:
-        raise ValueError(f"{cls.__name__} does not support discrete actions")
     return {name: value for name, value in candidates.items() if name in accepted}
+
+
+def check_model_options(config: TrainConfig) -> None:
+    """Refuse options that ``config.model_type`` would silently ignore."""
+    cls = model_classes()[config.model_type]
+    if config.discrete_actions and "discrete_actions" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"{cls.__name__} does not support discrete actions")
+    if config.condition_on_returns and "returns_to_go" not in inspect.signature(cls.forward).parameters:
+        raise ValueError(f"--condition-on-returns needs a model that takes returns-to-go "
+                         f"(--model action); {cls.__name__} (--model {config.model_type}) "
+                         "does not")
 
 
 def build_model(config: TrainConfig, *, state_dim: int, action_dim: int, num_agents: int = 1,

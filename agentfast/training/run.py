@@ -36,7 +36,7 @@ from .evaluation import (
     predict_steps,
     seen_action_fraction,
 )
-from .modeling import build_model, visibility_mask
+from .modeling import build_model, check_model_options, visibility_mask
 from .precision import seed_everything
 from .trainer import JsonlLogger, Trainer, TrainResult
 
@@ -195,6 +195,7 @@ def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, 
         "held_out_task_types": list(settings.held_out_task_types),
         "actions": everything.num_actions, "agents": everything.num_agents,
         "options": everything.num_options,
+        "max_return_to_go": highest_return_to_go(train, settings.gamma),
     }
     return PreparedData(
         train=train_set, val=val_set, held_out=held_set,
@@ -203,6 +204,15 @@ def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, 
         action_bank=everything.action_bank, state_dim=everything.state_dim,
         action_dim=everything.action_dim, num_agents=everything.num_agents,
         num_options=everything.num_options, summary=summary)
+
+
+def highest_return_to_go(episodes: Sequence[Any], gamma: float) -> float:
+    """The highest return-to-go of any step (no rewards count as zeros, as in training):
+    the default target return of a policy conditioned on returns."""
+    from ..data import discounted_returns
+
+    return max(float(discounted_returns(e.rewards or [0.0] * len(e), gamma).max())
+               for e in episodes)
 
 
 def resolve_device(device: str, context: DistributedContext | None = None) -> torch.device:
@@ -286,6 +296,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     """
     context = context or DistributedContext()
     output_dir = Path(output_dir)
+    check_model_options(config)
     old_run: list[str] = []
     checkpoint = None
     if resume:
@@ -330,7 +341,8 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     result = trainer.train(resume=checkpoint or False)
     metadata = {
         "train_config": config.to_dict(),
-        "data": {**asdict(data), **{k: prepared.summary[k] for k in ("task_types", "actions")}},
+        "data": {**asdict(data), **{k: prepared.summary[k]
+                                    for k in ("task_types", "actions", "max_return_to_go")}},
         "encoder": {"settings": encoder_settings.saved(), "identity": encoder.identity,
                     "dim": int(encoder.dim)},
         "training": {"steps": result.steps, "stopped_early": result.stopped_early,
