@@ -96,6 +96,49 @@ def test_long_episodes_become_windows_with_whole_episode_returns():
     assert batch["seq_lens"].tolist() == [4, 4] and batch["window_start"].tolist() == [0, 6]
 
 
+
+def switching_episode():
+    """Option o for steps 0-2, p for steps 3-5: o ends after step 2, p at the episode's end."""
+    return Episode.from_dict({"states": [f"s{i}" for i in range(6)], "actions": [f"a{i}" for i in range(6)],
+                              "options": ["o", "o", "o", "p", "p", "p"]})
+
+
+EPISODE_TERMINATIONS = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]  # by hand, for switching_episode
+
+
+def test_termination_labels_belong_to_the_episode_not_the_window():
+    data = EpisodeDataset([switching_episode()], HashEncoder(), max_seq_len=2, progress=False)
+    assert [data[i]["term_labels"].tolist() for i in range(len(data))] == [[0, 0], [1, 0], [0, 1]]
+    batch = collate_episodes([data[i] for i in range(len(data))])
+    assert batch["term_labels"].tolist() == [[0, 0], [1, 0], [0, 1]]
+
+
+def test_termination_labels_of_overlapping_windows():
+    data = EpisodeDataset([switching_episode()], HashEncoder(), max_seq_len=4, window_stride=1, progress=False)
+    assert [(s, e) for _, s, e in data.windows] == [(0, 4), (1, 5), (2, 6)]
+    items = [data[i] for i in range(len(data))]
+    # Each window shows the episode's labels of its steps: 0..3, 1..4, 2..5.
+    assert [item["term_labels"].tolist() for item in items] == [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]]
+    batch = collate_episodes(items)
+    counted = batch["term_labels"][batch["target_mask"]]
+    assert counted.tolist() == EPISODE_TERMINATIONS
+
+
+def test_termination_labels_of_short_episodes_and_padding():
+    short = Episode.from_dict({"states": ["s0", "s1", "s2"], "actions": ["a0", "a1", "a2"],
+                               "options": ["o", "p", "p"]})
+    data = EpisodeDataset([short, episode(1, options=False, prefix="u")], HashEncoder(), max_seq_len=8,
+                          progress=False)
+    batch = collate_episodes([data[0], data[1]])
+    # o ends after step 0, p at the end; the one-step episode ends its (absent) option; padding is 0.
+    assert batch["term_labels"].tolist() == [[1, 0, 1], [1, 0, 0]]
+
+
+def test_items_built_by_hand_are_taken_as_whole_episodes():
+    data = EpisodeDataset([switching_episode()], HashEncoder(), max_seq_len=8, progress=False)
+    item = {k: v for k, v in data[0].items() if k != "term_labels"}
+    assert collate_episodes([item])["term_labels"].tolist() == [EPISODE_TERMINATIONS]
+
 def test_agents_by_name_and_visibility():
     named = Episode.from_dict({
         "states": ["a", "b", "c"], "actions": ["x", "y", "z"],

@@ -27,6 +27,47 @@ def test_termination_labels_mark_option_changes_and_the_last_step():
     assert torch.equal(termination_labels(options, seq_lens), expected)
 
 
+
+def _windowed_batch(**dataset_args):
+    """All windows of one six-step episode whose option switches after step 2."""
+    from agentfast.data import Episode, EpisodeDataset, collate_episodes
+    from training_fixtures import HashingEncoder
+
+    episode = Episode.from_dict({"states": [f"s{i}" for i in range(6)], "actions": [f"a{i}" for i in range(6)],
+                                 "options": ["o", "o", "o", "p", "p", "p"]})
+    data = EpisodeDataset([episode], HashingEncoder(4), progress=False, **dataset_args)
+    return collate_episodes([data[i] for i in range(len(data))])
+
+
+@pytest.mark.parametrize("dataset_args, window_labels", [
+    # o ends after step 2 and p at the episode's end: labels 0 0 1 0 0 1, cut into windows.
+    (dict(max_seq_len=2), [[0, 0], [1, 0], [0, 1]]),
+    (dict(max_seq_len=4, window_stride=1), [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]]),
+])
+def test_termination_loss_uses_the_episode_labels_of_each_window(dataset_args, window_labels):
+    batch = _windowed_batch(**dataset_args)
+    expected = torch.tensor(window_labels, dtype=torch.float32)
+    logits = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
+    outputs = ModelOutputs(action_preds=batch["actions"].clone(), option_logits=torch.zeros(*expected.shape, 2),
+                           term_logits=logits)
+    losses = compute_losses(outputs, batch, discrete=False, weights=LossWeights())
+    counted = batch["target_mask"]
+    by_hand = F.binary_cross_entropy_with_logits(logits[counted], expected[counted])
+    assert losses.parts["termination_loss"].item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_whole_episodes_keep_the_labels_of_termination_labels():
+    from agentfast.data import Episode, EpisodeDataset, collate_episodes
+    from agentfast.training.losses import batch_termination_labels
+    from training_fixtures import HashingEncoder
+
+    episodes = [Episode.from_dict({"states": [f"{n}s{i}" for i in range(n)], "actions": ["a"] * n,
+                                   "options": options}) for n, options in ((5, list("xxyyz")), (3, list("zzx")))]
+    data = EpisodeDataset(episodes, HashingEncoder(4), max_seq_len=8, progress=False)
+    batch = collate_episodes([data[0], data[1]])
+    assert torch.equal(batch_termination_labels(batch), termination_labels(batch["options"], batch["seq_lens"]))
+    assert batch_termination_labels(batch).tolist() == [[0, 1, 0, 1, 1], [0, 1, 1, 0, 0]]
+
 def test_embedding_loss_is_cosine_distance_plus_mse_over_valid_steps():
     target = F.normalize(torch.randn(2, 3, 8), dim=-1)
     mask = torch.tensor([[True, True, False], [True, False, False]])

@@ -2,8 +2,9 @@
 
 ``EpisodeDataset`` embeds every distinct state and action text once, cuts episodes longer
 than ``max_seq_len`` into windows, and yields one window per item; ``collate_episodes``
-pads a list of windows to the longest one. Returns-to-go are computed over the whole
-episode before it is cut, so a window's first step still knows the reward to come.
+pads a list of windows to the longest one. Returns-to-go and termination labels are
+computed over the whole episode before it is cut, so a window's first step still knows the
+reward to come, and a window's last step ends its option only where the episode's does.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:
     return out.float()
 
 
+def termination_targets(options: torch.Tensor) -> torch.Tensor:
+    """float32 [T]: 1.0 where the option of step t ends after t, for one whole episode.
+
+    An option ends where the next step's option differs, and at the episode's last step.
+    """
+    labels = torch.ones(len(options), dtype=torch.float32)
+    labels[:-1] = (options[1:] != options[:-1]).float()
+    return labels
+
+
 def window_starts(length: int, max_seq_len: int, stride: int) -> list[int]:
     """Starts of windows of at most ``max_seq_len`` steps, ``stride`` apart, covering every step."""
     starts = [0]
@@ -112,6 +123,7 @@ class _EncodedEpisode:
     action_ids: torch.Tensor
     agent_ids: torch.Tensor
     options: torch.Tensor
+    term_labels: torch.Tensor
     has_options: bool
     rewards: torch.Tensor
     returns_to_go: torch.Tensor
@@ -217,6 +229,7 @@ class EpisodeDataset(Dataset):
             "action_ids": enc.action_ids[steps],
             "agent_ids": enc.agent_ids[steps],
             "options": enc.options[steps],
+            "term_labels": enc.term_labels[steps],
             "has_options": enc.has_options,
             "rewards": enc.rewards[steps],
             "returns_to_go": enc.returns_to_go[steps],
@@ -235,12 +248,14 @@ class EpisodeDataset(Dataset):
         agent_ids = [0] * length if labels is None else [self.agent_vocab.index(a) for a in labels]
         options = [0] * length if episode.options is None else [self.option_vocab.index(o) for o in episode.options]
         rewards = [0.0] * length if episode.rewards is None else episode.rewards
+        option_ids = torch.tensor(options, dtype=torch.long)
         return _EncodedEpisode(
             state_rows=torch.tensor([row_of[s] for s in episode.states]),
             action_rows=torch.tensor([row_of[a] for a in episode.actions]),
             action_ids=torch.tensor([self.action_vocab.index(a) for a in episode.actions]),
             agent_ids=torch.tensor(agent_ids, dtype=torch.long),
-            options=torch.tensor(options, dtype=torch.long),
+            options=option_ids,
+            term_labels=termination_targets(option_ids),
             has_options=episode.options is not None,
             rewards=torch.tensor(rewards, dtype=torch.float32),
             returns_to_go=discounted_returns(rewards, self.gamma),
@@ -272,7 +287,11 @@ def visibility_matrix(episode: Episode, agent_vocab: Vocabulary, num_agents: int
 
 
 def collate_episodes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pad windows to the longest in the batch; see the module docstring for the fields."""
+    """Pad windows to the longest in the batch; see the module docstring for the fields.
+
+    An item without ``term_labels`` (built by hand rather than by ``EpisodeDataset``) is
+    taken to be a whole episode, and its labels are computed from its own options.
+    """
     if not items:
         raise ValueError("collate_episodes needs at least one item")
     lengths = [item["states"].shape[0] for item in items]
@@ -294,6 +313,7 @@ def collate_episodes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "valid_mask": torch.arange(longest)[None, :] < seq_lens[:, None],
         "agent_ids": padded("agent_ids", 0, torch.long),
         "options": padded("options", 0, torch.long),
+        "term_labels": _padded_term_labels(items, longest),
         "has_options": torch.tensor([bool(i["has_options"]) for i in items]),
         "rewards": padded("rewards", 0.0, torch.float32),
         "returns_to_go": padded("returns_to_go", 0.0, torch.float32),
@@ -305,6 +325,16 @@ def collate_episodes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "episode_index": torch.tensor([i["episode_index"] for i in items], dtype=torch.long),
         "window_start": torch.tensor([i["window_start"] for i in items], dtype=torch.long),
     }
+
+
+def _padded_term_labels(items: Sequence[Mapping[str, Any]], longest: int) -> torch.Tensor:
+    """float32 [B, longest] termination labels of the items, 0.0 at padding."""
+    out = torch.zeros(len(items), longest, dtype=torch.float32)
+    for b, item in enumerate(items):
+        labels = item.get("term_labels")
+        labels = termination_targets(item["options"]) if labels is None else labels
+        out[b, : len(labels)] = labels
+    return out
 
 
 def split_by_task_type(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .losses import target_mask, termination_labels
+from .losses import batch_termination_labels, target_mask
 from .modeling import forward_batch, move_batch
 
 TOP_K = 5
@@ -76,7 +76,7 @@ def _flatten(batch: dict[str, Any], mask: Tensor) -> dict[str, Any]:
         "has_options": batch["has_options"].bool().unsqueeze(1).expand_as(mask)[mask],
         "returns_to_go": batch["returns_to_go"][mask],
         "has_rewards": batch["has_rewards"].bool().unsqueeze(1).expand_as(mask)[mask],
-        "term_labels": termination_labels(batch["options"], batch["seq_lens"])[mask],
+        "term_labels": batch_termination_labels(batch)[mask],
     }
     task_types = [batch["task_types"][b] for b in mask.nonzero()[:, 0].tolist()]
     return {**rows, "task_types": task_types}

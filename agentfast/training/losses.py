@@ -57,10 +57,13 @@ def option_loss(option_logits: Tensor, options: Tensor, mask: Tensor) -> Tensor:
 
 
 def termination_labels(options: Tensor, seq_lens: Tensor) -> Tensor:
-    """1.0 where the option active at step t ends after t, else 0.0.
+    """1.0 where the option active at step t ends after t, else 0.0, for rows that each
+    hold a whole episode.
 
     An option ends when the next step's option differs, and the last valid step of a
-    sequence always ends its option. Positions at or beyond ``seq_lens`` are 0.
+    sequence always ends its option. Positions at or beyond ``seq_lens`` are 0. A window
+    cut from a longer episode does not know whether its last step ends the option: use
+    ``batch_termination_labels``, which reads the per-episode labels of the batch.
     """
     batch, steps = options.shape
     labels = torch.zeros(batch, steps, dtype=torch.float32, device=options.device)
@@ -72,8 +75,18 @@ def termination_labels(options: Tensor, seq_lens: Tensor) -> Tensor:
     return labels * (positions < lens).float()
 
 
+def batch_termination_labels(batch: dict) -> Tensor:
+    """The batch's ``term_labels`` (computed per episode, before windowing).
+
+    A batch without them (built by hand) is taken to hold one whole episode per row.
+    """
+    if "term_labels" in batch:
+        return batch["term_labels"].float()
+    return termination_labels(batch["options"], batch["seq_lens"])
+
+
 def termination_loss(term_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """Binary cross-entropy of the termination logit against ``termination_labels``."""
+    """Binary cross-entropy of the termination logit against ``batch_termination_labels``."""
     per_step = F.binary_cross_entropy_with_logits(term_logits.float(), labels.float(),
                                                   reduction="none")
     return masked_mean(per_step, mask)
@@ -157,7 +170,7 @@ def compute_losses(outputs: ModelOutputs, batch: dict, *, discrete: bool,
     if outputs.option_logits is not None:
         option_mask = valid & batch["has_options"].bool().unsqueeze(1)
         parts["option_loss"] = option_loss(outputs.option_logits, batch["options"], option_mask)
-        labels = termination_labels(batch["options"], batch["seq_lens"])
+        labels = batch_termination_labels(batch)
         parts["termination_loss"] = termination_loss(outputs.term_logits, labels, option_mask)
         total = total + weights.option * parts["option_loss"]
         total = total + weights.termination * parts["termination_loss"]
