@@ -279,7 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     read_pretrained_config(args.checkpoint)
     pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
                                              agent=_agent_arg(args.agent),
-                                             target_return=args.target_return)
+                                             target_return=args.target_return,
+                                             agent_mask=_visibility_arg(args.visibility))
     if args.examples:
         return _predict_examples(pipeline, args)
     turns = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -293,6 +294,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_json_log(args.log, {"event": "predict", "input": turn, "output": reply,
                                    "candidates": pipeline.last.candidates})
     return 0
+
+
+def _visibility_arg(value: str | None) -> str | dict[str, Any] | None:
+    """--visibility: a preset name, or JSON {agent: [agents it sees]}."""
+    if value is None or value in ("full", "private", "hub"):
+        return value
+    try:
+        mapping = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise CLIError(f"--visibility must be full, private, hub or JSON like "
+                       f"'{{\"coder\": [\"planner\"]}}', got {value!r} ({error.msg})") from None
+    if not isinstance(mapping, dict):
+        raise CLIError(f"--visibility JSON must be an object {{agent: [agents it sees]}}, got {value!r}")
+    return mapping
 
 
 def _agent_arg(value: str | None) -> int | str:
@@ -329,11 +344,12 @@ def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
         print(f"\n=== {episode.task_type} episode ({len(episode)} steps) ===")
         pipeline.reset()
         returns = _logged_returns(pipeline, episode, config, args.target_return)
+        mask = _logged_visibility(pipeline, episode, config, args.visibility)
         for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
             agent = None
             if pipeline.kind == "multi_agent" and episode.agent_ids is not None:
                 agent = episode.agent_labels()[t]
-            predicted = pipeline.process(state, agent=agent,
+            predicted = pipeline.process(state, agent=agent, agent_mask=mask,
                                          target_return=None if returns is None else returns[t])
             hit = predicted == action
             correct, total = correct + hit, total + 1
@@ -357,6 +373,19 @@ def _logged_returns(pipeline: Any, episode: Any, config: dict[str, Any],
         return None
     gamma = float(config.get("data", {}).get("gamma", 0.99))
     return discounted_returns(episode.rewards or [0.0] * len(episode), gamma).tolist()
+
+
+def _logged_visibility(pipeline: Any, episode: Any, config: dict[str, Any],
+                       visibility: str | None) -> Any:
+    """The episode's own visibility for a multi-agent policy trained with visibility
+    "data" (as training and the held-out evaluation use it), unless --visibility is given."""
+    from .data import Vocabulary, visibility_matrix
+
+    trained_with = config.get("train_config", {}).get("visibility", "data")
+    if pipeline.kind != "multi_agent" or visibility is not None or trained_with != "data":
+        return None
+    size = int(config["model_config"]["max_num_agents"])
+    return visibility_matrix(episode, Vocabulary(pipeline.agent_names), size)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -532,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("text", nargs="*", help="user inputs, one per turn (default: lines of stdin)")
     predict.add_argument("--top-k", type=int, default=5, help="candidates to rank")
     predict.add_argument("--agent", default=None, help="acting agent (multi-agent policies)")
+    predict.add_argument("--visibility", default=None, metavar="PRESET_OR_JSON",
+                         help="who sees whom (multi-agent policies): full, private, hub, or JSON "
+                              "{agent: [agents it sees]} as in episodes' metadata (default: the "
+                              "policy's training preset; a policy trained with visibility data "
+                              "gets full visibility, and --examples uses each episode's own)")
     predict.add_argument("--examples", type=int, default=0,
                          help="replay this many held-out episodes and compare with the logged actions")
     predict.add_argument("--data", default=None, help="log file for --examples (default: the training data)")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,11 @@ class ActionBank:
         probs = logits.float().cpu().softmax(-1)
         top = probs.topk(min(k, probs.shape[-1], len(self.texts)))
         return [(self.texts[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+# Multi-agent visibility: a bool [A, A] matrix (row = the viewer), a preset name ("full",
+# "private", "hub"), or {agent: [agents it sees]} by name as in episodes' metadata.
+AgentMask = Union[Tensor, str, Mapping[Any, Sequence[Any]]]
 
 
 @dataclass
@@ -110,7 +116,10 @@ class AgentPipeline:
         decoder: turns a prediction into text; nearest-neighbour retrieval by default.
         agent: the acting agent (id or name from ``agent_names``) for multi-agent policies.
         agent_names, option_names: labels of the policy's agent and option ids.
-        agent_mask: visibility matrix for multi-agent policies (None: everyone sees all).
+        agent_mask: multi-agent visibility of the conversation: a bool ``[A, A]`` matrix
+            (row = the viewer), a preset ("full", "private", "hub"), or ``{agent: [agents
+            it sees]}`` by name as in an episode's ``metadata["visibility"]`` (agents not
+            listed see everyone). None: everyone sees everyone.
         top_k: how many candidates to rank for the decoder and ``last``.
         target_return: the return-to-go asked of an ActionTransformer trained on returns
             (``--condition-on-returns``); None for any other policy. It stays the same
@@ -127,7 +136,7 @@ class AgentPipeline:
     def __init__(self, encoder: Any, model: nn.Module, bank: ActionBank, *,
                  decoder: Decoder | Callable[[Tensor, DecodeContext], str] | None = None,
                  agent: int | str = 0, agent_names: Sequence[str] | None = None,
-                 option_names: Sequence[str] | None = None, agent_mask: Tensor | None = None,
+                 option_names: Sequence[str] | None = None, agent_mask: AgentMask | None = None,
                  top_k: int = 5, target_return: float | None = None) -> None:
         self.encoder = encoder
         self.model = model.eval()
@@ -135,13 +144,13 @@ class AgentPipeline:
         self.decoder = decoder or NearestNeighbourDecoder()
         self.agent_names = list(agent_names or [])
         self.option_names = list(option_names or [])
-        self.agent_mask = agent_mask
         self.top_k = top_k
         self.kind = _model_kind(model)
         self.discrete = bool(getattr(model, "discrete_actions", False))
         self.device = next(model.parameters()).device
         self._check_dims()
         self.agent = self._agent_id(agent)
+        self.agent_mask = self._visibility(agent_mask)
         self.target_return = self._return_to_go(target_return)
         self.last: Prediction | None = None
         self._turns: list[_Turn] = []
@@ -152,13 +161,20 @@ class AgentPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, encoder: Any | None = None,
-                        device: str | torch.device = "cpu", **kwargs: Any) -> "AgentPipeline":
+                        device: str | torch.device = "cpu", agent_mask: AgentMask | None = None,
+                        **kwargs: Any) -> "AgentPipeline":
         """Load a policy saved by ``agentfast train`` with the encoder it was trained with.
 
         ``encoder`` overrides the saved encoder (it must produce vectors of the same size,
         and should be the same model, or retrieval is meaningless). A policy trained with
         ``--condition-on-returns`` gets ``target_return`` (default: the highest
         return-to-go of its training data); any other policy refuses one.
+
+        A multi-agent policy sees with ``agent_mask`` if given, else with the preset it was
+        trained with. A policy trained with ``visibility="data"`` learned each episode's
+        own ``metadata["visibility"]``; with no ``agent_mask`` it gets full visibility
+        (every agent sees every other, as for episodes without that metadata), so pass the
+        conversation's visibility when it is narrower.
         """
         from .training.checkpoint import CheckpointError, load_pretrained
         from .training.modeling import visibility_mask
@@ -175,8 +191,7 @@ class AgentPipeline:
 
             warnings.warn(f"the encoder differs from the one {directory} was trained with; "
                           "predictions may be meaningless", stacklevel=2)
-        agent_mask = None
-        if policy.model_type == "multi_agent":
+        if agent_mask is None and policy.model_type == "multi_agent":
             preset = policy.config.get("train_config", {}).get("visibility", "data")
             agent_mask = visibility_mask(preset, policy.config["model_config"]["max_num_agents"],
                                          device)
@@ -202,6 +217,35 @@ class AgentPipeline:
                              "policy takes no returns")
         return float(value)
 
+    def _visibility(self, mask: AgentMask | None) -> Tensor | None:
+        """``mask`` as a bool [A, A] matrix on the policy's device (None stays None)."""
+        if mask is None:
+            return None
+        if self.kind != "multi_agent":
+            raise ValueError(f"agent_mask applies to multi-agent policies, not to a {self.kind} one")
+        from .models import visibility_preset
+
+        size = int(getattr(self.model, "config", {}).get("max_num_agents", 1))
+        if isinstance(mask, Tensor):
+            return mask.to(self.device)  # the model checks it against the agent ids
+        if isinstance(mask, Mapping):
+            return self._mask_from_names(mask, size)
+        return visibility_preset(mask, size if isinstance(mask, str) else len(mask), device=self.device)
+
+    def _mask_from_names(self, mask: Mapping[Any, Sequence[Any]], size: int) -> Tensor:
+        from .data import Vocabulary, visibility_matrix
+
+        names = self.agent_names or [str(i) for i in range(size)]
+        for viewer, seen in mask.items():
+            if not isinstance(seen, (list, tuple)):
+                raise ValueError(f"agent_mask[{viewer!r}] must be a list of agents, got {seen!r}")
+            unknown = [str(a) for a in (viewer, *seen) if str(a) not in names]
+            if unknown:
+                raise ValueError(f"unknown agent {unknown[0]!r} in agent_mask; known: {names}")
+        # The rule that turned episodes' metadata into training masks, applied as is.
+        carrier = SimpleNamespace(metadata={"visibility": dict(mask)})
+        return visibility_matrix(carrier, Vocabulary(names), size).to(self.device)
+
     def _agent_id(self, agent: int | str) -> int:
         if isinstance(agent, str):
             if agent in self.agent_names:
@@ -224,13 +268,18 @@ class AgentPipeline:
         return list(self._texts)
 
     def process(self, user_input: str, history: Sequence[tuple[str, str]] | None = None,
-                *, agent: int | str | None = None, target_return: float | None = None) -> str:
+                *, agent: int | str | None = None, target_return: float | None = None,
+                agent_mask: AgentMask | None = None) -> str:
         """Reply to ``user_input``; see the class docstring for conversation state.
 
         ``agent`` and ``target_return`` apply to this turn only (defaults: the pipeline's).
+        ``agent_mask`` becomes the visibility of the whole conversation (earlier turns are
+        recomputed with it when it changes).
         """
         if not isinstance(user_input, str):
             raise TypeError(f"user_input must be a string, got {type(user_input).__name__}")
+        if agent_mask is not None:
+            self._set_agent_mask(agent_mask)
         if history is not None:
             self._replace_history(history)
         agent_id = self.agent if agent is None else self._agent_id(agent)
@@ -260,6 +309,13 @@ class AgentPipeline:
         self._texts[-1] = (self._texts[-1][0], text)
 
     # ------------------------------------------------------------------ internals
+
+    def _set_agent_mask(self, agent_mask: AgentMask) -> None:
+        mask = self._visibility(agent_mask)
+        same = self.agent_mask is not None and torch.equal(mask, self.agent_mask)
+        self.agent_mask = mask
+        if not same and self._turns:
+            self._rebuild_cache()
 
     def _embed(self, texts: list[str]) -> Tensor:
         return self.encoder.encode(texts, progress=False).float().to(self.device)

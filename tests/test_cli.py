@@ -268,3 +268,31 @@ def test_returns_conditioning_is_used_at_inference_and_refused_where_ignored(wor
     assert "predicted actions match the log" in capsys.readouterr().out
     assert "was not trained with --condition-on-returns" in _error(
         capsys, ["predict", str(trained), "hi", "--target-return", "1"])
+
+
+def test_predict_examples_replays_each_episode_with_its_own_visibility(workspace, tmp_path,
+                                                                       capsys, monkeypatch):
+    from agentfast.pipeline import AgentPipeline
+
+    records = make_episode_dicts(4)
+    for record in records:
+        if "agent_ids" in record:  # the planner does not see the coder
+            record["metadata"]["visibility"] = {"planner": ["planner"], "coder": ["planner", "coder"]}
+    args = _train_args(workspace, tmp_path / "multi", "--model", "multi_agent", "--no-eval",
+                       "--max-steps", "2")
+    args[1] = str(write_jsonl(tmp_path / "visible.jsonl", records))
+    assert main(args) == 0
+    seen, process = {}, AgentPipeline.process
+
+    def spy(self, user_input, *rest, **kwargs):
+        seen[user_input] = kwargs.get("agent_mask")
+        return process(self, user_input, *rest, **kwargs)
+
+    monkeypatch.setattr(AgentPipeline, "process", spy)
+    assert main(["predict", str(tmp_path / "multi"), "--examples", "4"]) == 0
+    assert seen["Broken: performance item 1"].tolist() == [[True, False], [True, True]]
+    assert seen["Broken: performance item 0"].all()
+    assert "unknown agent 'nobody'" in _error(capsys, ["predict", str(tmp_path / "multi"), "hi",
+                                                       "--visibility", '{"nobody": []}'])
+    assert main(["predict", str(tmp_path / "multi"), "hi", "--visibility", "private",
+                 "--agent", "coder"]) == 0

@@ -163,3 +163,43 @@ def test_from_pretrained_asks_a_conditioned_policy_for_its_highest_training_retu
     assert AgentPipeline.from_pretrained(plain, encoder=encoder).target_return is None
     with pytest.raises(ValueError, match="was not trained with --condition-on-returns"):
         AgentPipeline.from_pretrained(plain, encoder=encoder, target_return=1.0)
+
+
+def test_multi_agent_visibility_by_names_is_used_and_can_change_mid_conversation(encoder, bank):
+    model = _policy("multi_agent")
+    names = ["planner", "coder"]
+    private = {"planner": ["planner"], "coder": ["coder"]}
+    inputs, agents = ["a", "b", "c"], ["planner", "coder", "planner"]
+    pipeline = AgentPipeline(encoder, model, bank, agent_names=names, agent_mask=private)
+    replies = [pipeline.process(text, agent=agent) for text, agent in zip(inputs, agents)]
+    states = encoder.encode(inputs).unsqueeze(0)
+    actions = encoder.encode(replies).unsqueeze(0)
+    ids = torch.tensor([[0, 1, 0]])
+    expected = model(states, ids, actions, agent_mask=torch.eye(2, dtype=torch.bool))[0]
+    torch.testing.assert_close(pipeline.last.raw, expected[0, -1], rtol=1e-4, atol=1e-5)
+    everyone = model(states, ids, actions)[0]
+    assert float((everyone[0, -1] - expected[0, -1]).abs().max().detach()) > 1e-4  # the mask matters
+    # A mask given later holds for the whole conversation: earlier turns are recomputed.
+    switched = AgentPipeline(encoder, model, bank, agent_names=names)
+    for text, agent, reply in zip(inputs[:2], agents[:2], replies[:2]):
+        switched.process(text, agent=agent)
+        switched.replace_last_reply(reply)
+    switched.process(inputs[2], agent=agents[2], agent_mask=private)
+    torch.testing.assert_close(switched.last.raw, pipeline.last.raw, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown agent 'reviewer' in agent_mask"):
+        AgentPipeline(encoder, model, bank, agent_names=names, agent_mask={"coder": ["reviewer"]})
+    with pytest.raises(ValueError, match="agent_mask applies to multi-agent policies"):
+        AgentPipeline(encoder, _policy(), bank, agent_mask="private")
+
+
+def test_from_pretrained_takes_the_visibility_of_the_conversation(tmp_path, encoder, bank):
+    model = _policy("multi_agent")
+    save_pretrained(tmp_path, model, model_type="multi_agent",
+                    vocab={"action": ACTIONS, "agent": ["planner", "coder"]},
+                    action_bank=bank.embeddings,
+                    metadata={"encoder": {"identity": encoder.identity, "settings": {}},
+                              "train_config": {"visibility": "data"}})
+    assert AgentPipeline.from_pretrained(tmp_path, encoder=encoder).agent_mask is None
+    pipeline = AgentPipeline.from_pretrained(tmp_path, encoder=encoder,
+                                             agent_mask={"planner": ["planner"]})
+    assert pipeline.agent_mask.tolist() == [[True, False], [True, True]]
