@@ -35,7 +35,7 @@ TRAIN_HELP = {
     "max_seq_len": "timesteps per training window (longer episodes are cut into windows)",
     "dropout": "dropout probability",
     "discrete_actions": "classify over the known actions instead of regressing embeddings",
-    "attn_backend": "attention backend: auto, reference, sdpa, cpp, cuda, triton, flex",
+    "attn_backend": "attention backend",
     "gradient_checkpointing": "recompute activations in backward to save memory",
     "visibility": "multi-agent visibility: data (from the episodes), full, private or hub",
     "condition_on_returns": "condition the ActionTransformer on returns-to-go (--model action "
@@ -73,6 +73,17 @@ def _print_json_log(path: str | None, record: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def _positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports the error with the option's name)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _task_types(value: str | None) -> list[str]:
@@ -130,7 +141,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    from .attention.backends import backend_names
     from .training.config import MODEL_TYPES, PRECISIONS, TrainConfig
+    from .training.modeling import VISIBILITY_CHOICES
+
+    # Checked here, so a typo fails before the data is embedded.
+    choices = {"model_type": MODEL_TYPES, "precision": PRECISIONS,
+               "visibility": VISIBILITY_CHOICES, "attn_backend": ("auto", *backend_names())}
 
     group = parser.add_argument_group("model and optimisation")
     for f in dataclasses.fields(TrainConfig):
@@ -144,10 +161,8 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "type": type(default), "default": default,
                                   "help": f"{help_text} (default: {default})"}
-        if f.name == "model_type":
-            kwargs["choices"] = MODEL_TYPES
-        if f.name == "precision":
-            kwargs["choices"] = PRECISIONS
+        if f.name in choices:
+            kwargs["choices"] = choices[f.name]
         group.add_argument(flag, **kwargs)
 
 
@@ -188,7 +203,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     settings = _encoder_settings(args)
     if settings.cache_dir == "":
         raise CLIError("embed fills the embedding cache; --no-cache leaves it nothing to do")
-    encoder = build_encoder(settings)
+    encoder = build_encoder(settings, progress=not args.no_progress)
     started = time.perf_counter()
     embeddings = encoder.encode(texts, progress=not args.no_progress)
     seconds = time.perf_counter() - started
@@ -527,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="delete an earlier run in --output (checkpoints, log, policy) first")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    train.add_argument("--threads", type=int, default=None,
+    train.add_argument("--threads", type=_positive_int, default=None,
                        help="CPU threads for torch (default: torch's choice); 1 is often "
                             "fastest for small models on a busy machine")
     train.add_argument("--log", default=None, help="JSONL metrics file (default: OUTPUT/train_log.jsonl)")
@@ -547,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--held-out-task-types", default=None,
                           help="comma-separated task types to evaluate on (default: the policy's)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    evaluate.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    evaluate.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
     evaluate.add_argument("--log", default=None, help="append the metrics as JSONL here")
     evaluate.add_argument("--json", default=None, help="write the report as JSON here")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -559,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.intermixed = True  # options may come before, between or after the texts
     predict.add_argument("checkpoint", help="policy directory")
     predict.add_argument("text", nargs="*", help="user inputs, one per turn (default: lines of stdin)")
-    predict.add_argument("--top-k", type=int, default=5, help="candidates to rank")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="candidates to rank")
     predict.add_argument("--agent", default=None, help="acting agent (multi-agent policies)")
     predict.add_argument("--visibility", default=None, metavar="PRESET_OR_JSON",
                          help="who sees whom (multi-agent policies): full, private, hub, or JSON "
@@ -601,11 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentfast`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("agentfast: interrupted", file=sys.stderr)

@@ -184,7 +184,9 @@ class AgentPipeline:
         if policy.action_bank is None:
             raise CheckpointError(f"{directory} has no action bank; it cannot decode actions")
         if encoder is None:
-            encoder = build_encoder(encoder_settings_from_policy(policy.config, cache_dir=""))
+            # No loading progress bars: they would only clutter the replies.
+            encoder = build_encoder(encoder_settings_from_policy(policy.config, cache_dir=""),
+                                    progress=False)
         saved_identity = policy.config.get("encoder", {}).get("identity")
         if saved_identity and getattr(encoder, "identity", saved_identity) != saved_identity:
             import warnings

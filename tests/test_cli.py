@@ -296,3 +296,43 @@ def test_predict_examples_replays_each_episode_with_its_own_visibility(workspace
                                                        "--visibility", '{"nobody": []}'])
     assert main(["predict", str(tmp_path / "multi"), "hi", "--visibility", "private",
                  "--agent", "coder"]) == 0
+
+
+def _usage_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_option_values_fail_before_any_work(workspace, tmp_path, capsys):
+    output = tmp_path / "o"
+    assert "argument --threads: must be at least 1, got -1" in _usage_error(
+        capsys, _train_args(workspace, output, "--threads", "-1"))
+    assert "argument --threads: must be at least 1, got 0" in _usage_error(
+        capsys, ["evaluate", str(output), "--threads", "0"])
+    assert "argument --visibility: invalid choice: 'hubb'" in _usage_error(
+        capsys, _train_args(workspace, output, "--visibility", "hubb"))
+    assert "argument --attn-backend: invalid choice: 'sdap'" in _usage_error(
+        capsys, _train_args(workspace, output, "--attn-backend", "sdap"))
+    assert not output.exists()
+
+
+def test_a_run_trained_with_relative_paths_evaluates_from_anywhere(workspace, tmp_path, capfd,
+                                                                   monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.chdir(workspace["root"])
+    args = _train_args(workspace, run, "--no-eval", "--max-steps", "1")
+    args[1] = workspace["data"].name
+    args[args.index("--encoder") + 1] = workspace["encoder"].name
+    assert main(args) == 0
+    assert "Loading weights" not in capfd.readouterr().err  # --no-progress silences transformers
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["path"] == str(workspace["data"].resolve())
+    assert config["encoder"]["settings"]["name_or_path"] == str(workspace["encoder"].resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(run), "--no-progress", "--cache-dir", str(workspace["cache"])]) == 0
+    captured = capfd.readouterr()
+    assert "ActionTransformer" in captured.out and "Loading weights" not in captured.err

@@ -3,13 +3,15 @@ on CPU, sharded data, and a single writer of checkpoints and logs."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from training_fixtures import make_episode_dicts, save_tiny_encoder, write_jsonl
+from training_fixtures import TINY_MODEL, make_episode_dicts, save_tiny_encoder, tiny_datasets, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,3 +72,48 @@ def test_only_rank_0_decides_about_an_old_run_and_every_rank_meets_at_the_barrie
     assert rank.barriers == 1 and (tmp_path / "config.json").exists()
     with pytest.raises(ValueError, match="already holds a run"):
         _check_fresh_output(tmp_path / "empty", False, _FakeRank(["model.safetensors"]))
+
+
+def _record_losses_worker(rank, world_size, init_method, output):
+    """One rank of a gloo run of the Trainer; writes the losses of its own steps."""
+    import torch.distributed as dist
+
+    from agentfast.training import TrainConfig, Trainer, build_model
+    from agentfast.training.distributed import DistributedContext
+
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        train, _ = tiny_datasets()
+        config = TrainConfig(**TINY_MODEL, max_steps=3, batch_size=2, log_every=1,
+                             warmup_steps=1, dropout=0.0)
+        torch.manual_seed(0)
+        model = build_model(config, state_dim=train.state_dim, action_dim=train.action_dim)
+        trainer = Trainer(model, config, train, context=DistributedContext(rank, world_size, rank, "gloo"),
+                          log_path=Path(output) / "log.jsonl", progress=False)
+        losses, step = [], trainer.train_step
+
+        def recording(batch):
+            metrics = step(batch)
+            losses.append(metrics["loss"])
+            return metrics
+
+        trainer.train_step = recording
+        trainer.train()
+        (Path(output) / f"rank{rank}.json").write_text(json.dumps(losses))
+        dist.barrier()  # a rank that tears down while its peer still talks may abort in gloo
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_logged_train_loss_is_the_mean_over_ranks(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_record_losses_worker,
+                                args=(2, f"tcp://127.0.0.1:{port}", str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] != ranks[1]  # the shards differ, so the mean is not either rank's loss
+    logged = [e["loss"] for e in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+              if e["event"] == "train"]
+    assert logged == pytest.approx([(a + b) / 2 for a, b in zip(*ranks)], abs=1e-6)

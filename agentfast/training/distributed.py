@@ -50,6 +50,13 @@ class DistributedContext:
         dist.all_gather_object(gathered, _tensors_to_bytes(value))
         return [_bytes_to_tensors(item) for item in gathered]
 
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks that have it (a collective: every rank calls)."""
+        gathered = self.all_gather_object(values)
+        keys = dict.fromkeys(k for item in gathered for k in item)
+        return {k: sum(item[k] for item in gathered if k in item)
+                / sum(k in item for item in gathered) for k in keys}
+
 
 _TENSOR_TAG = "__tensor_bytes__"
 

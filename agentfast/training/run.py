@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -71,8 +72,13 @@ class EncoderSettings:
     device: str = "cpu"
 
     def saved(self) -> dict[str, Any]:
-        """The part that decides the embeddings (not where they are cached or computed)."""
-        return {"name_or_path": self.name_or_path, "pooling": self.pooling,
+        """The part that decides the embeddings (not where they are cached or computed); a
+        local encoder directory is saved as an absolute path, so the policy loads from
+        any working directory."""
+        name = self.name_or_path
+        if name is not None and Path(name).is_dir():
+            name = str(Path(name).resolve())
+        return {"name_or_path": name, "pooling": self.pooling,
                 "normalize": self.normalize, "max_length": self.max_length}
 
 
@@ -102,16 +108,39 @@ class MemoEncoder:
         return torch.stack([self._memo[t] for t in texts]).float()
 
 
-def build_encoder(settings: EncoderSettings) -> MemoEncoder:
-    """The text encoder of ``settings``, with the on-disk cache unless it is turned off."""
+def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEncoder:
+    """The text encoder of ``settings``, with the on-disk cache unless it is turned off.
+
+    ``progress=False`` also silences transformers' progress bars and messages while the
+    encoder loads.
+    """
     from ..data import CachedEncoder, TextEncoder
 
-    encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
-                               normalize=settings.normalize, max_length=settings.max_length,
-                               batch_size=settings.batch_size, device=settings.device)
+    with _quiet_transformers(not progress):
+        encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
+                                   normalize=settings.normalize, max_length=settings.max_length,
+                                   batch_size=settings.batch_size, device=settings.device)
     if settings.cache_dir != "":
         encoder = CachedEncoder(encoder, settings.cache_dir or None)
     return MemoEncoder(encoder)
+
+
+@contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
 
 
 def encoder_settings_from_policy(config: dict[str, Any], **overrides: Any) -> EncoderSettings:
@@ -315,7 +344,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
             print(report.summary())
             read_errors = print_read_errors(report)
         episodes = report.episodes
-    encoder = encoder or build_encoder(encoder_settings)
+    encoder = encoder or build_encoder(encoder_settings, progress=progress)
     settings = run_settings(data, episodes, encoder)
     if checkpoint is not None:  # before the embedding, the slow part
         _check_resume(checkpoint, config, settings)
@@ -341,8 +370,9 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     result = trainer.train(resume=checkpoint or False)
     metadata = {
         "train_config": config.to_dict(),
-        "data": {**asdict(data), **{k: prepared.summary[k]
-                                    for k in ("task_types", "actions", "max_return_to_go")}},
+        # An absolute data path, so `agentfast evaluate` works from any directory.
+        "data": {**asdict(data), "path": str(Path(data.path).resolve()),
+                 **{k: prepared.summary[k] for k in ("task_types", "actions", "max_return_to_go")}},
         "encoder": {"settings": encoder_settings.saved(), "identity": encoder.identity,
                     "dim": int(encoder.dim)},
         "training": {"steps": result.steps, "stopped_early": result.stopped_early,
@@ -493,7 +523,7 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
         raise CheckpointError("these policies were trained with different encoders; "
                               "evaluate them separately")
     settings = encoder_settings or encoder_settings_from_policy(first)
-    encoder = build_encoder(settings)
+    encoder = build_encoder(settings, progress=progress)
     torch_device = resolve_device(device)
     policies = [load_pretrained(d, device=torch_device) for d in directories]
     report_data = load_report(data)

@@ -471,6 +471,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         if self.step % self.config.log_every == 0 or self.step == 1:
+            # Each rank saw its own shard; the log shows the mean (every rank joins in).
+            metrics = self.context.mean_over_ranks(metrics)
             record = {"event": "train", "step": self.step, "epoch": self.epoch,
                       "lr": self.scheduler.get_last_lr()[0],
                       "timesteps_per_s": round(timesteps / seconds, 1) if seconds else None,
