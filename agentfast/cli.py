@@ -23,6 +23,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -178,12 +179,11 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .data import convert
-    from .training.run import print_read_errors
+    from .training.run import print_read_report
 
     _require_file(args.input)
     report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
-    print(report.summary())
-    errors = print_read_errors(report)
+    errors = print_read_report(report)
     print(f"wrote {len(report.episodes)} episodes to {args.output}")
     _print_json_log(args.log, {"event": "convert", "input": args.input, "output": args.output,
                                "episodes": len(report.episodes), "skipped": report.skipped,
@@ -193,12 +193,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .data import load_episodes
-    from .training.run import build_encoder, print_read_errors
+    from .training.run import build_encoder, print_read_report
 
     _require_file(args.data)
     report = load_episodes(args.data, format=args.format, strict=not args.lenient)
-    print(report.summary())
-    errors = print_read_errors(report)
+    errors = print_read_report(report)
     texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
     settings = _encoder_settings(args)
     if settings.cache_dir == "":
@@ -616,12 +615,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentfast`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from .data.readers import SkippedRecordsWarning
+
     try:
         if getattr(args, "threads", None):
             import torch
 
             torch.set_num_threads(args.threads)
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            # Commands print each read's report in full; the reader's warning would repeat it.
+            warnings.simplefilter("ignore", SkippedRecordsWarning)
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("agentfast: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@ TextEncoder code path, no download), and clear errors for bad input."""
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -174,9 +175,16 @@ def test_lenient_reads_report_every_skipped_record(workspace, tmp_path, capsys):
     log = tmp_path / "log.jsonl"
     assert main(["convert", str(data), str(tmp_path / "out.jsonl"), "--lenient",
                  "--log", str(log)]) == 0
-    err = capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["convert", str(data), str(tmp_path / "again.jsonl"), "--lenient"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
     for line in range(good + 1, good + 7):
         assert f"bad.jsonl:{line}: field 'actions'" in err
+    # Each skipped record is named once per run: no summary or warning repeats the first.
+    assert (captured.out + err).count(f"bad.jsonl:{good + 1}:") == 2
+    assert not any("skipped" in str(w.message) for w in caught)
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["skipped"] == 6 and len(record["errors"]) == 6
     assert f"bad.jsonl:{good + 6}" in record["errors"][-1]

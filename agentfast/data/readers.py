@@ -36,6 +36,11 @@ DEFAULT_AGENT = "assistant"
 NO_NEW_INPUT = "(no new input)"  # state of an assistant turn that directly follows another
 
 
+class SkippedRecordsWarning(UserWarning):
+    """A lenient read skipped bad records or found chat messages no action follows; the
+    ``ReadReport`` lists them."""
+
+
 @dataclass
 class ReadReport:
     """What a reader produced: the good episodes, the errors and how many records were skipped.
@@ -51,14 +56,15 @@ class ReadReport:
     format: str | None = None
     unanswered_messages: int = 0
 
-    def summary(self) -> str:
-        """One line for logs and the CLI, e.g. ``read 300 episodes from x.jsonl; skipped 2 ...``."""
+    def summary(self, first_error: bool = True) -> str:
+        """One line for logs and the CLI, e.g. ``read 300 episodes from x.jsonl; skipped 2 ...``
+        (``first_error``: name the first skipped record, for callers that do not list them all)."""
         text = f"read {len(self.episodes)} episodes from {self.path or '<input>'}"
         if self.format:
             text += f" ({self.format})"
         if self.skipped:
             text += f"; skipped {self.skipped} bad record{'s' if self.skipped != 1 else ''}"
-            text += f" (first: {self.errors[0]})" if self.errors else ""
+            text += f" (first: {self.errors[0]})" if self.errors and first_error else ""
         else:
             text += "; no bad records"
         if self.unanswered_messages:
@@ -97,7 +103,7 @@ class _Collector:
 
     def finish(self) -> ReadReport:
         if self.report.skipped or self.report.unanswered_messages:
-            warnings.warn(self.report.summary(), stacklevel=3)
+            warnings.warn(self.report.summary(), SkippedRecordsWarning, stacklevel=3)
         return self.report
 
 

@@ -172,9 +172,10 @@ def load_report(settings: DataSettings):
     return load_episodes(path, format=settings.format, strict=settings.strict)
 
 
-def print_read_errors(report: Any) -> list[str]:
-    """Every record a lenient read skipped, one line each on stderr (the summary names only
-    the first); returns the lines for the JSONL log."""
+def print_read_report(report: Any) -> list[str]:
+    """The read's summary, then every record a lenient read skipped, one line each on stderr;
+    returns those lines for the JSONL log."""
+    print(report.summary(first_error=False))
     lines = [str(error) for error in report.errors]
     for line in lines:
         print(f"skipped {line}", file=sys.stderr)
@@ -341,8 +342,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     if episodes is None:
         report = load_report(data)
         if context.is_main:
-            print(report.summary())
-            read_errors = print_read_errors(report)
+            read_errors = print_read_report(report)
         episodes = report.episodes
     encoder = encoder or build_encoder(encoder_settings, progress=progress)
     settings = run_settings(data, episodes, encoder)
@@ -527,7 +527,7 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
     torch_device = resolve_device(device)
     policies = [load_pretrained(d, device=torch_device) for d in directories]
     report_data = load_report(data)
-    print_read_errors(report_data)
+    print_read_report(report_data)
     max_len = min(int(p.config["model_config"]["max_seq_len"]) for p in policies)
     vocab = _vocab_from_policy(policies[0])
     prepared = prepare_data(report_data.episodes, encoder, data, max_len, vocab=vocab,
