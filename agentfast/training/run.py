@@ -111,8 +111,8 @@ class MemoEncoder:
 def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEncoder:
     """The text encoder of ``settings``, with the on-disk cache unless it is turned off.
 
-    ``progress=False`` also silences transformers' progress bars and messages while the
-    encoder loads.
+    transformers' weight-loading bar is hidden; ``progress=False`` also silences its messages
+    while the encoder loads.
     """
     from ..data import CachedEncoder, TextEncoder
 
@@ -127,14 +127,14 @@ def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEn
 
 @contextmanager
 def _quiet_transformers(quiet: bool) -> Iterator[None]:
-    if not quiet:
-        yield
-        return
+    """transformers' own "Loading weights" bar never shows (loading a local encoder takes a
+    moment, and the commands draw their own bars); ``quiet`` also hides its messages."""
     from transformers.utils import logging as hf_logging
 
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    if quiet:
+        hf_logging.set_verbosity_error()
     try:
         yield
     finally:
