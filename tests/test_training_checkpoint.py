@@ -50,6 +50,23 @@ def test_pretrained_round_trip_gives_identical_outputs(tmp_path, model_type):
         assert torch.equal(expected, got)
 
 
+@pytest.mark.parametrize("model_type", ["action", "multi_agent", "hierarchical"])
+def test_model_methods_save_and_load_like_the_functions(tmp_path, model_type):
+    """model.save_pretrained / Class.from_pretrained: the same files, the same outputs, and the
+    wrong class refused by name."""
+    torch.manual_seed(0)
+    model = _models()[model_type].eval()
+    model.save_pretrained(tmp_path, vocab={"action": ["a"]})
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == model_type
+    loaded = type(model).from_pretrained(tmp_path)
+    assert type(loaded) is type(model) and not loaded.training
+    for expected, got in zip(_outputs(model_type, model), _outputs(model_type, loaded)):
+        assert torch.equal(expected, got)
+    other = ActionTransformer if model_type != "action" else HierarchicalTransformer
+    with pytest.raises(CheckpointError, match=f"holds a {type(model).__name__}, not a {other.__name__}"):
+        other.from_pretrained(tmp_path)
+
+
 def test_incompatible_checkpoints_raise_clear_errors(tmp_path):
     small = ActionTransformer(8, 8, **SIZE)
     save_pretrained(tmp_path / "small", small, model_type="action")

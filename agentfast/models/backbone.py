@@ -9,7 +9,9 @@ kernel serves the call, and a ``KVCache`` turns the same code into incremental i
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -336,6 +338,26 @@ class SequencePolicy(nn.Module):
     def gradient_checkpointing(self, enabled: bool) -> None:
         self.backbone.gradient_checkpointing = bool(enabled)
         self.config["gradient_checkpointing"] = bool(enabled)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], **extras: Any) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (each atomically) to ``directory``;
+        ``extras`` (metadata, vocab, action_bank) as ``training.checkpoint.save_pretrained``
+        takes them. ``agentfast train`` writes its policies this way."""
+        from ..training.checkpoint import model_classes, save_pretrained
+
+        model_type = next(name for name, cls in model_classes().items() if isinstance(self, cls))
+        return save_pretrained(directory, self, model_type=model_type, **extras)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu") -> "SequencePolicy":
+        """The model saved in ``directory`` (by ``save_pretrained`` or ``agentfast train``),
+        weights checked key by key, in eval mode on ``device``."""
+        from ..training.checkpoint import CheckpointError, load_pretrained
+
+        model = load_pretrained(directory, device).model
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def new_cache(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
