@@ -150,6 +150,23 @@ def test_gradients_match_torch():
         torch.testing.assert_close(ours_param.grad, theirs_param.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_self_attention_uses_one_fused_qkv_projection(monkeypatch, batch_first, unbatched):
+    """query is key is value: one input projection (and the output one), in every layout."""
+    theirs, ours = make_pair("sdpa", batch_first=batch_first)
+    query, _, _ = inputs(batch_first)
+    if unbatched:
+        query = query[0] if batch_first else query[:, 0]
+    calls = []
+    linear = mha_module.F.linear
+    monkeypatch.setattr(mha_module.F, "linear", lambda *a, **k: calls.append(a[1].shape) or linear(*a, **k))
+    out, _ = ours(query, query, query, need_weights=False)
+    assert calls == [(3 * EMBED, EMBED), (EMBED, EMBED)]  # fused qkv, then out_proj
+    expected, _ = theirs(query, query, query, need_weights=False)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval", "inference"])
 def test_swapped_into_torch_transformer_encoder_layer(mode):
     """Swapping the class inside torch's encoder layer: same outputs in training, in eval with

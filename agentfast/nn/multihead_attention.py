@@ -210,12 +210,17 @@ class MultiheadAttention(nn.Module):
             if not isinstance(tensor, Tensor) or tensor.dim() != wanted:
                 got = list(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
                 raise ValueError(f"{name} must be a {wanted}-D tensor like query, got {got}")
+        # Self-attention keeps one object for query, key and value, so _project can use the
+        # fused qkv projection.
+        same = query is key and key is value
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if same:
+            key = value = query
         for name, tensor, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if tensor.shape[-1] != dim:
                 raise ValueError(f"{name} has {tensor.shape[-1]} features, expected {dim}")
@@ -235,7 +240,7 @@ class MultiheadAttention(nn.Module):
         bias = self.in_proj_bias
         if self._qkv_same_embed_dim and query is key and key is value:
             qkv = F.linear(query, self.in_proj_weight, bias)
-            qkv = qkv.view(query.shape[0], query.shape[1], 3, self.num_heads, self.head_dim)
+            qkv = qkv.reshape(query.shape[0], query.shape[1], 3, self.num_heads, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             return q, k, v
         if self._qkv_same_embed_dim:
