@@ -262,6 +262,9 @@ def _show_report(report: Any, log_path: str | None) -> None:
         if "top1_by_agent" in metrics:
             per_agent = ", ".join(f"{k} {v:.3f}" for k, v in metrics["top1_by_agent"].items())
             print(f"{name} top-1 per agent: {per_agent}")
+    if any(name.startswith("HierarchicalTransformer") for name, _ in report.rows):
+        print("HierarchicalTransformer actions are predicted given each step's logged option; its "
+              "own option choice is scored as option acc")
     _print_json_log(log_path, {"event": "evaluation", **report.to_dict()})
 
 

@@ -70,6 +70,7 @@ def test_evaluate_prints_one_table_for_several_policies(workspace, trained, caps
                  "--no-progress", "--cache-dir", str(workspace["cache"])]) == 0
     out = capsys.readouterr().out
     assert "majority baseline" in out and "HierarchicalTransformer" in out and "ActionTransformer" in out
+    assert "actions are predicted given each step's logged option" in out
     report = json.loads(report_path.read_text())
     assert report["held_out_task_types"] == ["performance"]
     hier = next(r for r in report["rows"] if r["name"] == "HierarchicalTransformer")
