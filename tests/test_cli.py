@@ -162,6 +162,9 @@ def test_info_and_the_built_in_quick_benchmark(capsys):
     assert main(["bench", "quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "reference" in out and " ms" in out
+    assert main(["bench", "embedding", "--texts", "8", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "texts: 8 distinct" in out and "speed-up of the cached pass" in out
 
 
 def _with_bad_records(path, count):
