@@ -588,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", default=None, help="log file for --examples (default: the training data)")
     predict.add_argument("--target-return", type=float, default=None,
                          help="return-to-go asked of a policy trained with --condition-on-returns "
-                              "(default: the highest in its training data; --examples feeds "
+                              "(default: the highest in its training data, where the policy "
+                              "records it; --examples feeds "
                               "each episode's logged returns-to-go unless this is given)")
     predict.add_argument("--verbose", "-v", action="store_true", help="show ranked candidates")
     predict.add_argument("--log", default=None, help="append predictions as JSONL here")

@@ -15,6 +15,7 @@ actions, useful as retrieval context for generation).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Protocol, Sequence, Union
@@ -168,7 +169,8 @@ class AgentPipeline:
         ``encoder`` overrides the saved encoder (it must produce vectors of the same size,
         and should be the same model, or retrieval is meaningless). A policy trained with
         ``--condition-on-returns`` gets ``target_return`` (default: the highest
-        return-to-go of its training data); any other policy refuses one.
+        return-to-go of its training data; a policy saved without that record is stepped
+        without one, with a warning); any other policy refuses one.
 
         A multi-agent policy sees with ``agent_mask`` if given, else with the preset it was
         trained with. A policy trained with ``visibility="data"`` learned each episode's
@@ -401,9 +403,10 @@ class AgentPipeline:
 
 def _saved_target_return(policy: Any, given: float | None) -> float | None:
     """The target return a saved policy is stepped with (see ``from_pretrained``)."""
-    from .training.checkpoint import CheckpointError
-
-    conditioned = bool(policy.config.get("train_config", {}).get("condition_on_returns"))
+    # Only the ActionTransformer takes returns; multi-agent and hierarchical policies saved
+    # while the flag was still accepted for them never used it.
+    conditioned = (bool(policy.config.get("train_config", {}).get("condition_on_returns"))
+                   and policy.model_type == "action")
     if not conditioned:
         if given is not None:
             raise ValueError(f"{policy.directory} was not trained with --condition-on-returns; "
@@ -413,9 +416,11 @@ def _saved_target_return(policy: Any, given: float | None) -> float | None:
         return float(given)
     highest = policy.config.get("data", {}).get("max_return_to_go")
     if highest is None:
-        raise CheckpointError(f"{policy.directory} was trained with --condition-on-returns but "
-                              "records no training returns; pass target_return (predict "
-                              "--target-return)")
+        warnings.warn(f"{policy.directory} was trained with --condition-on-returns but records no "
+                      "training returns (saved by an older agentfast); it is stepped without a "
+                      "target return unless you pass target_return (predict --target-return)",
+                      RuntimeWarning, stacklevel=3)
+        return None
     return float(highest)
 
 

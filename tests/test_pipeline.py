@@ -149,20 +149,25 @@ def _save_action_policy(directory, encoder, bank, train_config, data):
 
 
 def test_from_pretrained_asks_a_conditioned_policy_for_its_highest_training_return(tmp_path, encoder, bank):
-    from agentfast.training import CheckpointError
-
     conditioned = _save_action_policy(tmp_path / "rtg", encoder, bank,
                                       {"condition_on_returns": True}, {"max_return_to_go": 1.5})
     assert AgentPipeline.from_pretrained(conditioned, encoder=encoder).target_return == 1.5
     assert AgentPipeline.from_pretrained(conditioned, encoder=encoder, target_return=4).target_return == 4.0
     older = _save_action_policy(tmp_path / "older", encoder, bank, {"condition_on_returns": True}, {})
-    with pytest.raises(CheckpointError, match="records no training returns; pass target_return"):
-        AgentPipeline.from_pretrained(older, encoder=encoder)
+    with pytest.warns(RuntimeWarning, match="records no training returns .* stepped without a target return"):
+        assert AgentPipeline.from_pretrained(older, encoder=encoder).target_return is None
     assert AgentPipeline.from_pretrained(older, encoder=encoder, target_return=1).target_return == 1.0
     plain = _save_action_policy(tmp_path / "plain", encoder, bank, {}, {"max_return_to_go": 1.5})
     assert AgentPipeline.from_pretrained(plain, encoder=encoder).target_return is None
     with pytest.raises(ValueError, match="was not trained with --condition-on-returns"):
         AgentPipeline.from_pretrained(plain, encoder=encoder, target_return=1.0)
+    # Saved while the flag was still accepted for models that take no returns: it never applied.
+    multi = tmp_path / "multi"
+    save_pretrained(multi, _policy("multi_agent"), model_type="multi_agent", vocab={"action": ACTIONS},
+                    action_bank=bank.embeddings,
+                    metadata={"encoder": {"identity": encoder.identity, "settings": {}},
+                              "train_config": {"condition_on_returns": True}, "data": {}})
+    assert AgentPipeline.from_pretrained(multi, encoder=encoder).target_return is None
 
 
 def test_multi_agent_visibility_by_names_is_used_and_can_change_mid_conversation(encoder, bank):
