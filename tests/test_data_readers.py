@@ -225,6 +225,20 @@ def test_detect_format_and_convert(tmp_path):
         load_episodes(chat, format="xml")
 
 
+@pytest.mark.parametrize("first", [{"states": ["s"]}, {"states": ["s"], "actions": []}, CHAT],
+                         ids=["episode-missing-actions", "bad-episode", "chat-record"])
+def test_a_json_array_of_records_asks_for_one_record_per_line(tmp_path, first):
+    """Only an array of ChatGPT conversations is a format; an array of episodes or chat records
+    (even one whose first record is broken) is told to become JSONL."""
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps([first, GOOD]))
+    for strict in (True, False):
+        with pytest.raises(DataError, match="JSON array of records .* one record per line"):
+            load_episodes(path, strict=strict)
+    path.write_text(json.dumps([{"current_node": None, "title": "t"}]))
+    assert detect_format(path) == "chatgpt_export"
+
+
 def test_bundled_examples_read_cleanly():
     report = load_episodes(EXAMPLES / "episodes.jsonl")
     assert len(report.episodes) >= 300 and report.skipped == 0

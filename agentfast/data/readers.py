@@ -565,14 +565,16 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def _array_format(path: Path) -> str:
-    """``chatgpt_export`` unless the array's first element looks like an episode."""
+    """``chatgpt_export`` when the array's first element looks like a ChatGPT conversation (or
+    cannot be read: the export reader then says where); ``episodes_array`` for any other
+    record (episodes, chat records), which belong one per line."""
     text = _read_text(path)
     start = _skip_space(text, _skip_space(text, 0) + 1)
     try:
         element, _ = json.JSONDecoder().raw_decode(text, start)
     except json.JSONDecodeError:
         return "chatgpt_export"  # empty or malformed: the export reader says where
-    if isinstance(element, Mapping) and "states" in element and "mapping" not in element:
+    if isinstance(element, Mapping) and not ({"mapping", "current_node"} & element.keys()):
         return "episodes_array"
     return "chatgpt_export"
 
@@ -583,8 +585,8 @@ def load_episodes(
     """Read any supported log file into episodes; ``format`` is auto-detected by default."""
     fmt = detect_format(path) if format == "auto" else format
     if fmt == "episodes_array":
-        raise DataError("a JSON array of episodes is not supported; write one episode per line "
-                        "(JSONL)", path=str(path), line=1)
+        raise DataError("a JSON array of records (episodes or chat conversations) is not "
+                        "supported; write one record per line (JSONL)", path=str(path), line=1)
     if fmt not in _READERS:
         raise ValueError(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
     return _READERS[fmt](path, strict=strict)
