@@ -4,6 +4,7 @@ TextEncoder code path, no download), and clear errors for bad input."""
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,6 +229,23 @@ def test_resume_refuses_other_data_or_encoder_settings(workspace, tmp_path, caps
     args = _train_args(workspace, run, "--resume")
     args[1] = str(edited)
     assert "episodes: checkpoint" in _error(capsys, args)
+
+
+def test_episode_fingerprint_follows_content_not_file_names(tmp_path):
+    """Resume compares episodes by content: the same chat log under another name matches (its
+    records note file and line), an edited one does not."""
+    from agentfast.data import load_episodes
+    from agentfast.training.run import episodes_fingerprint
+
+    original = Path(__file__).parents[1] / "examples" / "data" / "chat.jsonl"
+    renamed = tmp_path / "chat_v2.jsonl"
+    shutil.copy(original, renamed)
+    first, second = (load_episodes(p).episodes for p in (original, renamed))
+    assert first[0].metadata.get("source") != second[0].metadata.get("source")
+    assert episodes_fingerprint(first) == episodes_fingerprint(second)
+    lines = renamed.read_text().splitlines()
+    renamed.write_text("\n".join(lines[1:] + lines[:1]) + "\n")
+    assert episodes_fingerprint(load_episodes(renamed).episodes) != episodes_fingerprint(first)
 
 
 def test_resume_without_a_checkpoint_says_it_starts_fresh(workspace, tmp_path, capsys):

@@ -278,13 +278,18 @@ def run_settings(data: DataSettings, episodes: Sequence[Any], encoder: Any) -> d
 
 
 def episodes_fingerprint(episodes: Sequence[Any]) -> str:
-    """A content hash of the episodes, in order."""
+    """A content hash of the episodes, in order. Where a reader noted each record's origin
+    (``metadata["source"]``: file name and line) it is left out, so the same logs under
+    another name still match."""
     import hashlib
     import json
 
     digest = hashlib.sha256()
     for episode in episodes:
-        digest.update(json.dumps(episode.to_dict(), sort_keys=True, default=str).encode())
+        record = episode.to_dict()
+        if isinstance(record.get("metadata"), dict):
+            record["metadata"] = {k: v for k, v in record["metadata"].items() if k != "source"}
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return f"{len(episodes)} episodes, sha256 {digest.hexdigest()[:16]}"
 
