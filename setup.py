@@ -51,7 +51,7 @@ def _cpu_arch_flags() -> list[str]:
     """-march for the CPU kernels, honouring AGENTFAST_MARCH (auto: x86-64-v3, i.e. AVX2 + FMA,
     when the building CPU has it, so a build never holds instructions its own machine lacks;
     the kernels fall back to plain loops without AVX2)."""
-    mode = os.environ.get("AGENTFAST_MARCH", "auto").strip()
+    mode = os.environ.get("AGENTFAST_MARCH", "").strip() or "auto"
     if mode == "none":
         return []
     if mode != "auto":

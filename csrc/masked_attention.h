@@ -60,9 +60,10 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cpu(
     double scale);
 
 #ifdef AGENTFAST_WITH_CUDA
-// Shared memory per block that the largest CUDA kernel (forward, dq or dk/dv) needs for this
-// dtype (fp32, or fp16/bf16) and head dim; devices that allow less cannot run it.
-int64_t cuda_shared_memory_bytes(bool fp32, int64_t head_dim);
+// Shared memory per block that the largest CUDA kernel needs for this dtype (fp32, or
+// fp16/bf16) and head dim: the forward's, or with ``backward`` the largest of forward, dq and
+// dk/dv. Devices that allow less cannot run it.
+int64_t cuda_shared_memory_bytes(bool fp32, int64_t head_dim, bool backward);
 #endif
 
 }  // namespace agentfast

@@ -142,14 +142,14 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 
 #ifdef AGENTFAST_WITH_CUDA
 PyObject* cuda_shared_memory_bytes(PyObject*, PyObject* args) {
-  int fp32 = 0;
+  int fp32 = 0, backward = 1;
   long long head_dim = 0;
-  if (!PyArg_ParseTuple(args, "pL", &fp32, &head_dim)) return nullptr;
+  if (!PyArg_ParseTuple(args, "pL|p", &fp32, &head_dim, &backward)) return nullptr;
   if (head_dim < 1 || head_dim > agentfast::kMaxHeadDim) {
     PyErr_Format(PyExc_ValueError, "head_dim must lie in [1, %d], got %lld", int(agentfast::kMaxHeadDim), head_dim);
     return nullptr;
   }
-  return PyLong_FromLongLong(agentfast::cuda_shared_memory_bytes(fp32 != 0, head_dim));
+  return PyLong_FromLongLong(agentfast::cuda_shared_memory_bytes(fp32 != 0, head_dim, backward != 0));
 }
 #endif
 
@@ -158,8 +158,8 @@ PyMethodDef module_methods[] = {
      "True if this build contains the CUDA kernels of agentfast::masked_attention."},
 #ifdef AGENTFAST_WITH_CUDA
     {"cuda_shared_memory_bytes", cuda_shared_memory_bytes, METH_VARARGS,
-     "cuda_shared_memory_bytes(fp32: bool, head_dim: int) -> int: shared memory per block the "
-     "largest CUDA kernel needs."},
+     "cuda_shared_memory_bytes(fp32: bool, head_dim: int, backward: bool = True) -> int: shared "
+     "memory per block the largest CUDA kernel needs (the forward's alone with backward=False)."},
 #endif
     {nullptr, nullptr, 0, nullptr}};
 

@@ -207,7 +207,8 @@ def test_op_rejects_bad_inputs_with_clear_errors():
 def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
     """The cuda backend's why_not against described devices (no GPU needed): a Hopper card
     has room for every kernel; an sm_89 card (99 KiB of shared memory per block) not for the
-    fp32 kernels at head dim 64; a Turing card has no bf16 tensor-core path."""
+    fp32 kernels at head dim 64; a Turing card has no bf16 tensor-core path; a call without
+    gradients needs room for the forward kernel alone."""
     import types
 
     from agentfast.attention.backends import extension
@@ -216,8 +217,9 @@ def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
         pytest.skip("agentfast._C was built without its CUDA kernels")
     backend = get_backend("cuda")
 
-    def call(dtype, head_dim):
-        return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, head_dim=head_dim)
+    def call(dtype, head_dim, needs_grad=True):
+        return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, head_dim=head_dim,
+                                     needs_grad=needs_grad)
 
     def gpu(name, major, minor, kib):
         properties = types.SimpleNamespace(name=name, major=major, minor=minor,
@@ -233,6 +235,10 @@ def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
     assert backend.why_not(call(torch.bfloat16, 64)) is None
     gpu("T4", 7, 5, 64)
     assert "compute capability 8.0+" in backend.why_not(call(torch.bfloat16, 64))
+    # Room for the forward kernel only: inference is served, training is not.
+    gpu("a 110 KiB card", 8, 7, 110)
+    assert backend.why_not(call(torch.float32, 64, needs_grad=False)) is None
+    assert "with gradients" in backend.why_not(call(torch.float32, 64, needs_grad=True))
 
 
 def test_reference_outputs_helper_agrees_with_cpp_in_float64():

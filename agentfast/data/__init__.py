@@ -24,6 +24,7 @@ from .encoders import TextEncoder, default_encoder_path, pool
 from .readers import (
     FORMATS,
     ReadReport,
+    SkippedRecordsWarning,
     convert,
     detect_format,
     load_episodes,
@@ -44,6 +45,7 @@ __all__ = [
     "EpisodeDataset",
     "EpisodeValidationError",
     "ReadReport",
+    "SkippedRecordsWarning",
     "TextEncoder",
     "Vocabulary",
     "collate_episodes",

@@ -345,8 +345,11 @@ class SequencePolicy(nn.Module):
         takes them. ``agentfast train`` writes its policies this way."""
         from ..training.checkpoint import model_classes, save_pretrained
 
-        model_type = next(name for name, cls in model_classes().items() if isinstance(self, cls))
-        return save_pretrained(directory, self, model_type=model_type, **extras)
+        model_types = [name for name, cls in model_classes().items() if isinstance(self, cls)]
+        if not model_types:
+            raise TypeError(f"{type(self).__name__} is none of agentfast's policy classes; "
+                            "save it with training.checkpoint.save_weights")
+        return save_pretrained(directory, self, model_type=model_types[0], **extras)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu") -> "SequencePolicy":

@@ -847,16 +847,18 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cuda(
 
 }  // namespace
 
-int64_t cuda_shared_memory_bytes(bool fp32, int64_t head_dim) {
+int64_t cuda_shared_memory_bytes(bool fp32, int64_t head_dim, bool backward) {
   int64_t bytes = 0;
   const auto largest_tile = [&](auto element) {
     using T = decltype(element);
     dispatch_head_dim(head_dim, [&](auto hd) {
       constexpr int HD = decltype(hd)::value;
       using C = Config<HD>;
-      bytes = std::max<int64_t>({static_cast<int64_t>(ForwardTile<T, HD, C::kFwdM, C::kFwdN>::kBytes),
-                                 static_cast<int64_t>(DqTile<T, HD, C::kDqM, C::kDqN>::kBytes),
-                                 static_cast<int64_t>(DkvTile<T, HD, C::kKvM, C::kKvN>::kBytes)});
+      bytes = static_cast<int64_t>(ForwardTile<T, HD, C::kFwdM, C::kFwdN>::kBytes);
+      if (backward) {
+        bytes = std::max<int64_t>({bytes, static_cast<int64_t>(DqTile<T, HD, C::kDqM, C::kDqN>::kBytes),
+                                   static_cast<int64_t>(DkvTile<T, HD, C::kKvM, C::kKvN>::kBytes)});
+      }
     });
   };
   if (fp32) {

@@ -119,11 +119,13 @@ class _CudaExtensionBackend(_ExtensionBackend):
         if call.dtype != torch.float32 and properties.major < 8:
             return (f"needs compute capability 8.0+ for {str(call.dtype).removeprefix('torch.')} "
                     f"(tensor cores), {properties.name} has {properties.major}.{properties.minor}")
-        needed = _EXTENSION.cuda_shared_memory_bytes(call.dtype == torch.float32, call.head_dim)
+        # A call that needs no gradient runs the forward kernel alone.
+        needed = _EXTENSION.cuda_shared_memory_bytes(call.dtype == torch.float32, call.head_dim, call.needs_grad)
         allowed = properties.shared_memory_per_block_optin
         if needed > allowed:
             return (f"needs {needed // 1024} KiB of shared memory per block at head dim {call.head_dim} "
-                    f"({str(call.dtype).removeprefix('torch.')}), {properties.name} allows {allowed // 1024} KiB")
+                    f"({str(call.dtype).removeprefix('torch.')}{', with gradients' if call.needs_grad else ''}), "
+                    f"{properties.name} allows {allowed // 1024} KiB")
         return None
 
 
