@@ -216,7 +216,7 @@ def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
                              f"Hugging Face model and tokenizer ({_first_line(error)})") from error
         if isinstance(error, OSError):
             raise ValueError(f"encoder {source!r} not found as a local path or on the Hugging "
-                             "Face hub (offline?)") from error
+                             f"Face hub (offline? gated?): {_first_line(error)}") from error
         raise
     return model, tokenizer
 
