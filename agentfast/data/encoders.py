@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -215,6 +216,8 @@ def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
             raise ValueError(f"encoder {source!r}: the directory does not hold a loadable "
                              f"Hugging Face model and tokenizer ({_first_line(error)})") from error
         if isinstance(error, OSError):
+            if os.path.isabs(source) or source.startswith((".", "~")):
+                raise ValueError(f"encoder {source!r}: no such directory") from error
             raise ValueError(f"encoder {source!r} not found as a local path or on the Hugging "
                              f"Face hub (offline? gated?): {_first_line(error)}") from error
         raise
