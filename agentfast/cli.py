@@ -103,6 +103,8 @@ def _add_encoder_args(parser: argparse.ArgumentParser, *, defaults_from_policy: 
                        help="keep raw pooled vectors instead of L2-normalising them")
     group.add_argument("--max-length", type=int, default=None, help="encoder token limit")
     group.add_argument("--encoder-batch-size", type=int, default=64, help="texts per encoder pass")
+    group.add_argument("--encoder-device", default="auto",
+                       help="where the encoder runs: auto (cuda when available), cpu, cuda or cuda:N")
     group.add_argument("--cache-dir", default=None,
                        help="embedding cache directory (default: $AGENTFAST_CACHE or "
                             "~/.cache/agentfast/embeddings)")
@@ -113,7 +115,7 @@ def _encoder_settings(args: argparse.Namespace, base: Any | None = None):
     from .training.run import EncoderSettings
 
     settings = base or EncoderSettings()
-    changes: dict[str, Any] = {"batch_size": args.encoder_batch_size,
+    changes: dict[str, Any] = {"batch_size": args.encoder_batch_size, "device": args.encoder_device,
                                "cache_dir": "" if args.no_cache else args.cache_dir}
     if args.encoder is not None:
         changes["name_or_path"] = args.encoder

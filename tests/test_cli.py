@@ -345,6 +345,13 @@ def test_bad_option_values_fail_before_any_work(workspace, tmp_path, capsys):
         capsys, _train_args(workspace, output, "--visibility", "hubb"))
     assert "argument --attn-backend: invalid choice: 'sdap'" in _usage_error(
         capsys, _train_args(workspace, output, "--attn-backend", "sdap"))
+    assert "encoder device 'gpu' is not a device" in _error(
+        capsys, _train_args(workspace, output, "--encoder-device", "gpu"))
+    if not torch.cuda.is_available():
+        assert "'cuda' was asked for but no CUDA device is available" in _error(
+            capsys, _train_args(workspace, output, "--device", "cuda"))
+        assert "encoder device 'cuda' was asked for but no CUDA device" in _error(
+            capsys, _train_args(workspace, output, "--encoder-device", "cuda"))
     assert not output.exists()
 
 

@@ -69,7 +69,7 @@ class EncoderSettings:
     max_length: int | None = None
     batch_size: int = 64
     cache_dir: str | None = None  # None: the default cache; "" turns caching off
-    device: str = "cpu"
+    device: str = "auto"  # where the encoder runs: auto (cuda when available), cpu, cuda
 
     def saved(self) -> dict[str, Any]:
         """The part that decides the embeddings (not where they are cached or computed); a
@@ -116,13 +116,28 @@ def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEn
     """
     from ..data import CachedEncoder, TextEncoder
 
+    device = _encoder_device(settings.device)
     with _quiet_transformers(not progress):
         encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
                                    normalize=settings.normalize, max_length=settings.max_length,
-                                   batch_size=settings.batch_size, device=settings.device)
+                                   batch_size=settings.batch_size, device=device)
     if settings.cache_dir != "":
         encoder = CachedEncoder(encoder, settings.cache_dir or None)
     return MemoEncoder(encoder)
+
+
+def _encoder_device(name: str) -> torch.device:
+    """``auto`` is cuda when available (the current device, which each torchrun rank sets to
+    its own), else cpu. Embeddings come back on the CPU either way."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"encoder device {name!r} is not a device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"encoder device {name!r} was asked for but no CUDA device is available")
+    return device
 
 
 @contextmanager
@@ -252,7 +267,7 @@ def resolve_device(device: str, context: DistributedContext | None = None) -> to
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+            raise ValueError(f"device {device!r} was asked for but no CUDA device is available")
         return torch.device("cuda", context.local_rank if context.enabled else 0)
     return torch.device(device)
 
