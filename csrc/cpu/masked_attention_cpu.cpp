@@ -563,12 +563,15 @@ void sum_dq_shares(const acc_t* shares, int64_t chunks, int64_t bh_count, int64_
 // into a buffer of its own and a second pass sums the shares in chunk order. The split depends
 // on the shape and the thread count only, never on scheduling, so results are bitwise
 // reproducible for a given thread count.
-constexpr int64_t kMaxKeyChunks = 16;  // bounds the dQ shares at 16 x dQ in fp32
+constexpr int64_t kMaxKeyChunks = 16;             // at most 16 dQ shares per (batch, head)
+constexpr int64_t kMaxShareBytes = int64_t(256) << 20;  // and at most 256 MiB of them in all
 
-int64_t backward_key_chunks(int64_t bh_count, int64_t key_blocks) {
+int64_t backward_key_chunks(int64_t bh_count, int64_t key_blocks, int64_t share_bytes) {
   const int64_t threads = at::get_num_threads();
   if (bh_count >= threads) return 1;
-  return std::clamp<int64_t>((2 * threads + bh_count - 1) / bh_count, 1, std::min(key_blocks, kMaxKeyChunks));
+  const int64_t room = std::max<int64_t>(1, kMaxShareBytes / std::max<int64_t>(1, bh_count * share_bytes));
+  const int64_t wanted = (2 * threads + bh_count - 1) / bh_count;
+  return std::clamp<int64_t>(wanted, 1, std::min({key_blocks, kMaxKeyChunks, room}));
 }
 
 template <typename scalar_t>
@@ -587,7 +590,8 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
   scalar_t* dv_data = grad_v.data_ptr<scalar_t>();
 
   const int64_t bh_count = shape.batch * heads;
-  const int64_t chunks = backward_key_chunks(bh_count, info.num_key_blocks);
+  const int64_t chunks = backward_key_chunks(bh_count, info.num_key_blocks,
+                                             nq * head_dim * static_cast<int64_t>(sizeof(acc_t)));
   const bool shared_dq = chunks > 1;
   std::vector<acc_t> dq_shares(shared_dq ? bh_count * chunks * nq * head_dim : 0);
   const int64_t tasks = bh_count * chunks;
