@@ -236,6 +236,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                progress=not args.no_progress, log_path=args.log,
                                stop_after_step=args.stop_after_step, evaluate=not args.no_eval,
                                overwrite=args.overwrite)
+        if context is not None:
+            context.barrier()  # all ranks done before any tears down: gloo aborts a peer mid-call
     finally:
         if context is not None:
             shutdown_distributed(context)
