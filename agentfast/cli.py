@@ -388,12 +388,12 @@ def _logged_returns(pipeline: Any, episode: Any, config: dict[str, Any],
                     target_return: float | None) -> list[float] | None:
     """The episode's own returns-to-go for a policy conditioned on returns (as the held-out
     evaluation feeds them), unless --target-return asks for a fixed one."""
-    from .data import discounted_returns
+    from .data import episode_returns_to_go
 
     if pipeline.target_return is None or target_return is not None:
         return None
     gamma = float(config.get("data", {}).get("gamma", 0.99))
-    return discounted_returns(episode.rewards or [0.0] * len(episode), gamma).tolist()
+    return episode_returns_to_go(episode, gamma).tolist()
 
 
 def _logged_visibility(pipeline: Any, episode: Any, config: dict[str, Any],

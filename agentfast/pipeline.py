@@ -191,8 +191,6 @@ class AgentPipeline:
                                     progress=False)
         saved_identity = policy.config.get("encoder", {}).get("identity")
         if saved_identity and getattr(encoder, "identity", saved_identity) != saved_identity:
-            import warnings
-
             warnings.warn(f"the encoder differs from the one {directory} was trained with; "
                           "predictions may be meaningless", stacklevel=2)
         if agent_mask is None and policy.model_type == "multi_agent":

@@ -96,6 +96,11 @@ def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:
     return out.float()
 
 
+def episode_returns_to_go(episode: Episode, gamma: float) -> torch.Tensor:
+    """The episode's returns-to-go, float32 [T]; an episode without rewards has zeros."""
+    return discounted_returns(episode.rewards or [0.0] * len(episode), gamma)
+
+
 def termination_targets(options: torch.Tensor) -> torch.Tensor:
     """float32 [T]: 1.0 where the option of step t ends after t, for one whole episode.
 
@@ -258,7 +263,7 @@ class EpisodeDataset(Dataset):
             term_labels=termination_targets(option_ids),
             has_options=episode.options is not None,
             rewards=torch.tensor(rewards, dtype=torch.float32),
-            returns_to_go=discounted_returns(rewards, self.gamma),
+            returns_to_go=episode_returns_to_go(episode, self.gamma),
             has_rewards=episode.rewards is not None,
             visibility=visibility_matrix(episode, self.agent_vocab, self.num_agents),
             task_type=episode.task_type,

@@ -254,10 +254,9 @@ def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, 
 def highest_return_to_go(episodes: Sequence[Any], gamma: float) -> float:
     """The highest return-to-go of any step (no rewards count as zeros, as in training):
     the default target return of a policy conditioned on returns."""
-    from ..data import discounted_returns
+    from ..data import episode_returns_to_go
 
-    return max(float(discounted_returns(e.rewards or [0.0] * len(e), gamma).max())
-               for e in episodes)
+    return max(float(episode_returns_to_go(e, gamma).max()) for e in episodes)
 
 
 def resolve_device(device: str, context: DistributedContext | None = None) -> torch.device:
