@@ -91,3 +91,73 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("AGENTFAST_CACHE")
     assert default_cache_dir().parts[-3:] == (".cache", "agentfast", "embeddings")
+
+
+def _embed_lazily(model_dir: Path, cache_dir: Path, texts: list[str]):
+    from agentfast.data import TextEncoder
+
+    encoder = TextEncoder(str(model_dir), lazy=True)
+    cached = CachedEncoder(encoder, cache_dir)
+    return encoder, cached, cached.encode(texts, progress=False)
+
+
+def test_a_lazy_local_encoder_loads_only_when_a_text_is_missing(tmp_path):
+    from agentfast.data import TextEncoder
+    from training_fixtures import save_tiny_encoder
+
+    model_dir = save_tiny_encoder(tmp_path / "encoder")
+    texts = ["run the tests", "open the file"]
+    first, first_cached, cold = _embed_lazily(model_dir, tmp_path / "cache", texts)
+    assert first.loaded and first_cached.misses == 2
+    eager = TextEncoder(str(model_dir))
+    torch.testing.assert_close(cold, eager.encode(texts, progress=False))
+
+    second, second_cached, warm = _embed_lazily(model_dir, tmp_path / "cache", texts[::-1])
+    assert not second.loaded and second_cached.hits == 2  # named from the cache's record
+    assert (second_cached.identity, second_cached.dim) == (eager.identity, eager.dim)
+    assert torch.equal(warm, cold.flip(0))
+
+    third, third_cached, _ = _embed_lazily(model_dir, tmp_path / "cache", ["a new text"])
+    assert third.loaded and (third_cached.hits, third_cached.misses) == (0, 1)
+
+
+def test_rewriting_an_encoder_file_makes_the_cache_load_it_again(tmp_path):
+    import os
+
+    from training_fixtures import save_tiny_encoder
+
+    model_dir = save_tiny_encoder(tmp_path / "encoder")
+    _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
+    config = model_dir / "config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    encoder, cached, _ = _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
+    assert cached.identity and encoder.loaded  # the signature changed, so it loaded to name it
+    assert cached.hits == 1  # same weights, same identity: the embeddings are still found
+
+
+def test_a_damaged_encoder_record_is_ignored_with_a_warning(tmp_path):
+    from training_fixtures import save_tiny_encoder
+
+    model_dir = save_tiny_encoder(tmp_path / "encoder")
+    _, _, cold = _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
+    [record] = (tmp_path / "cache" / "encoders").glob("*.json")
+    record.write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable encoder record"):
+        encoder, cached, warm = _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
+    assert encoder.loaded and torch.equal(warm, cold)
+
+
+def test_a_fully_cached_run_does_not_import_transformers(tmp_path):
+    from training_fixtures import save_tiny_encoder
+
+    model_dir = save_tiny_encoder(tmp_path / "encoder")
+    _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
+    script = textwrap.dedent(f"""
+        import sys
+        from agentfast.data import CachedEncoder, TextEncoder
+        cached = CachedEncoder(TextEncoder({str(model_dir)!r}, lazy=True), {str(tmp_path / "cache")!r})
+        assert cached.encode(["run the tests"], progress=False).shape == (1, cached.dim)
+        assert cached.hits == 1 and "transformers" not in sys.modules, sorted(sys.modules)[:5]
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)

@@ -122,3 +122,9 @@ def test_an_unreachable_hub_name_gives_a_one_line_cli_error(tmp_path):
     assert "Traceback" not in result.stderr
     assert ("error: encoder 'agentfast-tests/no-such-encoder' not found as a local path or on "
             "the Hugging Face hub (offline? gated?): ") in result.stderr
+
+
+def test_identity_does_not_depend_on_what_was_encoded_before():
+    fresh, used = tiny_encoder("mean"), tiny_encoder("mean")
+    used.encode(["a long enough text to pad the others", "short"], progress=False)
+    assert used.identity == fresh.identity

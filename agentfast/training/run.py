@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -111,17 +110,18 @@ class MemoEncoder:
 def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEncoder:
     """The text encoder of ``settings``, with the on-disk cache unless it is turned off.
 
-    transformers' weight-loading bar is hidden; ``progress=False`` also silences its messages
-    while the encoder loads.
+    With the cache, the encoder loads only when some text is not cached yet (a local
+    encoder is named by its files). ``progress=False`` also silences transformers'
+    messages while it loads.
     """
     from ..data import CachedEncoder, TextEncoder
 
-    device = _encoder_device(settings.device)
-    with _quiet_transformers(not progress):
-        encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
-                                   normalize=settings.normalize, max_length=settings.max_length,
-                                   batch_size=settings.batch_size, device=device)
-    if settings.cache_dir != "":
+    cached = settings.cache_dir != ""
+    encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
+                               normalize=settings.normalize, max_length=settings.max_length,
+                               batch_size=settings.batch_size, device=_encoder_device(settings.device),
+                               lazy=cached, verbose=progress)
+    if cached:
         encoder = CachedEncoder(encoder, settings.cache_dir or None)
     return MemoEncoder(encoder)
 
@@ -138,24 +138,6 @@ def _encoder_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"encoder device {name!r} was asked for but no CUDA device is available")
     return device
-
-
-@contextmanager
-def _quiet_transformers(quiet: bool) -> Iterator[None]:
-    """transformers' own "Loading weights" bar never shows (loading a local encoder takes a
-    moment, and the commands draw their own bars); ``quiet`` also hides its messages."""
-    from transformers.utils import logging as hf_logging
-
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    if quiet:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        hf_logging.set_verbosity(verbosity)
 
 
 def encoder_settings_from_policy(config: dict[str, Any], **overrides: Any) -> EncoderSettings:
