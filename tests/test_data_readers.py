@@ -351,3 +351,22 @@ def test_conversations_ending_with_the_assistant_leave_nothing_out(tmp_path, rec
     report = read_openai_chat_jsonl(write_lines(tmp_path / "c.jsonl", [json.dumps(CHAT)]))
     assert report.unanswered_messages == 0 and "left out" not in report.summary()
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_array_detection_reads_only_a_prefix_that_holds_the_first_element(tmp_path):
+    from agentfast.data.readers import _first_array_element
+
+    first = {**conversation(), "title": "caf\u00e9 " * 50}
+    path = tmp_path / "conversations.json"
+    # Past the first element: 300 KB of space, then a byte no UTF-8 text has (the export
+    # reader reports it by line; detection never reads that far).
+    path.write_bytes(b"[" + json.dumps(first, ensure_ascii=False).encode() + b"," + b" " * 300_000 + b"\xff]")
+    assert detect_format(path) == "chatgpt_export"
+    for prefix in (1, 7, 64):  # prefixes that cut the element, some inside a two-byte character
+        assert _first_array_element(path, prefix_bytes=prefix) == first
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_episodes(path)
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="no readable first element"):
+        _first_array_element(truncated, prefix_bytes=16)

@@ -568,15 +568,34 @@ def _array_format(path: Path) -> str:
     """``chatgpt_export`` when the array's first element looks like a ChatGPT conversation (or
     cannot be read: the export reader then says where); ``episodes_array`` for any other
     record (episodes, chat records), which belong one per line."""
-    text = _read_text(path)
-    start = _skip_space(text, _skip_space(text, 0) + 1)
     try:
-        element, _ = json.JSONDecoder().raw_decode(text, start)
-    except json.JSONDecodeError:
+        element = _first_array_element(path)
+    except ValueError:
         return "chatgpt_export"  # empty or malformed: the export reader says where
     if isinstance(element, Mapping) and not ({"mapping", "current_node"} & element.keys()):
         return "episodes_array"
     return "chatgpt_export"
+
+
+def _first_array_element(path: Path, prefix_bytes: int = 1 << 16) -> Any:
+    """The first element of the JSON array in ``path``, decoded from the shortest prefix
+    (growing 4x) that holds it: exports run to hundreds of MB, and their reader reads them
+    whole anyway. ValueError when the file has no readable first element."""
+    data = b""
+    with open(path, "rb") as handle:
+        while True:
+            data += handle.read(prefix_bytes - len(data))
+            whole = len(data) < prefix_bytes
+            # A character cut at the prefix's end decodes to U+FFFD; the decode then fails and
+            # a longer prefix follows (bad bytes are the reader's to report, by line).
+            text = data.decode("utf-8-sig", errors="replace")
+            start = _skip_space(text, _skip_space(text, 0) + 1)
+            try:
+                return json.JSONDecoder().raw_decode(text, start)[0]
+            except json.JSONDecodeError as error:
+                if whole:
+                    raise ValueError(f"no readable first element: {error}") from error
+            prefix_bytes *= 4
 
 
 def load_episodes(
