@@ -41,6 +41,15 @@ def test_odd_sizes_and_bottom_right_alignment(num_queries, num_keys, head_dim):
     check_backend(case, run_cpp)
 
 
+def test_every_alignment_of_the_causal_diagonal_with_the_blocks():
+    # Query offsets Nk - Nq = 0..129 put the diagonal at every position within the 128-key
+    # blocks, where a block flips between "fully visible" and "needs the mask".
+    for offset in range(130):
+        case = make_case(1, 1, 130, 130 + offset, 16, causal=True, seed=offset)
+        case.label += f"-offset{offset}"
+        check_backend(case, run_cpp)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=lambda d: str(d)[6:])
 def test_other_dtypes(dtype):
     check_backend(make_case(2, 3, 33, 50, 32, dtype=dtype, causal=True, agents=3, padding=True), run_cpp)

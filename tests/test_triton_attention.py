@@ -134,6 +134,16 @@ def test_fully_masked_rows_are_zero_with_zero_gradient():
     assert (out[~empty_rows].abs().sum(-1) > 0).all()
 
 
+def test_every_alignment_of_the_causal_diagonal_with_the_tiles():
+    # Query offsets Nk - Nq = 0..TILE_ALIGNED + 1 put the diagonal at every position within
+    # the key tiles, where a tile flips between "fully visible" and "needs the mask".
+    num_queries = TILE_ALIGNED + 2
+    for offset in range(TILE_ALIGNED + 2):
+        case = make_case(1, 1, num_queries, num_queries + offset, 16, device=DEVICE, causal=True, seed=offset)
+        case.label += f"-offset{offset}"
+        check_backend(case, run_triton)
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the poisoned rows, by design
 def test_skipped_tiles_are_never_loaded():
     """Poison (NaN) the keys/values that the mask empties by whole tiles: causal tiles above the
