@@ -17,7 +17,7 @@ import torch
 
 from agentfast.attention import attention, dense_mask, get_backend, make_call
 from agentfast.attention.backends.extension import masked_attention
-from attention_cases import MASK_FEATURES, check_backend, make_case
+from attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
@@ -137,6 +137,36 @@ def test_agent_turns_exercise_tile_skipping(dtype, target):
     visibility[0] = True
     case.agent_visibility = visibility.to(target.device)
     check_backend(case, target)
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the poisoned rows, by design
+def test_skipped_tiles_are_never_loaded(target):
+    """Poison (NaN) the keys/values that the mask empties by whole 64-key tiles (head dim <= 64):
+    tiles of an agent no query tile sees, and causal tiles past the diagonal. A kernel that
+    loads and masks them instead of skipping them would turn 0 * NaN into NaN."""
+    tile, num_agents = 64, 4
+    num_keys = num_agents * tile + tile // 2
+    case = make_case(1, 2, num_keys, head_dim=32, device=target.device, causal=True, seed=3)
+    ids = (torch.arange(num_keys) // tile) % num_agents
+    visibility = torch.eye(num_agents, dtype=torch.bool)
+    visibility[1:, :-1] |= torch.eye(num_agents - 1, dtype=torch.bool)  # a sees a and a - 1
+    case.agent_ids, case.agent_visibility = ids[None].to(target.device), visibility.to(target.device)
+    poisoned = (ids == num_agents - 1).to(target.device)  # seen by its own agent only
+    k, v = case.k.clone(), case.v.clone()
+    k[:, :, poisoned], v[:, :, poisoned] = float("nan"), float("nan")
+    q = case.q.clone().requires_grad_()
+    out = target(q, k, v, **case.mask_kwargs())
+    dq, = torch.autograd.grad(out, (q,), torch.ones_like(out))
+    expected, _ = reference_outputs(case, torch.float32)
+    rows = ~poisoned
+    assert torch.isfinite(out[:, :, rows]).all() and torch.isfinite(dq[:, :, rows]).all()
+    torch.testing.assert_close(out[:, :, rows], expected[:, :, rows], atol=1e-4, rtol=1e-4)
+
+    first_tile = torch.arange(num_keys, device=target.device) < tile
+    causal_k, causal_v = case.k.clone(), case.v.clone()
+    causal_k[:, :, ~first_tile], causal_v[:, :, ~first_tile] = float("nan"), float("nan")
+    out = target(case.q, causal_k, causal_v, causal=True)
+    assert torch.isfinite(out[:, :, first_tile]).all()
 
 
 def test_agent_that_sees_nobody_gets_zero_output_and_gradient(target):
