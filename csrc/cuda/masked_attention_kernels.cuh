@@ -3,12 +3,14 @@
 //
 // forward_kernel:  one CTA per (query block, batch*head); warps own 16 query rows each. Q stays
 //                  in shared memory, K/V blocks stream through it, online softmax keeps the
-//                  running row max/sum, the fp32 output accumulator lives in shared memory.
+//                  running row max/sum. The fp32 output accumulator stays in wmma fragments
+//                  (fp16/bf16 up to head dim 128) or in shared memory (fp32; head dim 256).
 //                  Writes out and the row log-sum-exp (lse).
 // dq_kernel:       one CTA per (query block, batch*head): dQ = scale * sum_k dS K.
 // dkdv_kernel:     one CTA per (key block, batch*head); warps own 16 keys each:
 //                  dV = P^T dO, dK = scale * dS^T Q. Separate dQ and dK/dV passes keep the
 //                  backward free of atomics, hence deterministic.
+//                  dQ, dK and dV accumulate in fragments where they fit (see Config).
 // Matrix products use tensor cores (wmma 16x16x16, fp32 accumulate) for fp16/bf16 and plain
 // FMA loops for fp32 (tf32 would not meet the fp32 accuracy contract).
 //
@@ -272,6 +274,110 @@ __device__ __forceinline__ void warp_gemm(float* c, int ldc, const T* a, int lda
   }
 }
 
+// One warp's fp32 accumulator C[16, N] (+)= A[16, K] @ B (B as in warp_gemm) over a kernel's
+// whole loop. In shared memory by default: warp_gemm reads and writes C at every step (the
+// fp32 FMA path, and head dims whose fragments would not fit in registers). With
+// IN_REGISTERS (fp16/bf16), C stays in wmma fragments and reaches shared memory once, in
+// finish(); the fragments' element layout is never looked at, so this holds for any layout.
+template <typename T, int N, bool IN_REGISTERS>
+struct WarpAccumulator {
+  float* c;
+  int ldc;
+
+  // c must hold zeros (the kernels zero-fill it before their loop).
+  __device__ __forceinline__ WarpAccumulator(float* c_, int ldc_, const float* /*row_index*/ = nullptr)
+      : c(c_), ldc(ldc_) {}
+
+  template <bool B_TRANSPOSED, int K>
+  __device__ __forceinline__ void add(const T* a, int lda, const T* b, int ldb) {
+    warp_gemm<T, B_TRANSPOSED, K, N>(c, ldc, a, lda, b, ldb, true);
+  }
+
+  // C[r, :] *= scale[r] for the 16 rows; scale is in shared memory. __syncwarp() before (the
+  // scales) and after (C is shared by the warp's lanes).
+  __device__ __forceinline__ void scale_rows(const float* scale) {
+    for (int idx = threadIdx.x & 31; idx < 16 * N; idx += 32) {
+      const float factor = scale[idx / N];
+      if (factor != 1.0f) c[(idx / N) * ldc + idx % N] *= factor;
+    }
+  }
+
+  __device__ __forceinline__ void finish() {}
+};
+
+template <typename T, int N>
+struct WarpAccumulator<T, N, true> {
+  static_assert(!std::is_same_v<T, float>, "register accumulators are for the tensor-core path");
+  float* c;
+  int ldc;
+#if AGENTFAST_TENSOR_CORES
+  using Fragment = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  Fragment tiles[N / 16];
+  int row_of[Fragment::num_elements];  // the tile row of each fragment element
+#endif
+
+  // Starts from zero; c is written only by finish(). scale_rows() needs row_index: a 16 x 16
+  // fp32 matrix in shared memory (ld 16) whose element (r, c) is r. Loading it as a fragment
+  // tells each lane the row of every element it holds, whatever the layout.
+  __device__ __forceinline__ WarpAccumulator(float* c_, int ldc_, const float* row_index = nullptr)
+      : c(c_), ldc(ldc_) {
+#if AGENTFAST_TENSOR_CORES
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::fill_fragment(tiles[n], 0.0f);
+    Fragment rows;
+    if (row_index != nullptr) {
+      nvcuda::wmma::load_matrix_sync(rows, row_index, 16, nvcuda::wmma::mem_row_major);
+    } else {
+      nvcuda::wmma::fill_fragment(rows, 0.0f);
+    }
+#pragma unroll
+    for (int i = 0; i < Fragment::num_elements; ++i) row_of[i] = static_cast<int>(rows.x[i]);
+#endif
+  }
+
+  // C[r, :] *= scale[r], on the fragments (no __syncwarp needed after).
+  __device__ __forceinline__ void scale_rows(const float* scale) {
+#if AGENTFAST_TENSOR_CORES
+    float factor[Fragment::num_elements];
+#pragma unroll
+    for (int i = 0; i < Fragment::num_elements; ++i) factor[i] = scale[row_of[i]];
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) {
+#pragma unroll
+      for (int i = 0; i < Fragment::num_elements; ++i) tiles[n].x[i] *= factor[i];
+    }
+#endif
+  }
+
+  template <bool B_TRANSPOSED, int K>
+  __device__ __forceinline__ void add(const T* a, int lda, const T* b, int ldb) {
+#if AGENTFAST_TENSOR_CORES
+    using namespace nvcuda;
+    using BLayout = std::conditional_t<B_TRANSPOSED, wmma::col_major, wmma::row_major>;
+#pragma unroll 2
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
+      wmma::load_matrix_sync(a_frag, a + k0, lda);
+#pragma unroll
+      for (int n = 0; n < N / 16; ++n) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> b_frag;
+        wmma::load_matrix_sync(b_frag, B_TRANSPOSED ? b + n * 16 * ldb + k0 : b + k0 * ldb + n * 16, ldb);
+        wmma::mma_sync(tiles[n], a_frag, b_frag, tiles[n]);
+      }
+    }
+#else
+    __trap();
+#endif
+  }
+
+  __device__ __forceinline__ void finish() {
+#if AGENTFAST_TENSOR_CORES
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::store_matrix_sync(c + n * 16, tiles[n], ldc, nvcuda::wmma::mem_row_major);
+#endif
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // Forward.
 
@@ -289,11 +395,14 @@ struct ForwardTile {
   static constexpr size_t kRowSum = align128(kRowMax + sizeof(float) * BM);
   static constexpr size_t kSees = align128(kRowSum + sizeof(float) * BM);
   static constexpr size_t kKeyAgent = align128(kSees + sizeof(uint64_t) * BM);
-  static constexpr size_t kBytes = align128(kKeyAgent + sizeof(int) * BN);
+  static constexpr size_t kScale = align128(kKeyAgent + sizeof(int) * BN);
+  static constexpr size_t kRowIndex = align128(kScale + sizeof(float) * BM);
+  // The 16 x 16 row-index matrix of WarpAccumulator, for the fp16/bf16 register accumulator.
+  static constexpr size_t kBytes = align128(kRowIndex + (std::is_same_v<T, float> ? 0 : sizeof(float) * 256));
   static_assert(BM % 16 == 0 && BN % 32 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
 __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_kernel(const ForwardArgs<T> args) {
   using Tile = ForwardTile<T, HD, BM, BN>;
   unsigned char* smem = dynamic_shared_memory();
@@ -307,6 +416,8 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
   float* s_row_sum = reinterpret_cast<float*>(smem + Tile::kRowSum);
   uint64_t* s_sees = reinterpret_cast<uint64_t*>(smem + Tile::kSees);
   int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
+  float* s_scale = reinterpret_cast<float*>(smem + Tile::kScale);
+  float* s_row_index = reinterpret_cast<float*>(smem + Tile::kRowIndex);
 
   const MaskParams& m = args.mask;
   const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
@@ -318,7 +429,11 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
 
   load_rows<T, BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q + b * args.qs.b + h * args.qs.h + q_first * args.qs.n,
                                        args.qs.n, args.qs.d, q_count, args.head_dim);
-  zero_floats<BM, HD, Tile::kThreads>(s_o, Tile::kLdO);
+  if constexpr (REGISTER_ACCUMULATOR) {
+    for (int i = threadIdx.x; i < 256; i += Tile::kThreads) s_row_index[i] = static_cast<float>(i / 16);
+  } else {
+    zero_floats<BM, HD, Tile::kThreads>(s_o, Tile::kLdO);
+  }
   for (int i = threadIdx.x; i < BM; i += Tile::kThreads) {
     s_row_max[i] = -kInf;
     s_row_sum[i] = 0.0f;
@@ -331,6 +446,7 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
   const int position = m.offset + q_first + row;
   const uint64_t sees = s_sees[row];
   constexpr int kHalfCols = BN / 2;
+  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> output(s_o + r0 * Tile::kLdO, Tile::kLdO, s_row_index);
 
   for (int k_first = 0; k_first < key_end; k_first += BN) {
     const int k_valid = min(BN, key_end - k_first);
@@ -376,13 +492,14 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
     if (half == 0) {
       s_row_max[row] = new_max;
       s_row_sum[row] = s_row_sum[row] * correction + block_sum;
-    }
-    if (correction != 1.0f) {
-      for (int c = half; c < HD; c += 2) s_o[row * Tile::kLdO + c] *= correction;
+      s_scale[row] = correction;
     }
     __syncwarp();
-    warp_gemm<T, false, BN, HD>(s_o + r0 * Tile::kLdO, Tile::kLdO, s_p + r0 * Tile::kLdP, Tile::kLdP, s_v, Tile::kLdT, true);
+    output.scale_rows(s_scale + r0);
+    __syncwarp();
+    output.template add<false, BN>(s_p + r0 * Tile::kLdP, Tile::kLdP, s_v, Tile::kLdT);
   }
+  output.finish();
   __syncwarp();
 
   for (int r = 0; r < 16; ++r) {
@@ -420,7 +537,7 @@ struct DqTile {
   static_assert(BM % 16 == 0 && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
 __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(const BackwardArgs<T> args) {
   using Tile = DqTile<T, HD, BM, BN>;
   unsigned char* smem = dynamic_shared_memory();
@@ -450,7 +567,7 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
                                        args.qs.n, args.qs.d, q_count, args.head_dim);
   load_rows<T, BM, HD, Tile::kThreads>(s_do, Tile::kLdT, args.grad_out + b * args.gs.b + h * args.gs.h + q_first * args.gs.n,
                                        args.gs.n, args.gs.d, q_count, args.head_dim);
-  zero_floats<BM, HD, Tile::kThreads>(s_dq, Tile::kLdO);
+  if constexpr (!REGISTER_ACCUMULATOR) zero_floats<BM, HD, Tile::kThreads>(s_dq, Tile::kLdO);
   for (int i = threadIdx.x; i < BM; i += Tile::kThreads) {
     const bool valid = i < q_count;
     s_lse[i] = valid ? args.lse[row_base + i] : kInf;  // +inf: padding rows get P = 0
@@ -465,6 +582,7 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
   const uint64_t sees = s_sees[row];
   const float row_lse = s_lse[row], row_delta = s_delta[row];
   constexpr int kHalfCols = BN / 2;
+  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_q(s_dq + r0 * Tile::kLdO, Tile::kLdO);
 
   for (int k_first = 0; k_first < key_end; k_first += BN) {
     const int k_valid = min(BN, key_end - k_first);
@@ -490,8 +608,9 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
       s_ds[row * Tile::kLdP + c] = from_float<T>(p * (s_dp[row * Tile::kLdS + c] - row_delta));
     }
     __syncwarp();
-    warp_gemm<T, false, BN, HD>(s_dq + r0 * Tile::kLdO, Tile::kLdO, s_ds + r0 * Tile::kLdP, Tile::kLdP, s_k, Tile::kLdT, true);
+    grad_q.template add<false, BN>(s_ds + r0 * Tile::kLdP, Tile::kLdP, s_k, Tile::kLdT);
   }
+  grad_q.finish();
   __syncwarp();
 
   for (int r = 0; r < 16; ++r) {
@@ -528,7 +647,7 @@ struct DkvTile {
   static_assert(BM % 32 == 0 && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
 __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(const BackwardArgs<T> args) {
   using Tile = DkvTile<T, HD, BM, BN>;
   unsigned char* smem = dynamic_shared_memory();
@@ -555,8 +674,10 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
   const int k_valid = max(0, min(BN, seq_len_of(m, b) - k_first));  // keys past seq_len get 0
   const bool has_agents = m.agent_ids != nullptr;
 
-  zero_floats<BN, HD, Tile::kThreads>(s_dk, Tile::kLdO);
-  zero_floats<BN, HD, Tile::kThreads>(s_dv, Tile::kLdO);
+  if constexpr (!REGISTER_ACCUMULATOR) {
+    zero_floats<BN, HD, Tile::kThreads>(s_dk, Tile::kLdO);
+    zero_floats<BN, HD, Tile::kThreads>(s_dv, Tile::kLdO);
+  }
   if (k_valid > 0) {
     load_rows<T, BN, HD, Tile::kThreads>(s_k, Tile::kLdT, args.k + b * args.ks.b + h * args.ks.h + k_first * args.ks.n,
                                          args.ks.n, args.ks.d, k_valid, args.head_dim);
@@ -573,6 +694,8 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
   constexpr int kHalfCols = BM / 2;
   // Causal: queries at positions before k_first see none of these keys.
   const int first_query = m.causal ? max(0, k_first - m.offset) : 0;
+  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_v(s_dv + r0 * Tile::kLdO, Tile::kLdO);
+  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_k(s_dk + r0 * Tile::kLdO, Tile::kLdO);
 
   for (int q_first = k_valid > 0 ? first_query / BM * BM : m.num_queries; q_first < m.num_queries; q_first += BM) {
     const int q_count = min(BM, m.num_queries - q_first);
@@ -604,9 +727,11 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
       s_dst[key_row * Tile::kLdP + c] = from_float<T>(p * (s_dpt[key_row * Tile::kLdS + c] - s_delta[c]));
     }
     __syncwarp();
-    warp_gemm<T, false, BM, HD>(s_dv + r0 * Tile::kLdO, Tile::kLdO, s_pt + r0 * Tile::kLdP, Tile::kLdP, s_do, Tile::kLdT, true);
-    warp_gemm<T, false, BM, HD>(s_dk + r0 * Tile::kLdO, Tile::kLdO, s_dst + r0 * Tile::kLdP, Tile::kLdP, s_q, Tile::kLdT, true);
+    grad_v.template add<false, BM>(s_pt + r0 * Tile::kLdP, Tile::kLdP, s_do, Tile::kLdT);
+    grad_k.template add<false, BM>(s_dst + r0 * Tile::kLdP, Tile::kLdP, s_q, Tile::kLdT);
   }
+  grad_v.finish();
+  grad_k.finish();
   __syncthreads();  // the zero fill above may come from other warps when no block was visited
 
   for (int r = 0; r < 16; ++r) {
@@ -628,20 +753,27 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
 // Launcher brings.
 
 // Tile shapes per head-dim bucket, chosen so every kernel fits 163 KiB of shared memory
-// (A100; H100 allows 227 KiB) in fp32, the widest dtype.
+// (A100; H100 allows 227 KiB) in fp32, the widest dtype. fp16/bf16 kernels keep their
+// output accumulators in registers where those take at most 64 per thread.
 template <int HD>
 struct Config;
 template <>
 struct Config<64> {
   static constexpr int kFwdM = 64, kFwdN = 64, kDqM = 64, kDqN = 64, kKvM = 32, kKvN = 64;
+  static constexpr bool kFwdInRegisters = true;
+  static constexpr bool kDqInRegisters = true, kKvInRegisters = true;
 };
 template <>
 struct Config<128> {
   static constexpr int kFwdM = 64, kFwdN = 32, kDqM = 32, kDqN = 32, kKvM = 32, kKvN = 32;
+  static constexpr bool kFwdInRegisters = true;
+  static constexpr bool kDqInRegisters = true, kKvInRegisters = false;  // dK + dV: 128 registers
 };
 template <>
 struct Config<256> {
   static constexpr int kFwdM = 32, kFwdN = 32, kDqM = 32, kDqN = 16, kKvM = 32, kKvN = 16;
+  static constexpr bool kFwdInRegisters = false;
+  static constexpr bool kDqInRegisters = false, kKvInRegisters = false;
 };
 
 // Owns the mask tensors the kernels read, so they live until the launches are queued.
@@ -722,8 +854,9 @@ template <typename T, int HD, typename Launcher>
 void run_forward(const Launcher& launch, const ForwardArgs<T>& args, int64_t batch_heads) {
   using C = Config<HD>;
   using Tile = ForwardTile<T, HD, C::kFwdM, C::kFwdN>;
+  constexpr bool kInRegisters = !std::is_same_v<T, float> && C::kFwdInRegisters;
   const dim3 grid = grid_of((args.mask.num_queries + C::kFwdM - 1) / C::kFwdM, batch_heads);
-  launch(forward_kernel<T, HD, C::kFwdM, C::kFwdN>, grid, Tile::kThreads, Tile::kBytes, args);
+  launch(forward_kernel<T, HD, C::kFwdM, C::kFwdN, kInRegisters>, grid, Tile::kThreads, Tile::kBytes, args);
 }
 
 template <typename T, int HD, typename Launcher>
@@ -731,10 +864,13 @@ void run_backward(const Launcher& launch, const BackwardArgs<T>& args, int64_t b
   using C = Config<HD>;
   using Dq = DqTile<T, HD, C::kDqM, C::kDqN>;
   using Kv = DkvTile<T, HD, C::kKvM, C::kKvN>;
+  constexpr bool kTensorCores = !std::is_same_v<T, float>;
   const dim3 dq_grid = grid_of((args.mask.num_queries + C::kDqM - 1) / C::kDqM, batch_heads);
-  launch(dq_kernel<T, HD, C::kDqM, C::kDqN>, dq_grid, Dq::kThreads, Dq::kBytes, args);
+  launch(dq_kernel<T, HD, C::kDqM, C::kDqN, kTensorCores && C::kDqInRegisters>, dq_grid, Dq::kThreads, Dq::kBytes,
+         args);
   const dim3 kv_grid = grid_of((args.mask.num_keys + C::kKvN - 1) / C::kKvN, batch_heads);
-  launch(dkdv_kernel<T, HD, C::kKvM, C::kKvN>, kv_grid, Kv::kThreads, Kv::kBytes, args);
+  launch(dkdv_kernel<T, HD, C::kKvM, C::kKvN, kTensorCores && C::kKvInRegisters>, kv_grid, Kv::kThreads, Kv::kBytes,
+         args);
 }
 
 template <typename Fn>

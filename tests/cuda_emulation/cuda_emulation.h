@@ -3,10 +3,11 @@
 //
 // Every CUDA thread of a block is an OS thread: __syncthreads() is a barrier over the block,
 // __syncwarp() and __shfl_xor_sync() are barriers over the 32 threads of a warp. Blocks of a
-// grid run one after another on the same threads. wmma fragments hold a whole 16x16 tile in
-// every lane; each lane computes and stores only its own 8 accumulator elements (element e
-// belongs to lane e % 32), so lanes exchange results only through memory, as on a GPU,
-// where the element-to-lane mapping is likewise unspecified. fp16/bf16 products are exact
+// grid run one after another on the same threads. wmma input fragments hold a whole 16x16
+// tile in every lane; an accumulator holds 8 elements per lane (element e of the tile
+// belongs to lane e % 32), which each lane computes and stores alone, so lanes exchange
+// results only through memory, as on a GPU, where the element-to-lane mapping is likewise
+// unspecified. fp16/bf16 products are exact
 // in fp32 and accumulate in fp32, as tensor cores do.
 //
 // Every launch with batch x heads > 4 folds it over grid.y and grid.z (a GPU does so past
@@ -109,44 +110,51 @@ enum layout_t { mem_row_major, mem_col_major };
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
   static_assert(M == 16 && N == 16 && K == 16, "the kernels use 16x16x16 tiles only");
-  float x[256];  // row-major 16 x 16
+  float full[256];  // matrix_a / matrix_b: every lane holds the whole tile, row-major
 };
+
+// Accumulators: lane l holds elements l, l + 32, ..., l + 224 of the row-major tile (a GPU's
+// mapping differs and is unspecified; the kernels must not depend on it).
+template <>
+struct fragment<accumulator, 16, 16, 16, float, void> {
+  static constexpr int num_elements = 8;
+  float x[num_elements];
+};
+using accumulator_fragment = fragment<accumulator, 16, 16, 16, float, void>;
+
+inline int element_of(int i) { return cuda_emulation::lane() + i * cuda_emulation::kWarpSize; }
 
 template <typename Use, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
   for (int r = 0; r < 16; ++r) {
     for (int c = 0; c < 16; ++c) {
       const T value = std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r];
-      f.x[r * 16 + c] = static_cast<float>(value);
+      f.full[r * 16 + c] = static_cast<float>(value);
     }
   }
 }
 
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
-                             layout_t layout) {
+inline void load_matrix_sync(accumulator_fragment& f, const float* p, unsigned ldm, layout_t layout) {
   TORCH_CHECK(layout == mem_row_major, "emulated wmma: only row-major accumulators are used");
-  for (int e = cuda_emulation::lane(); e < 256; e += cuda_emulation::kWarpSize) f.x[e] = p[(e / 16) * ldm + e % 16];
+  for (int i = 0; i < f.num_elements; ++i) f.x[i] = p[(element_of(i) / 16) * ldm + element_of(i) % 16];
 }
 
-inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float value) {
-  std::fill(f.x, f.x + 256, value);
-}
+inline void fill_fragment(accumulator_fragment& f, float value) { std::fill(f.x, f.x + f.num_elements, value); }
 
 template <typename T, typename LayoutA, typename LayoutB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
-              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  for (int e = cuda_emulation::lane(); e < 256; e += cuda_emulation::kWarpSize) {
-    const int r = e / 16, col = e % 16;
-    float sum = c.x[e];
-    for (int k = 0; k < 16; ++k) sum = std::fma(a.x[r * 16 + k], b.x[k * 16 + col], sum);
-    d.x[e] = sum;
+void mma_sync(accumulator_fragment& d, const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
+              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b, const accumulator_fragment& c) {
+  for (int i = 0; i < d.num_elements; ++i) {
+    const int row = element_of(i) / 16, col = element_of(i) % 16;
+    float sum = c.x[i];
+    for (int k = 0; k < 16; ++k) sum = std::fma(a.full[row * 16 + k], b.full[k * 16 + col], sum);
+    d.x[i] = sum;
   }
 }
 
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
-                              layout_t layout) {
+inline void store_matrix_sync(float* p, const accumulator_fragment& f, unsigned ldm, layout_t layout) {
   TORCH_CHECK(layout == mem_row_major, "emulated wmma: only row-major accumulators are used");
-  for (int e = cuda_emulation::lane(); e < 256; e += cuda_emulation::kWarpSize) p[(e / 16) * ldm + e % 16] = f.x[e];
+  for (int i = 0; i < f.num_elements; ++i) p[(element_of(i) / 16) * ldm + element_of(i) % 16] = f.x[i];
 }
 
 }  // namespace wmma
