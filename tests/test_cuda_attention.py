@@ -278,6 +278,21 @@ def test_inputs_strided_along_the_head_dim(target):
     check_backend(case, target)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_head_dims_sliced_from_wider_rows(dtype, target):
+    # Rows 16-byte aligned with a head dim that is not a multiple of 8 elements: 16-byte chunks
+    # up to the ragged end of each row, element by element past it. A head dim of 36 in rows
+    # of 36 is not aligned past the first row and takes the element path throughout.
+    case = make_case(2, 2, 45, head_dim=36, dtype=dtype, device=target.device, causal=True, agents=2,
+                     padding=True, seed=31)
+    # NaN past the head dim: a kernel that reads there poisons its results.
+    wide = [torch.nn.functional.pad(t, (0, 4), value=float("nan")) for t in (case.q, case.k, case.v)]
+    case.q, case.k, case.v = (t[..., :36] for t in wide)
+    assert case.q.stride(-2) == 40 and case.q.stride(-1) == 1
+    check_backend(case, target)
+    check_backend(make_case(2, 2, 45, head_dim=36, dtype=dtype, device=target.device, causal=True, seed=31), target)
+
+
 def test_lse_matches_logsumexp_and_is_differentiable(target):
     # The lse output's gradient goes through delta = rowsum(dO * O) - grad_lse.
     case = make_case(2, 2, 30, 50, 40, device=target.device, causal=True, agents=3, padding=True, fully_masked_row=True,

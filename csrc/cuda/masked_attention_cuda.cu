@@ -30,6 +30,8 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(128) unsigned char smem[];
   return smem;
 }
+__device__ __forceinline__ uint4 load_vector(const void* p) { return *static_cast<const uint4*>(p); }
+__device__ __forceinline__ void store_vector(void* p, uint4 value) { *static_cast<uint4*>(p) = value; }
 }  // namespace
 }  // namespace agentfast
 

@@ -25,8 +25,9 @@
 // cuda_fp16.h, mma.h), tests/cuda_emulation the CPU emulation that runs these same kernels in
 // the CPU-only test suite. Either way it defines before including this file:
 //   __half, __nv_bfloat16, __float2half_rn, __float2bfloat16_rn, nvcuda::wmma, dim3 and the
-//   thread/block built-ins, dynamic_shared_memory() (the kernel's extern __shared__ array),
-//   and AGENTFAST_TENSOR_CORES (1 where the wmma path may run).
+//   thread/block built-ins, uint4, dynamic_shared_memory() (the kernel's extern __shared__
+//   array), load_vector/store_vector (16-byte aligned copies of a uint4), and
+//   AGENTFAST_TENSOR_CORES (1 where the wmma path may run).
 // A Launcher is callable as launch(kernel, grid, threads, shared_bytes, kernel arguments...).
 #pragma once
 
@@ -34,6 +35,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 
@@ -211,9 +213,29 @@ constexpr int pad_of() {
 }
 
 // rows x cols of a strided [N, D] slice into shared memory, zero-filled past valid rows/cols.
+// 16-bit rows whose head dim is contiguous and 16-byte aligned move in 16-byte chunks (shared
+// rows are COLS + 8 elements, a multiple of 16 bytes); anything else element by element.
 template <typename T, int ROWS, int COLS, int THREADS>
 __device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, int64_t row_stride, int64_t col_stride,
                                           int valid_rows, int valid_cols) {
+  if constexpr (sizeof(T) == 2) {
+    constexpr int kVector = 8, kChunks = COLS / kVector;
+    if (col_stride == 1 && row_stride % kVector == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      for (int idx = threadIdx.x; idx < ROWS * kChunks; idx += THREADS) {
+        const int r = idx / kChunks, c = (idx % kChunks) * kVector;
+        uint4 chunk = {0u, 0u, 0u, 0u};  // zero bits: +0.0 in fp16 and bf16
+        if (r < valid_rows && c + kVector <= valid_cols) {
+          chunk = load_vector(src + r * row_stride + c);
+        } else if (r < valid_rows && c < valid_cols) {  // the ragged end of a row
+          T part[kVector];
+          for (int e = 0; e < kVector; ++e) part[e] = c + e < valid_cols ? src[r * row_stride + c + e] : from_float<T>(0.0f);
+          memcpy(&chunk, part, sizeof(chunk));
+        }
+        store_vector(dst + r * ld + c, chunk);
+      }
+      return;
+    }
+  }
   for (int idx = threadIdx.x; idx < ROWS * COLS; idx += THREADS) {
     const int r = idx / COLS, c = idx % COLS;
     T value = from_float<T>(0.0f);

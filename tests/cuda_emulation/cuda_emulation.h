@@ -4,19 +4,19 @@
 // Every CUDA thread of a block is an OS thread: __syncthreads() is a barrier over the block,
 // __syncwarp() and __shfl_xor_sync() are barriers over the 32 threads of a warp. Blocks of a
 // grid run one after another on the same threads. wmma input fragments hold a whole 16x16
-// tile in every lane; an accumulator holds 8 elements per lane (element e of the tile
-// belongs to lane e % 32), which each lane computes and stores alone, so lanes exchange
-// results only through memory, as on a GPU, where the element-to-lane mapping is likewise
-// unspecified. fp16/bf16 products are exact
-// in fp32 and accumulate in fp32, as tensor cores do.
+// tile in every lane; an accumulator holds 8 elements per lane (element e of the tile belongs
+// to lane e % 32), which each lane computes and stores alone, so lanes exchange results only
+// through memory, as on a GPU, where the element-to-lane mapping is unspecified (and differs
+// from this one). fp16/bf16 products are exact in fp32 and accumulate in fp32, as tensor
+// cores do.
 //
 // Every launch with batch x heads > 4 folds it over grid.y and grid.z (a GPU does so past
 // 65535), so the tests cover that path at small sizes.
 //
-// Checks a GPU would not make: each block's shared memory starts filled with 0xFF (NaN for
-// floats and halves), so a kernel that reads shared memory it never wrote shows NaN in its
-// results; bytes past the kernel's shared memory size are a guard, and a write there fails
-// the launch.
+// Checks: each block's shared memory starts filled with 0xFF (NaN for floats and halves), so
+// a kernel that reads shared memory it never wrote shows NaN in its results; bytes past the
+// kernel's shared memory size are a guard, and a write there fails the launch; so does a
+// 16-byte load or store at an address that is not 16-byte aligned, where a GPU would fault.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -52,6 +52,10 @@ inline __nv_bfloat16 __float2bfloat16_rn(float x) { return __nv_bfloat16(x); }
 inline float __expf(float x) { return std::exp(x); }
 [[noreturn]] inline void __trap() { std::abort(); }
 
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -72,6 +76,9 @@ struct Warp {
 };
 
 // What the current OS thread is, as a CUDA thread.
+// 16-byte accesses at addresses that are not 16-byte aligned (a GPU would fault), this launch.
+inline std::atomic<int> misaligned_accesses{0};
+
 struct ThreadState {
   unsigned char* shared = nullptr;
   std::barrier<>* block = nullptr;
@@ -163,6 +170,22 @@ inline void store_matrix_sync(float* p, const accumulator_fragment& f, unsigned 
 namespace agentfast {
 namespace {
 inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current.shared; }
+
+inline void check_vector_alignment(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) ++cuda_emulation::misaligned_accesses;
+}
+
+inline uint4 load_vector(const void* p) {
+  check_vector_alignment(p);
+  uint4 value;
+  std::memcpy(&value, p, sizeof(value));
+  return value;
+}
+
+inline void store_vector(void* p, uint4 value) {
+  check_vector_alignment(p);
+  std::memcpy(p, &value, sizeof(value));
+}
 }  // namespace
 }  // namespace agentfast
 
@@ -182,6 +205,7 @@ void run_grid(const Body& body, dim3 grid, int threads, size_t shared_bytes) {
   std::vector<std::unique_ptr<Warp>> warps;
   for (int w = 0; w < threads / kWarpSize; ++w) warps.push_back(std::make_unique<Warp>());
   std::atomic<bool> overflow{false};
+  misaligned_accesses = 0;
 
   const auto worker = [&](int t) {
     threadIdx = dim3(t);
@@ -211,6 +235,8 @@ void run_grid(const Body& body, dim3 grid, int threads, size_t shared_bytes) {
   for (int t = 0; t < threads; ++t) pool.emplace_back(worker, t);
   for (std::thread& thread : pool) thread.join();
   TORCH_CHECK(!overflow, "emulated launch: a block wrote past its ", shared_bytes, " bytes of shared memory");
+  TORCH_CHECK(misaligned_accesses == 0, "emulated launch: ", misaligned_accesses.load(),
+              " 16-byte accesses were not 16-byte aligned (a GPU faults on them)");
 }
 
 // The Launcher of masked_attention_kernels.cuh.
