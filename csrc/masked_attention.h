@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
@@ -40,6 +41,29 @@ AttentionShape check_attention_inputs(const Tensor& q, const Tensor& k, const Te
 // Checks the extra tensors of the backward (grad_out, out, lse, grad_lse) against the shape.
 void check_backward_inputs(const AttentionShape& shape, const Tensor& q, const Tensor& grad_out,
                            const Tensor& out, const Tensor& lse, const OptionalTensor& grad_lse);
+
+// The gradients of q, k, v, allocated; ``done`` when the call needs no kernel: no (batch, head),
+// or no query (dK = dV = 0).
+struct BackwardOutputs {
+  Tensor grad_q, grad_k, grad_v;
+  bool done = false;
+
+  std::tuple<Tensor, Tensor, Tensor> tuple() const { return {grad_q, grad_k, grad_v}; }
+};
+
+inline BackwardOutputs allocate_backward_outputs(const AttentionShape& shape, const Tensor& q, const Tensor& k,
+                                                 const Tensor& v) {
+  BackwardOutputs grads{at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()),
+                        at::empty(v.sizes(), v.options())};
+  if (shape.batch * shape.heads == 0) {
+    grads.done = true;
+  } else if (shape.num_queries == 0) {
+    grads.grad_k.zero_();
+    grads.grad_v.zero_();
+    grads.done = true;
+  }
+  return grads;
+}
 
 // delta[b, h, i] = sum_d grad_out * out - grad_lse: the row term of dS = P * (dP - delta).
 // Folding grad_lse in makes the lse output differentiable at no extra cost

@@ -703,22 +703,16 @@ std::tuple<Tensor, Tensor, Tensor> masked_attention_backward_cpu(
   check_cpu(q);
   check_backward_inputs(shape, q, grad_out, out, lse, grad_lse);
   const at::ScalarType acc_type = accumulate_type(q.scalar_type());
-  Tensor grad_q = at::empty(q.sizes(), q.options());
-  Tensor grad_k = at::empty(k.sizes(), k.options());
-  Tensor grad_v = at::empty(v.sizes(), v.options());
-  if (shape.batch * shape.heads == 0) return {grad_q, grad_k, grad_v};
-  if (shape.num_queries == 0) {
-    grad_k.zero_();
-    grad_v.zero_();
-    return {grad_q, grad_k, grad_v};
-  }
+  BackwardOutputs grads = allocate_backward_outputs(shape, q, k, v);
+  if (grads.done) return grads.tuple();
   const Tensor delta = backward_row_delta(grad_out, out, grad_lse, acc_type);
   const Tensor lse_acc = lse.to(acc_type).contiguous();
   const MaskInfo info = build_mask_info(shape, causal, seq_lens, agent_ids, agent_bitmask);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_out, q, k, v, lse_acc, delta, grad_q, grad_k, grad_v, shape, info, scale);
+    backward_kernel<scalar_t>(grad_out, q, k, v, lse_acc, delta, grads.grad_q, grads.grad_k, grads.grad_v, shape,
+                              info, scale);
   });
-  return {grad_q, grad_k, grad_v};
+  return grads.tuple();
 }
 
 }  // namespace agentfast

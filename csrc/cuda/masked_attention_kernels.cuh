@@ -244,6 +244,46 @@ __device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, int64_t 
   }
 }
 
+// Rows [first, first + count) of (b, h) of a [B, H, N, D] tensor into a ROWS-row shared tile.
+template <int ROWS, int HD, int THREADS, typename T>
+__device__ __forceinline__ void load_head_rows(T* dst, int ld, const T* tensor, const Strides4& strides, int b, int h,
+                                               int first, int count, int head_dim) {
+  load_rows<T, ROWS, HD, THREADS>(dst, ld, tensor + b * strides.b + h * strides.h + first * strides.n, strides.n,
+                                  strides.d, count, head_dim);
+}
+
+// Keys [k_first, k_first + k_valid) of (b, h): their K and V rows and their agents. The agents
+// are written even without an agent mask: allowed() reads them (and ignores them), so they are
+// never uninitialised.
+template <int BN, int HD, int THREADS, typename Args, typename T>
+__device__ __forceinline__ void load_key_block(const Args& args, int b, int h, int k_first, int k_valid, T* s_k,
+                                               T* s_v, int ld, int* s_key_agent) {
+  load_head_rows<BN, HD, THREADS>(s_k, ld, args.k, args.ks, b, h, k_first, k_valid, args.head_dim);
+  load_head_rows<BN, HD, THREADS>(s_v, ld, args.v, args.vs, b, h, k_first, k_valid, args.head_dim);
+  const MaskParams& m = args.mask;
+  for (int j = threadIdx.x; j < BN; j += THREADS) {
+    s_key_agent[j] = (m.agent_ids != nullptr && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
+  }
+}
+
+// Queries [q_first, q_first + q_count) of (b, h) for the backward: their Q and dO rows, and per
+// row the lse, delta and agents seen. Padding rows get lse = +inf, so P = 0 there.
+template <int BM, int HD, int THREADS, typename T>
+__device__ __forceinline__ void load_query_block(const BackwardArgs<T>& args, int b, int h, int q_first, int q_count,
+                                                 T* s_q, T* s_do, int ld, float* s_lse, float* s_delta,
+                                                 uint64_t* s_sees) {
+  load_head_rows<BM, HD, THREADS>(s_q, ld, args.q, args.qs, b, h, q_first, q_count, args.head_dim);
+  load_head_rows<BM, HD, THREADS>(s_do, ld, args.grad_out, args.gs, b, h, q_first, q_count, args.head_dim);
+  const MaskParams& m = args.mask;
+  const int64_t row_base = (static_cast<int64_t>(b) * m.heads + h) * m.num_queries + q_first;
+  for (int i = threadIdx.x; i < BM; i += THREADS) {
+    const bool valid = i < q_count;
+    s_lse[i] = valid ? args.lse[row_base + i] : kInf;
+    s_delta[i] = valid ? args.delta[row_base + i] : 0.0f;
+    s_sees[i] = (m.agent_ids != nullptr && valid) ? visibility_row(m, b, q_first + i) : 0;
+  }
+}
+
 template <int ROWS, int COLS, int THREADS>
 __device__ __forceinline__ void zero_floats(float* dst, int ld) {
   for (int idx = threadIdx.x; idx < ROWS * COLS; idx += THREADS) dst[(idx / COLS) * ld + idx % COLS] = 0.0f;
@@ -449,8 +489,7 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
   int key_end = seq_len_of(m, b);
   if (m.causal) key_end = min(key_end, m.offset + q_first + q_count);
 
-  load_rows<T, BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q + b * args.qs.b + h * args.qs.h + q_first * args.qs.n,
-                                       args.qs.n, args.qs.d, q_count, args.head_dim);
+  load_head_rows<BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q, args.qs, b, h, q_first, q_count, args.head_dim);
   if constexpr (REGISTER_ACCUMULATOR) {
     for (int i = threadIdx.x; i < 256; i += Tile::kThreads) s_row_index[i] = static_cast<float>(i / 16);
   } else {
@@ -474,14 +513,7 @@ __global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_
     const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
     if (decision.skip) continue;  // uniform over the CTA
     __syncthreads();              // previous K/V block no longer in use
-    load_rows<T, BN, HD, Tile::kThreads>(s_k, Tile::kLdT, args.k + b * args.ks.b + h * args.ks.h + k_first * args.ks.n,
-                                         args.ks.n, args.ks.d, k_valid, args.head_dim);
-    load_rows<T, BN, HD, Tile::kThreads>(s_v, Tile::kLdT, args.v + b * args.vs.b + h * args.vs.h + k_first * args.vs.n,
-                                         args.vs.n, args.vs.d, k_valid, args.head_dim);
-    // Written even without agents: allowed() reads it (and ignores it), so it is never uninitialised.
-    for (int j = threadIdx.x; j < BN; j += Tile::kThreads) {
-      s_key_agent[j] = (has_agents && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
-    }
+    load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
     __syncthreads();
 
     warp_gemm<T, true, HD, BN>(s_s + r0 * Tile::kLdS, Tile::kLdS, s_q + r0 * Tile::kLdT, Tile::kLdT, s_k, Tile::kLdT, false);
@@ -579,22 +611,13 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
   const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
   if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
   const int q_first = blockIdx.x * BM, q_count = min(BM, m.num_queries - q_first);
-  const bool has_agents = m.agent_ids != nullptr;
   int key_end = seq_len_of(m, b);
   if (m.causal) key_end = min(key_end, m.offset + q_first + q_count);
   const int64_t row_base = static_cast<int64_t>(bh) * m.num_queries + q_first;
 
-  load_rows<T, BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q + b * args.qs.b + h * args.qs.h + q_first * args.qs.n,
-                                       args.qs.n, args.qs.d, q_count, args.head_dim);
-  load_rows<T, BM, HD, Tile::kThreads>(s_do, Tile::kLdT, args.grad_out + b * args.gs.b + h * args.gs.h + q_first * args.gs.n,
-                                       args.gs.n, args.gs.d, q_count, args.head_dim);
+  load_query_block<BM, HD, Tile::kThreads>(args, b, h, q_first, q_count, s_q, s_do, Tile::kLdT, s_lse, s_delta,
+                                           s_sees);
   if constexpr (!REGISTER_ACCUMULATOR) zero_floats<BM, HD, Tile::kThreads>(s_dq, Tile::kLdO);
-  for (int i = threadIdx.x; i < BM; i += Tile::kThreads) {
-    const bool valid = i < q_count;
-    s_lse[i] = valid ? args.lse[row_base + i] : kInf;  // +inf: padding rows get P = 0
-    s_delta[i] = valid ? args.delta[row_base + i] : 0.0f;
-    s_sees[i] = (has_agents && valid) ? visibility_row(m, b, q_first + i) : 0;
-  }
   __syncthreads();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -609,14 +632,7 @@ __global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(con
     const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
     if (decision.skip) continue;
     __syncthreads();
-    load_rows<T, BN, HD, Tile::kThreads>(s_k, Tile::kLdT, args.k + b * args.ks.b + h * args.ks.h + k_first * args.ks.n,
-                                         args.ks.n, args.ks.d, k_valid, args.head_dim);
-    load_rows<T, BN, HD, Tile::kThreads>(s_v, Tile::kLdT, args.v + b * args.vs.b + h * args.vs.h + k_first * args.vs.n,
-                                         args.vs.n, args.vs.d, k_valid, args.head_dim);
-    // Written even without agents: allowed() reads it (and ignores it), so it is never uninitialised.
-    for (int j = threadIdx.x; j < BN; j += Tile::kThreads) {
-      s_key_agent[j] = (has_agents && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
-    }
+    load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
     __syncthreads();
 
     warp_gemm<T, true, HD, BN>(s_s + r0 * Tile::kLdS, Tile::kLdS, s_q + r0 * Tile::kLdT, Tile::kLdT, s_k, Tile::kLdT, false);
@@ -692,21 +708,12 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
   const int k_first = blockIdx.x * BN;
   const int rows_out = min(BN, m.num_keys - k_first);
   const int k_valid = max(0, min(BN, seq_len_of(m, b) - k_first));  // keys past seq_len get 0
-  const bool has_agents = m.agent_ids != nullptr;
 
   if constexpr (!REGISTER_ACCUMULATOR) {
     zero_floats<BN, HD, Tile::kThreads>(s_dk, Tile::kLdO);
     zero_floats<BN, HD, Tile::kThreads>(s_dv, Tile::kLdO);
   }
-  if (k_valid > 0) {
-    load_rows<T, BN, HD, Tile::kThreads>(s_k, Tile::kLdT, args.k + b * args.ks.b + h * args.ks.h + k_first * args.ks.n,
-                                         args.ks.n, args.ks.d, k_valid, args.head_dim);
-    load_rows<T, BN, HD, Tile::kThreads>(s_v, Tile::kLdT, args.v + b * args.vs.b + h * args.vs.h + k_first * args.vs.n,
-                                         args.vs.n, args.vs.d, k_valid, args.head_dim);
-    for (int j = threadIdx.x; j < BN; j += Tile::kThreads) {
-      s_key_agent[j] = (has_agents && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
-    }
-  }
+  if (k_valid > 0) load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r0 = warp * 16, key_row = r0 + (lane >> 1), half = lane & 1;
@@ -721,17 +728,8 @@ __global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(
     const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
     if (decision.skip) continue;
     __syncthreads();  // previous query block no longer in use (and K/V/agents loaded)
-    load_rows<T, BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q + b * args.qs.b + h * args.qs.h + q_first * args.qs.n,
-                                         args.qs.n, args.qs.d, q_count, args.head_dim);
-    load_rows<T, BM, HD, Tile::kThreads>(s_do, Tile::kLdT, args.grad_out + b * args.gs.b + h * args.gs.h + q_first * args.gs.n,
-                                         args.gs.n, args.gs.d, q_count, args.head_dim);
-    const int64_t row_base = static_cast<int64_t>(bh) * m.num_queries + q_first;
-    for (int i = threadIdx.x; i < BM; i += Tile::kThreads) {
-      const bool valid = i < q_count;
-      s_lse[i] = valid ? args.lse[row_base + i] : kInf;
-      s_delta[i] = valid ? args.delta[row_base + i] : 0.0f;
-      s_sees[i] = (has_agents && valid) ? visibility_row(m, b, q_first + i) : 0;
-    }
+    load_query_block<BM, HD, Tile::kThreads>(args, b, h, q_first, q_count, s_q, s_do, Tile::kLdT, s_lse, s_delta,
+                                             s_sees);
     __syncthreads();
 
     warp_gemm<T, true, HD, BM>(s_st + r0 * Tile::kLdS, Tile::kLdS, s_k + r0 * Tile::kLdT, Tile::kLdT, s_q, Tile::kLdT, false);
@@ -941,15 +939,8 @@ std::tuple<Tensor, Tensor, Tensor> launch_backward(const Launcher& launch, const
                                                    const Tensor& delta, const AttentionShape& shape,
                                                    const OptionalTensor& seq_lens, const OptionalTensor& agent_ids,
                                                    const OptionalTensor& agent_bitmask, bool causal, double scale) {
-  Tensor grad_q = at::empty(q.sizes(), q.options());
-  Tensor grad_k = at::empty(k.sizes(), k.options());
-  Tensor grad_v = at::empty(v.sizes(), v.options());
-  if (shape.batch * shape.heads == 0) return {grad_q, grad_k, grad_v};
-  if (shape.num_queries == 0) {
-    grad_k.zero_();
-    grad_v.zero_();
-    return {grad_q, grad_k, grad_v};
-  }
+  BackwardOutputs grads = allocate_backward_outputs(shape, q, k, v);
+  if (grads.done) return grads.tuple();
   const MaskTensors mask = prepare_mask(launch, shape, causal, seq_lens, agent_ids, agent_bitmask);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_backward_cuda", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -961,9 +952,9 @@ std::tuple<Tensor, Tensor, Tensor> launch_backward(const Launcher& launch, const
       args.grad_out = reinterpret_cast<const T*>(grad_out.data_ptr<scalar_t>());
       args.lse = lse.data_ptr<float>();
       args.delta = delta.data_ptr<float>();
-      args.grad_q = reinterpret_cast<T*>(grad_q.data_ptr<scalar_t>());
-      args.grad_k = reinterpret_cast<T*>(grad_k.data_ptr<scalar_t>());
-      args.grad_v = reinterpret_cast<T*>(grad_v.data_ptr<scalar_t>());
+      args.grad_q = reinterpret_cast<T*>(grads.grad_q.data_ptr<scalar_t>());
+      args.grad_k = reinterpret_cast<T*>(grads.grad_k.data_ptr<scalar_t>());
+      args.grad_v = reinterpret_cast<T*>(grads.grad_v.data_ptr<scalar_t>());
       args.qs = strides_of(q);
       args.ks = strides_of(k);
       args.vs = strides_of(v);
@@ -974,7 +965,7 @@ std::tuple<Tensor, Tensor, Tensor> launch_backward(const Launcher& launch, const
       dispatch_head_dim(shape.head_dim, [&](auto hd) { run_backward<T, decltype(hd)::value>(launch, args, shape.batch * shape.heads); });
     }
   });
-  return {grad_q, grad_k, grad_v};
+  return grads.tuple();
 }
 
 }  // namespace
