@@ -65,19 +65,22 @@ def make_case(
     agents: int = 0,
     fully_masked_row: bool = False,
     seed: int = 0,
+    kv_heads: int | None = None,
 ) -> Case:
     """A reproducible random case. ``agents`` > 0 adds agent ids and a random visibility
     (each agent always sees itself); ``fully_masked_row`` makes batch row 0 all padding
-    (seq_len 0) so every query there has no key."""
+    (seq_len 0) so every query there has no key. ``kv_heads`` < ``heads`` makes a
+    grouped-query case (k and v get ``kv_heads`` heads)."""
     generator = torch.Generator().manual_seed(seed)
     num_keys = num_queries if num_keys is None else num_keys
+    kv_heads = heads if kv_heads is None else kv_heads
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
 
     q = randn(batch, heads, num_queries, head_dim)
-    k = randn(batch, heads, num_keys, head_dim)
-    v = randn(batch, heads, num_keys, head_dim)
+    k = randn(batch, kv_heads, num_keys, head_dim)
+    v = randn(batch, kv_heads, num_keys, head_dim)
     seq_lens = None
     if padding or fully_masked_row:
         seq_lens = torch.randint(1, num_keys + 1, (batch,), generator=generator)
@@ -91,7 +94,8 @@ def make_case(
         visibility = torch.rand(batch, agents, agents, generator=generator) < 0.5
         visibility |= torch.eye(agents, dtype=torch.bool)
         visibility = visibility.to(device)
-    label = (f"B{batch}H{heads}Nq{num_queries}Nk{num_keys}D{head_dim}-{str(dtype)[6:]}"
+    label = (f"B{batch}H{heads}{f'Hkv{kv_heads}' if kv_heads != heads else ''}"
+             f"Nq{num_queries}Nk{num_keys}D{head_dim}-{str(dtype)[6:]}"
              f"{'-causal' if causal else ''}{'-pad' if padding else ''}"
              f"{f'-agents{agents}' if agents else ''}{'-empty' if fully_masked_row else ''}")
     return Case(q, k, v, causal, seq_lens, agent_ids, visibility, None, label)

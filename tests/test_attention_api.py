@@ -207,7 +207,14 @@ class TestValidation:
         self.expect("Nq must be <= Nk", q=torch.randn(2, 3, 9, 8))
 
     def test_head_mismatch(self):
-        self.expect("does not match q shape", k=torch.randn(2, 2, 7, 8), v=torch.randn(2, 2, 7, 8))
+        self.expect("does not match q shape", k=torch.randn(3, 3, 7, 8), v=torch.randn(3, 3, 7, 8))
+
+    def test_query_heads_not_a_multiple_of_kv_heads(self):
+        self.expect("q has 3 heads and k/v 2: the query heads must be a multiple",
+                    k=torch.randn(2, 2, 7, 8), v=torch.randn(2, 2, 7, 8))
+
+    def test_more_kv_heads_than_query_heads(self):
+        self.expect("q has 3 heads and k/v 6", k=torch.randn(2, 6, 7, 8), v=torch.randn(2, 6, 7, 8))
 
     def test_head_dim_too_large(self):
         big = torch.randn(1, 1, 2, 260)

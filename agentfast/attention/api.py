@@ -1,7 +1,8 @@
 """``agentfast.attention``: validate a call, then hand it to a backend.
 
-The contract (SPEC section 2): q ``[B, H, Nq, D]``, k/v ``[B, H, Nk, D]`` with ``Nq <= Nk``;
-queries are the last Nq key positions. Query ``i`` (position ``p = Nk - Nq + i``) attends key
+The contract (SPEC section 2): q ``[B, H, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` with ``Nq <= Nk``
+and H a multiple of Hkv (grouped-query attention: query head h reads kv head
+``h // (H // Hkv)``); queries are the last Nq key positions. Query ``i`` (position ``p = Nk - Nq + i``) attends key
 ``j`` iff ``(not causal or j <= p)``, ``j < seq_lens[b]`` and, with agents,
 ``agent_visibility[b, agent_ids[b, p], agent_ids[b, j]]``. Rows with no allowed key are 0.
 """
@@ -46,10 +47,16 @@ def _check_tensors(q: Tensor, k: Tensor, v: Tensor) -> None:
     if k.shape != v.shape:
         _fail(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     batch, heads, num_queries, head_dim = q.shape
-    if (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, head_dim):
+    if (k.shape[0], k.shape[3]) != (batch, head_dim):
         _fail(
             f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} "
-            "in batch, heads or head dim"
+            "in batch or head dim"
+        )
+    kv_heads = k.shape[1]
+    if kv_heads == 0 or heads % kv_heads != 0:
+        _fail(
+            f"q has {heads} heads and k/v {kv_heads}: the query heads must be a multiple of "
+            "the key/value heads (grouped-query attention)"
         )
     if num_queries > k.shape[2]:
         _fail(f"q has {num_queries} positions but k only {k.shape[2]}; Nq must be <= Nk")
@@ -174,7 +181,9 @@ def attention(
 
     Args:
         q: ``[B, H, Nq, D]`` queries, the last Nq positions of the key sequence.
-        k, v: ``[B, H, Nk, D]``. Strided views (a fused qkv split) are fine.
+        k, v: ``[B, Hkv, Nk, D]`` with H a multiple of Hkv (grouped-query / multi-query
+            attention: query head h reads kv head ``h // (H // Hkv)``; no copies are made).
+            Strided views (a fused qkv split) are fine.
         causal: query at position p sees keys ``j <= p``.
         seq_lens: int ``[B]``, keys at ``j >= seq_lens[b]`` are padding.
         agent_ids: int ``[B, Nk]`` in ``[0, A)``, the agent of each position.

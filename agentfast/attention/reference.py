@@ -25,15 +25,21 @@ def reference_attention(
 ) -> Tensor:
     """Attention under the contract's rule, computed in ``compute_dtype``.
 
-    ``visibility`` is bool ``[B, A, A]``. Rows with no allowed key return exactly zero and
+    q is ``[B, H, Nq, D]``, k and v ``[B, Hkv, Nk, D]`` with H a multiple of Hkv: query head
+    h reads kv head ``h // (H // Hkv)`` (grouped-query attention), which this oracle spells
+    out by repeating each kv head for its group. ``visibility`` is bool ``[B, A, A]``. Rows with no allowed key return exactly zero and
     get zero gradient: probabilities are built as ``exp(s - max) * mask / sum`` so a fully
     masked row is 0/1 rather than 0/0.
 
     ``compute_dtype`` exists for the numerics rule: the error of the reference computed in
     a low precision is the yardstick a kernel's error is measured against.
     """
-    batch, _, num_queries, head_dim = q.shape
+    batch, heads, num_queries, head_dim = q.shape
     num_keys = k.shape[2]
+    group_size = heads // k.shape[1]
+    if group_size > 1:
+        k = k.repeat_interleave(group_size, dim=1)
+        v = v.repeat_interleave(group_size, dim=1)
     scale = head_dim**-0.5 if scale is None else scale
     allowed = dense_mask(
         batch, num_queries, num_keys, q.device,

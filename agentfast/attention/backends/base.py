@@ -12,7 +12,8 @@ from torch import Tensor
 class AttentionCall:
     """One validated call of ``agentfast.attention``.
 
-    q: [B, H, Nq, D]; k, v: [B, H, Nk, D] (strides as the caller gave them).
+    q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] with H a multiple of Hkv (strides as the caller
+    gave them).
     seq_lens: int [B] or None. agent_ids: int [B, Nk] or None.
     visibility: bool [B, A, A] or None (already expanded over the batch).
     agent_bitmask: int64 [B, A] or None (bit c of row a = a sees c); set iff visibility is.
@@ -42,6 +43,15 @@ class AttentionCall:
         return self.q.shape[-1]
 
     @property
+    def kv_heads(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head: 1 for plain multi-head attention."""
+        return self.q.shape[1] // self.k.shape[1]
+
+    @property
     def has_agents(self) -> bool:
         return self.visibility is not None
 
@@ -62,6 +72,7 @@ class AttentionBackend:
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
     max_head_dim: int = 256
+    supports_grouped_query: bool = False
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -77,6 +88,9 @@ class AttentionBackend:
             return f"supports dtypes {names}, not {str(call.dtype).removeprefix('torch.')}"
         if call.head_dim > self.max_head_dim:
             return f"supports head dim <= {self.max_head_dim}, got {call.head_dim}"
+        if call.group_size > 1 and not self.supports_grouped_query:
+            return (f"does not support grouped-query attention (q has {call.q.shape[1]} heads, "
+                    f"k/v {call.kv_heads})")
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:

@@ -55,6 +55,7 @@ class FlexBackend(AttentionBackend):
     name = "flex"
     devices = ("cuda",)
     max_head_dim = 256
+    supports_grouped_query = True
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -78,7 +79,8 @@ class FlexBackend(AttentionBackend):
         )
         limit = {_recompile_limit_option(): _RECOMPILE_LIMIT}
         with torch._dynamo.config.patch(**limit):
-            return _compiled_flex()(call.q, call.k, call.v, block_mask=block_mask, scale=call.scale)
+            return _compiled_flex()(call.q, call.k, call.v, block_mask=block_mask, scale=call.scale,
+                                    enable_gqa=call.group_size > 1)
 
 
 BACKEND = FlexBackend()

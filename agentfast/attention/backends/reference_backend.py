@@ -13,6 +13,7 @@ class ReferenceBackend(AttentionBackend):
     name = "reference"
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     max_head_dim = 1 << 30
+    supports_grouped_query = True
 
     def forward(self, call: AttentionCall) -> Tensor:
         compute = torch.float64 if call.dtype == torch.float64 else torch.float32
