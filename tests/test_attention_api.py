@@ -20,7 +20,7 @@ from agentfast.attention import (
     select_backend,
     visibility_to_bitmask,
 )
-from attention_cases import check_backend, make_case
+from tests.attention_cases import check_backend, make_case
 
 DENSE_BACKENDS = ["reference", "sdpa"]
 # Every backend that can run on this machine's CPU checks the rule on the hand-built cases;

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentfast.cli import main
-from training_fixtures import make_episode_dicts, save_tiny_encoder, write_jsonl
+from tests.training_fixtures import make_episode_dicts, save_tiny_encoder, write_jsonl
 
 TINY = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--hidden-dim", "32",
         "--max-seq-len", "4", "--batch-size", "4", "--warmup-steps", "2", "--no-progress"]

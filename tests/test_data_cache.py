@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentfast.data import CachedEncoder, EmbeddingCache, default_cache_dir
-from data_helpers import HashEncoder, tiny_encoder
+from tests.fake_encoders import HashEncoder, tiny_encoder
 
 
 REPO = Path(__file__).resolve().parents[1]  # so a child process imports this checkout
@@ -103,7 +103,7 @@ def _embed_lazily(model_dir: Path, cache_dir: Path, texts: list[str]):
 
 def test_a_lazy_local_encoder_loads_only_when_a_text_is_missing(tmp_path):
     from agentfast.data import TextEncoder
-    from training_fixtures import save_tiny_encoder
+    from tests.training_fixtures import save_tiny_encoder
 
     model_dir = save_tiny_encoder(tmp_path / "encoder")
     texts = ["run the tests", "open the file"]
@@ -124,7 +124,7 @@ def test_a_lazy_local_encoder_loads_only_when_a_text_is_missing(tmp_path):
 def test_rewriting_an_encoder_file_makes_the_cache_load_it_again(tmp_path):
     import os
 
-    from training_fixtures import save_tiny_encoder
+    from tests.training_fixtures import save_tiny_encoder
 
     model_dir = save_tiny_encoder(tmp_path / "encoder")
     _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
@@ -137,7 +137,7 @@ def test_rewriting_an_encoder_file_makes_the_cache_load_it_again(tmp_path):
 
 
 def test_a_damaged_encoder_record_is_ignored_with_a_warning(tmp_path):
-    from training_fixtures import save_tiny_encoder
+    from tests.training_fixtures import save_tiny_encoder
 
     model_dir = save_tiny_encoder(tmp_path / "encoder")
     _, _, cold = _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])
@@ -149,7 +149,7 @@ def test_a_damaged_encoder_record_is_ignored_with_a_warning(tmp_path):
 
 
 def test_a_fully_cached_run_does_not_import_transformers(tmp_path):
-    from training_fixtures import save_tiny_encoder
+    from tests.training_fixtures import save_tiny_encoder
 
     model_dir = save_tiny_encoder(tmp_path / "encoder")
     _embed_lazily(model_dir, tmp_path / "cache", ["run the tests"])

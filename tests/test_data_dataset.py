@@ -13,7 +13,7 @@ from agentfast.data import (
     train_val_split,
     window_starts,
 )
-from data_helpers import HashEncoder, tiny_encoder
+from tests.fake_encoders import HashEncoder, tiny_encoder
 
 
 def episode(n, task="debugging", rewards=True, agents=None, options=True, prefix="s"):

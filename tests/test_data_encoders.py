@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agentfast.data import TextEncoder, default_encoder_path, pool
-from data_helpers import tiny_encoder
+from tests.fake_encoders import tiny_encoder
 
 
 REPO = Path(__file__).resolve().parents[1]  # so a child process imports this checkout

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_fixtures import TINY_MODEL, make_episode_dicts, save_tiny_encoder, tiny_datasets, write_jsonl
+from tests.training_fixtures import TINY_MODEL, make_episode_dicts, save_tiny_encoder, tiny_datasets, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentfast.attention import attention, get_backend, make_call
-from attention_cases import MASK_FEATURES, check_backend, make_case
+from tests.attention_cases import MASK_FEATURES, check_backend, make_case
 
 FLEX = get_backend("flex")
 pytestmark = pytest.mark.skipif(FLEX.unavailable_reason() is not None, reason=str(FLEX.unavailable_reason()))

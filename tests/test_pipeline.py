@@ -7,7 +7,7 @@ import torch
 from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
 from agentfast.pipeline import ActionBank, AgentPipeline, DecodeContext
 from agentfast.training import save_pretrained
-from training_fixtures import HashingEncoder
+from tests.fake_encoders import HashEncoder
 
 DIM = 8
 SIZE = dict(embed_dim=16, num_layers=2, num_heads=2, hidden_dim=32, max_seq_len=4, dropout=0.0)
@@ -16,7 +16,7 @@ ACTIONS = ["Reproduce the failure.", "Apply the fix.", "Run the tests.", "Write 
 
 @pytest.fixture
 def encoder():
-    return HashingEncoder(DIM)
+    return HashEncoder(DIM, normalize=True)
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_from_pretrained_loads_policy_and_bank(tmp_path, encoder, bank):
 
 def test_bad_inputs_are_refused(encoder, bank):
     with pytest.raises(ValueError, match="encoder gives 16-dim vectors but the policy expects 8-dim"):
-        AgentPipeline(HashingEncoder(16), _policy(), bank)
+        AgentPipeline(HashEncoder(16, normalize=True), _policy(), bank)
     pipeline = AgentPipeline(encoder, _policy(), bank)
     with pytest.raises(TypeError, match="user_input must be a string"):
         pipeline.process(None)

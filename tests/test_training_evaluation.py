@@ -82,13 +82,13 @@ def test_binary_f1_and_the_table():
 def test_collected_steps_carry_the_episode_termination_labels_across_windows():
     from agentfast.data import Episode, EpisodeDataset
     from agentfast.training.evaluation import collect_steps
-    from training_fixtures import HashingEncoder
+    from tests.fake_encoders import HashEncoder
 
     # Option o for steps 0-2, p for 3-5: o ends after step 2, p at the episode's end.
     episode = Episode.from_dict({"states": [f"s{i}" for i in range(6)], "actions": [f"a{i}" for i in range(6)],
                                  "options": ["o", "o", "o", "p", "p", "p"]})
     for args in (dict(max_seq_len=2), dict(max_seq_len=4, window_stride=1), dict(max_seq_len=8)):
-        data = EpisodeDataset([episode], HashingEncoder(4), progress=False, **args)
+        data = EpisodeDataset([episode], HashEncoder(4, normalize=True), progress=False, **args)
         records = collect_steps(data, batch_size=2)
         assert records.options.tolist() == [0, 0, 0, 1, 1, 1], args
         assert records.term_labels.tolist() == [0, 0, 1, 0, 0, 1], args

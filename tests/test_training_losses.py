@@ -31,11 +31,11 @@ def test_termination_labels_mark_option_changes_and_the_last_step():
 def _windowed_batch(**dataset_args):
     """All windows of one six-step episode whose option switches after step 2."""
     from agentfast.data import Episode, EpisodeDataset, collate_episodes
-    from training_fixtures import HashingEncoder
+    from tests.fake_encoders import HashEncoder
 
     episode = Episode.from_dict({"states": [f"s{i}" for i in range(6)], "actions": [f"a{i}" for i in range(6)],
                                  "options": ["o", "o", "o", "p", "p", "p"]})
-    data = EpisodeDataset([episode], HashingEncoder(4), progress=False, **dataset_args)
+    data = EpisodeDataset([episode], HashEncoder(4, normalize=True), progress=False, **dataset_args)
     return collate_episodes([data[i] for i in range(len(data))])
 
 
@@ -59,11 +59,11 @@ def test_termination_loss_uses_the_episode_labels_of_each_window(dataset_args, w
 def test_whole_episodes_keep_the_labels_of_termination_labels():
     from agentfast.data import Episode, EpisodeDataset, collate_episodes
     from agentfast.training.losses import batch_termination_labels
-    from training_fixtures import HashingEncoder
+    from tests.fake_encoders import HashEncoder
 
     episodes = [Episode.from_dict({"states": [f"{n}s{i}" for i in range(n)], "actions": ["a"] * n,
                                    "options": options}) for n, options in ((5, list("xxyyz")), (3, list("zzx")))]
-    data = EpisodeDataset(episodes, HashingEncoder(4), max_seq_len=8, progress=False)
+    data = EpisodeDataset(episodes, HashEncoder(4, normalize=True), max_seq_len=8, progress=False)
     batch = collate_episodes([data[0], data[1]])
     assert torch.equal(batch_termination_labels(batch), termination_labels(batch["options"], batch["seq_lens"]))
     assert batch_termination_labels(batch).tolist() == [[0, 1, 0, 1, 1], [0, 1, 1, 0, 0]]

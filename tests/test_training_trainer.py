@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from agentfast.training import ResumableSampler, TrainConfig, Trainer, build_model
 from agentfast.training.precision import cpu_supports_bf16
-from training_fixtures import TINY_MODEL, tiny_datasets
+from tests.training_fixtures import TINY_MODEL, tiny_datasets
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,21 @@
 """Small, fast, offline stand-ins for the training, CLI and pipeline tests.
 
-* ``HashingEncoder``: a deterministic text encoder (hash -> random unit vector) with the
-  TextEncoder interface, for tests that need embeddings but not a transformer.
 * ``make_episodes``: a synthetic log with learnable structure (the next action is a fixed
   function of the request kind and the step), several task types, two agents, options and
   rewards.
-* ``save_tiny_encoder``: a tiny random BERT plus the packaged encoder's tokenizer saved to
-  a directory, so the real ``TextEncoder`` code path runs without any download.
+* ``save_tiny_encoder``: a tiny random BERT plus a word-level tokenizer over the log's words,
+  saved to a directory, so the real ``TextEncoder`` code path runs without any download.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tests.fake_encoders import HashEncoder, word_tokenizer
 
 KINDS = {
     "fix": ["Reproduce the failure.", "Trace the bad value.", "Apply the fix.", "Run the tests."],
@@ -27,24 +26,6 @@ OPTIONS = {"Reproduce the failure.": "investigate", "Trace the bad value.": "inv
            "Read the existing code.": "investigate", "Sketch the interface.": "implement",
            "Write the code.": "implement"}
 TASK_TYPES = {"debugging": "fix", "performance": "fix", "feature": "build", "tests": "build"}
-
-
-class HashingEncoder:
-    """Texts -> unit vectors seeded by a hash of the text (same text, same vector)."""
-
-    def __init__(self, dim: int = 16) -> None:
-        self.dim = dim
-        self.identity = f"hashing-encoder-{dim}"
-        self.calls = 0
-
-    def encode(self, texts, *, progress: bool = True) -> torch.Tensor:
-        self.calls += 1
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            vector = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
-            rows.append(vector / vector.norm())
-        return torch.stack(rows) if rows else torch.empty(0, self.dim)
 
 
 def make_episode_dicts(per_task_type: int = 6, seed: int = 0) -> list[dict[str, Any]]:
@@ -82,30 +63,13 @@ def make_episodes(per_task_type: int = 6, seed: int = 0) -> list:
             for i, r in enumerate(make_episode_dicts(per_task_type, seed))]
 
 
-def _word_tokenizer(texts: list[str]):
-    """A word-level tokenizer over the words of ``texts``, built in memory (no download, and no
-    dependence on any installed model package)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-    splitter = pre_tokenizers.Whitespace()
-    for text in texts:
-        for word, _ in splitter.pre_tokenize_str(text):
-            vocab.setdefault(word, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = splitter
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", model_max_length=128)
-
-
 def save_tiny_encoder(directory: Path, hidden_size: int = 32) -> Path:
     """A 1-layer random BERT and a word-level tokenizer over the synthetic log's words, saved
     like any Hugging Face model directory."""
     from transformers import BertConfig, BertModel
 
     texts = [text for record in make_episode_dicts(8) for text in record["states"] + record["actions"]]
-    tokenizer = _word_tokenizer(texts)
+    tokenizer = word_tokenizer(texts, model_max_length=128)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -119,11 +83,11 @@ TINY_MODEL = dict(embed_dim=16, num_layers=1, num_heads=2, hidden_dim=32, max_se
 
 
 def tiny_datasets(per_task_type: int = 4, dim: int = 8, max_seq_len: int = 4):
-    """(train, val) EpisodeDatasets of the synthetic log with a HashingEncoder."""
+    """(train, val) EpisodeDatasets of the synthetic log with unit-vector ``HashEncoder`` embeddings."""
     from agentfast.data import EpisodeDataset
 
     episodes = make_episodes(per_task_type)
-    encoder = HashingEncoder(dim)
+    encoder = HashEncoder(dim, normalize=True)
     everything = EpisodeDataset(episodes, encoder, max_seq_len=max_seq_len, progress=False)
     shared = dict(action_vocab=everything.action_vocab, agent_vocab=everything.agent_vocab,
                   option_vocab=everything.option_vocab, max_seq_len=max_seq_len, progress=False)

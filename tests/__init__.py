@@ -1,0 +1,1 @@
+"""The agentfast test suite: a package, so its shared helpers import as ``tests.<module>``."""
