@@ -151,6 +151,7 @@ setup(
         "agentfast.models",
         "agentfast.data",
         "agentfast.training",
+        "agentfast.pipeline",
         "agentfast.kernels",
     ],
     package_dir={"agentfast.kernels": "kernels"},

@@ -347,66 +347,25 @@ def _print_candidates(pipeline: Any) -> None:
 
 def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
     """Replay a few held-out episodes turn by turn: input, prediction, the logged action."""
-    from .data import load_episodes
+    from .pipeline import example_episodes, replay_episode
     from .training.checkpoint import read_pretrained_config
 
     config = read_pretrained_config(args.checkpoint)
-    data_path = args.data or config.get("data", {}).get("path")
-    if not data_path:
-        raise CLIError("--examples needs --data (the policy does not record its data file)")
-    _require_file(data_path)
-    held_out = set(config.get("data", {}).get("held_out_task_types") or [])
-    episodes = [e for e in load_episodes(data_path).episodes if not held_out or e.task_type in held_out]
-    if not episodes:
-        raise CLIError(f"no episodes to show in {data_path}")
-    stride = max(1, len(episodes) // args.examples)
     correct = total = 0
-    for episode in episodes[::stride][:args.examples]:
+    for episode in example_episodes(config, args.examples, args.data):
         print(f"\n=== {episode.task_type} episode ({len(episode)} steps) ===")
-        pipeline.reset()
-        returns = _logged_returns(pipeline, episode, config, args.target_return)
-        mask = _logged_visibility(pipeline, episode, config, args.visibility)
-        for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
-            agent = None
-            if pipeline.kind == "multi_agent" and episode.agent_ids is not None:
-                agent = episode.agent_labels()[t]
-            predicted = pipeline.process(state, agent=agent, agent_mask=mask,
-                                         target_return=None if returns is None else returns[t])
-            hit = predicted == action
-            correct, total = correct + hit, total + 1
-            print(f"[{t}] state:     {state[:100]}")
-            print(f"    predicted: {predicted[:100]}  {'(matches)' if hit else ''}")
-            if not hit:
-                print(f"    logged:    {action[:100]}")
-            # Continue with what really happened, as the held-out evaluation does.
-            pipeline.replace_last_reply(action)
+        steps = replay_episode(pipeline, episode, config,
+                               fixed_target_return=args.target_return is not None,
+                               fixed_visibility=args.visibility is not None)
+        for t, step in enumerate(steps):
+            print(f"[{t}] state:     {step.state[:100]}")
+            print(f"    predicted: {step.predicted[:100]}  {'(matches)' if step.matches else ''}")
+            if not step.matches:
+                print(f"    logged:    {step.logged[:100]}")
+        correct += sum(step.matches for step in steps)
+        total += len(steps)
     print(f"\n{correct}/{total} predicted actions match the log in these examples")
     return 0
-
-
-def _logged_returns(pipeline: Any, episode: Any, config: dict[str, Any],
-                    target_return: float | None) -> list[float] | None:
-    """The episode's own returns-to-go for a policy conditioned on returns (as the held-out
-    evaluation feeds them), unless --target-return asks for a fixed one."""
-    from .data import episode_returns_to_go
-
-    if pipeline.target_return is None or target_return is not None:
-        return None
-    gamma = float(config.get("data", {}).get("gamma", 0.99))
-    return episode_returns_to_go(episode, gamma).tolist()
-
-
-def _logged_visibility(pipeline: Any, episode: Any, config: dict[str, Any],
-                       visibility: str | None) -> Any:
-    """The episode's own visibility for a multi-agent policy trained with visibility
-    "data" (as training and the held-out evaluation use it), unless --visibility is given."""
-    from .data import Vocabulary, visibility_matrix
-
-    trained_with = config.get("train_config", {}).get("visibility", "data")
-    if pipeline.kind != "multi_agent" or visibility is not None or trained_with != "data":
-        return None
-    size = int(config["model_config"]["max_num_agents"])
-    return visibility_matrix(episode, Vocabulary(pipeline.agent_names), size)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -439,35 +398,14 @@ def _benchmarks_dir() -> Path:
 
 def _quick_attention_bench(device: str) -> int:
     """Forward time of every backend that serves a typical agent-masked call."""
-    import torch
+    from .attention.benchmark import describe_call, time_backends
 
-    from .attention import attention, backend_names, get_backend, make_call
-
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    batch, heads, length, dim = 4, 4, 256, 64
-    q, k, v = (torch.randn(batch, heads, length, dim, device=device) for _ in range(3))
-    agents = torch.randint(0, 3, (batch, length), device=device)
-    visibility = torch.ones(3, 3, dtype=torch.bool, device=device)
-    seq_lens = torch.full((batch,), length, device=device)
-    call = make_call(q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agents, agent_visibility=visibility)
-    print(f"attention forward, B={batch} H={heads} N={length} D={dim}, causal + agents, {device}")
-    for name in backend_names():
-        reason = get_backend(name).why_not(call)
-        if name == "triton" and device == "cpu" and reason is None:
-            reason = "the Triton interpreter on CPU checks correctness, not speed"
-        if reason is not None:
-            print(f"  {name:<10} n/a ({reason})")
-            continue
-        run = lambda: attention(q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agents,  # noqa: E731
-                                agent_visibility=visibility, backend=name)
-        run()
-        started = time.perf_counter()
-        repeats = 10
-        for _ in range(repeats):
-            run()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        print(f"  {name:<10} {1000 * (time.perf_counter() - started) / repeats:8.2f} ms")
+    print(describe_call(device))
+    for timing in time_backends(device):
+        if timing.milliseconds is None:
+            print(f"  {timing.backend:<10} n/a ({timing.reason})")
+        else:
+            print(f"  {timing.backend:<10} {timing.milliseconds:8.2f} ms")
     return 0
 
 

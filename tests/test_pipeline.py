@@ -208,3 +208,23 @@ def test_from_pretrained_takes_the_visibility_of_the_conversation(tmp_path, enco
     pipeline = AgentPipeline.from_pretrained(tmp_path, encoder=encoder,
                                              agent_mask={"planner": ["planner"]})
     assert pipeline.agent_mask.tolist() == [[True, False], [True, True]]
+
+
+def test_replay_continues_each_episode_with_the_logged_actions(encoder, bank):
+    """Each replayed step's prediction is what a fresh pipeline predicts given the logged
+    history, and the conversation afterwards holds the logged actions, not the replies."""
+    from agentfast.data import Episode
+    from agentfast.pipeline import replay_episode
+
+    episode = Episode.from_dict({"states": ["Broken: x", "Trace it", "Fixed?"],
+                                 "actions": [ACTIONS[0], ACTIONS[1], ACTIONS[2]]})
+    pipeline = AgentPipeline(encoder, _policy(), bank)
+    pipeline.process("an earlier conversation, forgotten by the replay")
+    steps = replay_episode(pipeline, episode, {})
+    assert [s.state for s in steps] == episode.states and [s.logged for s in steps] == episode.actions
+    assert pipeline.history == list(zip(episode.states, episode.actions))
+    for t, step in enumerate(steps):
+        fresh = AgentPipeline(encoder, _policy(), bank)
+        history = list(zip(episode.states[:t], episode.actions[:t]))
+        assert step.predicted == fresh.process(episode.states[t], history=history)
+        assert step.matches == (step.predicted == step.logged)

@@ -178,9 +178,9 @@ class AgentPipeline:
         (every agent sees every other, as for episodes without that metadata), so pass the
         conversation's visibility when it is narrower.
         """
-        from .training.checkpoint import CheckpointError, load_pretrained
-        from .training.modeling import visibility_mask
-        from .training.run import build_encoder, encoder_settings_from_policy
+        from ..training.checkpoint import CheckpointError, load_pretrained
+        from ..training.modeling import visibility_mask
+        from ..training.run import build_encoder, encoder_settings_from_policy
 
         policy = load_pretrained(directory, device=device)
         if policy.action_bank is None:
@@ -225,7 +225,7 @@ class AgentPipeline:
             return None
         if self.kind != "multi_agent":
             raise ValueError(f"agent_mask applies to multi-agent policies, not to a {self.kind} one")
-        from .models import visibility_preset
+        from ..models import visibility_preset
 
         size = int(getattr(self.model, "config", {}).get("max_num_agents", 1))
         if isinstance(mask, Tensor):
@@ -235,7 +235,7 @@ class AgentPipeline:
         return visibility_preset(mask, size if isinstance(mask, str) else len(mask), device=self.device)
 
     def _mask_from_names(self, mask: Mapping[Any, Sequence[Any]], size: int) -> Tensor:
-        from .data import Vocabulary, visibility_matrix
+        from ..data import Vocabulary, visibility_matrix
 
         names = self.agent_names or [str(i) for i in range(size)]
         for viewer, seen in mask.items():
