@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agentfast.attention import BackendUnavailableError, attention, explain, make_call, select_backend
-from attention_cases import MASK_FEATURES, check_backend, make_case
+from tests.attention_cases import MASK_FEATURES, check_backend, make_case
 
 HEADS = 4
 
