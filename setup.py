@@ -152,6 +152,7 @@ setup(
         "agentfast.data",
         "agentfast.training",
         "agentfast.pipeline",
+        "agentfast.decoders",
         "agentfast.kernels",
     ],
     package_dir={"agentfast.kernels": "kernels"},
