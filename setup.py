@@ -153,6 +153,8 @@ setup(
         "agentfast.training",
         "agentfast.pipeline",
         "agentfast.decoders",
+        "agentfast.integrations",
+        "agentfast.integrations.transformers",
         "agentfast.kernels",
     ],
     package_dir={"agentfast.kernels": "kernels"},
