@@ -1,7 +1,8 @@
 """Agent logs to embedded, padded training batches.
 
-Read logs (episode JSONL, OpenAI chat JSONL, ChatGPT ``conversations.json``) into
-validated ``Episode`` records, embed their texts with a Hugging Face encoder (cached on
+Read logs (episodes, OpenAI chat and preference records, ShareGPT, ChatGPT's
+``conversations.json``; as JSONL, JSON arrays or Parquet) into validated ``Episode`` records
+with a report of everything left out or transformed, embed their texts with a Hugging Face encoder (cached on
 disk), and batch them with ``EpisodeDataset`` and ``collate_episodes``. Importing this
 package does not import transformers; the encoder does, when it is built.
 """
@@ -24,6 +25,7 @@ from .dataset import (
 from .encoders import TextEncoder, default_encoder_path, pool
 from .readers import (
     FORMATS,
+    KINDS,
     ReadReport,
     SkippedRecordsWarning,
     convert,
@@ -32,6 +34,8 @@ from .readers import (
     read_chatgpt_export,
     read_episodes_jsonl,
     read_openai_chat_jsonl,
+    read_openai_preference_jsonl,
+    read_sharegpt,
     write_episodes_jsonl,
 )
 from .schema import DataError, Episode, EpisodeValidationError
@@ -39,6 +43,7 @@ from .schema import DataError, Episode, EpisodeValidationError
 __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
+    "KINDS",
     "CachedEncoder",
     "DataError",
     "EmbeddingCache",
@@ -62,6 +67,8 @@ __all__ = [
     "read_chatgpt_export",
     "read_episodes_jsonl",
     "read_openai_chat_jsonl",
+    "read_openai_preference_jsonl",
+    "read_sharegpt",
     "split_by_task_type",
     "termination_targets",
     "train_val_split",

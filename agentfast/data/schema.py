@@ -26,7 +26,12 @@ OPTION_NAMES_KEY = "option_names"
 
 
 class DataError(ValueError):
-    """A problem with input data, located by file, line and field (each may be None)."""
+    """A problem with input data, located by file, line, record and field (each may be None).
+
+    ``record`` names the record inside a file that is not one record per line: ``"record 3"``
+    of a JSON array, ``"conversation 3"`` of a ChatGPT export, ``"row 3"`` of a Parquet file
+    (0-based, as a JSON path would count).
+    """
 
     def __init__(
         self,
@@ -35,17 +40,21 @@ class DataError(ValueError):
         path: str | None = None,
         line: int | None = None,
         field: str | None = None,
+        record: str | None = None,
     ) -> None:
         self.reason = message
         self.path = path
         self.line = line
         self.field = field
+        self.record = record
         super().__init__(self._format())
 
     def _format(self) -> str:
         where = self.path or "<input>"
         if self.line is not None:
             where += f":{self.line}"
+        if self.record is not None:
+            where += f" ({self.record})"
         if self.field is not None:
             return f"{where}: field '{self.field}': {self.reason}"
         return f"{where}: {self.reason}"

@@ -1,0 +1,501 @@
+"""Where records come from: JSONL lines, the elements of a JSON document, Parquet rows.
+
+Every source streams. JSONL is read line by line; a JSON document (one array of records, a
+``{"conversations": [...]}`` wrapper or a single record object) is decoded element by element
+from a buffer of a few MiB (``JsonStream``), so a 1 GB ``conversations.json`` never sits in
+memory whole; Parquet is read in row batches. Each record comes with a ``Location`` (file,
+line, record index) so errors say where, and a parser that raises the record's own
+``DataError`` (bad JSON, bad UTF-8), which lenient mode can skip.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+from ..schema import DataError, EpisodeValidationError
+
+PARQUET_MAGIC = b"PAR1"
+CHUNK_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 1024
+# Bytes that are not UTF-8 are decoded to lone surrogates (errors="surrogateescape"), so a bad
+# byte is an error of the record that holds it rather than of the whole file.
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+# One token of the value scanner: a whole string (group 1 is its closing quote, None when the
+# buffer ends inside it) or a bracket.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(")?|[\[\]{}]', re.S)
+_SPACE = re.compile(r"[ \t\r\n]*")
+_SCALAR = re.compile(r"[^,\]}\s]*")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record is: file, line where it starts (None for Parquet), and its index in a
+    JSON document or Parquet file (None for JSONL, where the line says it all)."""
+
+    path: str
+    line: int | None
+    index: int | None = None
+    unit: str = "record"  # "record", "conversation" or "row": how errors name the index
+
+    def named(self, unit: str) -> "Location":
+        """The same place, its index named as ``unit`` (e.g. "conversation")."""
+        return Location(self.path, self.line, self.index, unit if self.unit == "record" else self.unit)
+
+    @property
+    def record(self) -> str | None:
+        return None if self.index is None else f"{self.unit} {self.index}"
+
+    def error(self, field: str | None, message: str) -> EpisodeValidationError:
+        return EpisodeValidationError(message, path=self.path, line=self.line, field=field,
+                                      record=self.record)
+
+    @property
+    def source(self) -> str:
+        """``metadata["source"]`` of the episodes built from the record: file name and place."""
+        name = Path(self.path).name
+        if self.index is not None and self.line is None:
+            return f"{name}:{self.record}"
+        if self.index is not None:
+            return f"{name}:{self.line} ({self.record})"
+        return f"{name}:{self.line}"
+
+
+class RawRecord(NamedTuple):
+    location: Location
+    parse: Callable[[], Any]  # the record's JSON value; raises its DataError
+
+
+def _utf8_error(text: str, location: Location) -> DataError | None:
+    match = _BAD_BYTE.search(text)
+    if match is None:
+        return None
+    byte = ord(match.group()) - 0xDC00
+    return DataError(f"not UTF-8 text: byte 0x{byte:02x} cannot be decoded; save the file as UTF-8",
+                     path=location.path, line=location.line, record=location.record)
+
+
+# ------------------------------------------------------------------------------- progress
+
+class _Progress:
+    """A byte or row counter under a tqdm bar, shown only on a terminal (tqdm imported then)."""
+
+    def __init__(self, enabled: bool, total: int, unit: str, desc: str) -> None:
+        self.bar = None
+        self.pending = 0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc,
+                            disable=None, leave=False)
+
+    def advance(self, amount: int) -> None:
+        if self.bar is None:
+            return
+        self.pending += amount
+        if self.pending >= 1 << 20 or self.bar.unit != "B":
+            self.bar.update(self.pending)
+            self.pending = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.pending)
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------- JSONL
+
+def jsonl_records(path: Path, progress: bool = False) -> Iterator[RawRecord]:
+    """One record per non-blank line; a line that is not JSON or not UTF-8 is an error of its
+    own line (the next lines still read)."""
+    bar = _Progress(progress, path.stat().st_size, "B", f"reading {path.name}")
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                bar.advance(len(raw))
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                if raw.strip():
+                    location = Location(str(path), number)
+                    yield RawRecord(location, lambda raw=raw, location=location: parse_line(raw, location))
+    finally:
+        bar.close()
+
+
+def parse_line(raw: bytes, location: Location) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
+            "line; save the file as UTF-8", path=location.path, line=location.line,
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON: {error.msg} at column {error.colno}",
+                        path=location.path, line=location.line) from None
+    except ValueError as error:  # e.g. an integer longer than Python's digit limit
+        raise DataError(f"unreadable JSON: {error}", path=location.path, line=location.line) from None
+
+
+# -------------------------------------------------------------------------- JSON document
+
+class JsonStream:
+    """A UTF-8 JSON text read in chunks, decoded value by value with ``json.JSONDecoder``.
+
+    The buffer holds the value being decoded plus at most a chunk; consumed text is dropped
+    and its newlines counted, so every value knows its start line.
+    """
+
+    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES, progress: bool = False) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.handle = open(path, "rb")
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.json = json.JSONDecoder()
+        self.buffer = ""
+        self.pos = 0
+        self.eof = False
+        self.counted_pos = 0  # buffer position up to which newlines are counted...
+        self.counted_line = 1  # ...and the line number there
+        self.started = False
+        self.bar = _Progress(progress, path.stat().st_size, "B", f"reading {path.name}")
+
+    def close(self) -> None:
+        self.handle.close()
+        self.bar.close()
+
+    # -- buffer management
+    def _read(self, at_least: int = 0) -> bool:
+        """Append at least ``at_least`` more bytes (a chunk when 0) to the buffer; False at EOF."""
+        if self.eof:
+            return False
+        data = self.handle.read(max(self.chunk_bytes, at_least))
+        self.bar.advance(len(data))
+        if not self.started:
+            self.started = True
+            if data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8):]
+        if not data:
+            self.eof = True
+            self.buffer += self.decoder.decode(b"", final=True)
+            return False
+        self.buffer += self.decoder.decode(data)
+        return True
+
+    def _compact(self) -> None:
+        if self.pos > self.chunk_bytes:
+            self.line_at(self.pos)
+            self.buffer = self.buffer[self.pos:]
+            self.counted_pos -= self.pos
+            self.pos = 0
+
+    def line_at(self, pos: int) -> int:
+        """Line of buffer position ``pos`` (positions only move forward)."""
+        self.counted_line += self.buffer.count("\n", self.counted_pos, pos)
+        self.counted_pos = pos
+        return self.counted_line
+
+    def peek(self) -> str:
+        """The next non-space character ('' at the end), the position left on it."""
+        while True:
+            self.pos = _SPACE.match(self.buffer, self.pos).end()
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if not self._read():
+                return ""
+
+    def error(self, message: str, pos: int | None = None, location: Location | None = None) -> DataError:
+        line = self.line_at(self.pos if pos is None else max(pos, self.counted_pos))
+        return DataError(message, path=str(self.path), line=line,
+                         record=None if location is None else location.record)
+
+    def expect(self, chars: str, what: str) -> str:
+        found = self.peek()
+        if not found or found not in chars:
+            raise self.error(f"malformed JSON: expected {what}, found "
+                             f"{'the end of the file' if not found else repr(found)}")
+        self.pos += 1
+        return found
+
+    # -- values
+    def value(self, location: Location | None = None) -> tuple[Any, DataError | None]:
+        """Decode the value at the current position; returns it and the error of a bad byte
+        inside it (the value is still consumed, so a lenient read goes on after it)."""
+        self.peek()
+        start = self.pos
+        while True:
+            try:
+                value, end = self.json.raw_decode(self.buffer, start)
+            except json.JSONDecodeError as error:
+                if self.eof or _value_end(self.buffer, start) is not None:
+                    raise self._decode_error(error, start, location) from None
+            except ValueError as error:  # an integer longer than Python's digit limit
+                raise self.error(f"unreadable JSON: {error}", start, location) from None
+            else:
+                # A number cut at the buffer's end decodes as a shorter number: it is whole
+                # only when a delimiter follows it.
+                whole = end < len(self.buffer) and (
+                    isinstance(value, (dict, list, str)) or _SCALAR.match(self.buffer, start).end() < len(self.buffer))
+                if whole or self.eof:
+                    break
+            self._read(at_least=len(self.buffer) - start)
+        self.pos = end
+        if _BAD_BYTE.search(self.buffer, start, end) is None:
+            return value, None
+        location = location or Location(str(self.path), self.line_at(start))
+        return value, _utf8_error(self.buffer[start:end], location)
+
+    def _decode_error(self, error: json.JSONDecodeError, start: int, location: Location | None) -> DataError:
+        bad = _BAD_BYTE.search(self.buffer, start, error.pos + 1)
+        if bad is not None:
+            byte = ord(bad.group()) - 0xDC00
+            return self.error(f"not UTF-8 text: byte 0x{byte:02x} cannot be decoded; save the "
+                              "file as UTF-8", bad.start(), location)
+        return self.error(f"malformed JSON: {error.msg}", error.pos, location)
+
+    def elements(self, unit: str = "record") -> Iterator[tuple[Location, Any, DataError | None]]:
+        """The elements of the array at the current position, each with its location."""
+        self.expect("[", "'['")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        index = 0
+        while True:
+            self.peek()
+            location = Location(str(self.path), self.line_at(self.pos), index, unit)
+            value, bad = self.value(location)
+            yield location, value, bad
+            self._compact()
+            if self.expect(",]", "',' or ']' between records") == "]":
+                return
+            index += 1
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """End of the JSON value starting at ``text[start]`` if the text holds all of it, else None.
+
+    Strings are matched whole by one regex, so the Python loop runs once per string or
+    bracket. Only called when decoding failed: it tells a value cut at the buffer's end (read
+    more) from a malformed one (report it).
+    """
+    if start >= len(text):
+        return None
+    if text[start] not in "[{\"":
+        end = _SCALAR.match(text, start).end()
+        return end if end < len(text) else None
+    depth = 0
+    for match in _TOKEN.finditer(text, start):
+        token = match.group()
+        if token[0] == '"':
+            if match.group(1) is None:
+                return None
+        elif token in "[{":
+            depth += 1
+        else:
+            depth -= 1
+        if depth <= 0:
+            return match.end()
+    return None
+
+
+def json_document_records(path: Path, progress: bool = False) -> Iterator[RawRecord]:
+    """The records of a JSON document: the elements of a top-level array, the conversations of
+    a ``{"conversations": [...]}`` wrapper (ChatGPT exports come in both shapes), or the one
+    record a top-level object is.
+
+    Malformed JSON ends the document (nothing after it can be located reliably): it is
+    yielded as the last record's error.
+    """
+    stream = JsonStream(path, progress=progress)
+    try:
+        # Usually one value; more (JSON values one after another, JSONL whose first line was
+        # too long to sniff) are read the same way.
+        while (first := stream.peek()) != "":
+            if first == "[":
+                yield from _element_records(stream, stream.elements())
+            elif first == "{":
+                yield from _object_records(stream)
+            else:
+                raise stream.error("malformed JSON: expected a JSON array of records or a JSON object")
+    except DataError as error:
+        yield RawRecord(Location(str(path), error.line), _raiser(error))
+    finally:
+        stream.close()
+
+
+def _raiser(error: DataError) -> Callable[[], Any]:
+    def parse() -> Any:
+        raise error
+    return parse
+
+
+def _element_records(stream: JsonStream, elements: Iterator) -> Iterator[RawRecord]:
+    for location, value, bad in elements:
+        yield RawRecord(location, _raiser(bad) if bad is not None else (lambda value=value: value))
+
+
+def looks_like_conversation(value: Any) -> bool:
+    """A ChatGPT export conversation: an object with a message tree."""
+    return isinstance(value, dict) and ("mapping" in value or "current_node" in value)
+
+
+def _object_records(stream: JsonStream) -> Iterator[RawRecord]:
+    """A top-level object, key by key: ``conversations`` holding ChatGPT conversations is a
+    wrapper whose conversations stream one by one; any other object is one record."""
+    start_line = stream.line_at(stream.pos)
+    stream.expect("{", "'{'")
+    record: dict[str, Any] = {}
+    wrapper = False
+    bad_bytes: DataError | None = None
+    if stream.peek() == "}":
+        stream.pos += 1
+    else:
+        while True:
+            key, bad = stream.value()
+            if not isinstance(key, str):
+                raise stream.error("malformed JSON: object keys must be strings")
+            stream.expect(":", "':' after an object key")
+            if key == "conversations" and stream.peek() == "[" and not wrapper:
+                elements = stream.elements(unit="conversation")
+                first = next(elements, None)
+                if first is not None and looks_like_conversation(first[1]):
+                    wrapper = True
+                    yield from _element_records(stream, _chain_first(first, elements))
+                else:  # a ShareGPT record's conversation: its messages are values
+                    record[key] = []
+                    for _, value, bad in ([] if first is None else _chain_first(first, elements)):
+                        record[key].append(value)
+                        bad_bytes = bad_bytes or bad
+            else:
+                record[key], bad = stream.value()
+                bad_bytes = bad_bytes or bad
+            if stream.expect(",}", "',' or '}' in an object") == "}":
+                break
+    if not wrapper:
+        location = Location(str(stream.path), start_line)
+        yield RawRecord(location, _raiser(bad_bytes) if bad_bytes else (lambda: record))
+
+
+def _chain_first(first: Any, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+# -------------------------------------------------------------------------------- Parquet
+
+def parquet_records(path: Path, progress: bool = False) -> Iterator[RawRecord]:
+    """One record per row, read in batches of ``PARQUET_BATCH_ROWS`` rows. Nested columns
+    (lists of message structs, maps) become the same lists and dicts JSON would give."""
+    parquet = import_pyarrow_parquet()
+    try:
+        reader = parquet.ParquetFile(path)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise DataError(f"not a readable Parquet file: {error}", path=str(path)) from None
+    bar = _Progress(progress, reader.metadata.num_rows, "row", f"reading {path.name}")
+    index = 0
+    try:
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist(maps_as_pydicts="strict"):
+                yield RawRecord(Location(str(path), None, index, "row"), lambda row=row: row)
+                index += 1
+            bar.advance(batch.num_rows)
+    finally:
+        bar.close()
+
+
+def parquet_columns(path: Path) -> list[str]:
+    parquet = import_pyarrow_parquet()
+    try:
+        return list(parquet.ParquetFile(path).schema_arrow.names)
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"not a readable Parquet file: {error}", path=str(path)) from None
+
+
+def import_pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise ImportError("reading Parquet files needs pyarrow: pip install 'agentfast[parquet]' "
+                          "(or pip install pyarrow)") from None
+    return parquet
+
+
+# ------------------------------------------------------------------------------ containers
+
+def sniff_container(path: Path) -> str:
+    """``parquet``, ``jsonl`` (one record per line) or ``json`` (one JSON document).
+
+    A file that starts with '[' is a document. One that starts with '{' is JSONL when its
+    first line holds a whole JSON value (or, that line being broken, a later line holds a
+    JSON object): JSONL files put a record on each line, while a pretty-printed object opens
+    with a lone '{' and a minified wrapper is one line far longer than a record.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(len(PARQUET_MAGIC))
+        if head == PARQUET_MAGIC:
+            return "parquet"
+        handle.seek(0)
+        first = _first_content_byte(handle)
+        if first != b"{":
+            return "json" if first == b"[" else "jsonl"
+        handle.seek(0)
+        lines = _head_lines(handle, limit=8 * CHUNK_BYTES)
+    if not lines:  # the first line runs past the limit: a minified document
+        return "json"
+    if _parses(lines[0]):
+        return "jsonl"
+    if lines[0].strip().lstrip(codecs.BOM_UTF8) == b"{":
+        return "json"
+    return "jsonl" if any(_is_object(line) for line in lines[1:]) else "json"
+
+
+def _first_content_byte(handle: Any) -> bytes:
+    data = handle.read(CHUNK_BYTES)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    while data:
+        stripped = data.lstrip()
+        if stripped:
+            return stripped[:1]
+        data = handle.read(CHUNK_BYTES)
+    return b""
+
+
+def _head_lines(handle: Any, limit: int) -> list[bytes]:
+    """The non-blank lines within the first ``limit`` bytes (only whole lines); empty when the
+    first non-blank line is longer than that."""
+    data = handle.read(limit)
+    complete = len(data) < limit
+    lines = data.split(b"\n")
+    if not complete:
+        lines = lines[:-1]
+    return [line for line in lines if line.strip()]
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line.decode("utf-8", errors="surrogateescape").lstrip("\ufeff"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8", errors="surrogateescape")), dict)
+    except ValueError:
+        return False
+
+
+def records(path: Path, container: str, progress: bool = False) -> Iterator[RawRecord]:
+    if container == "parquet":
+        return parquet_records(path, progress)
+    if container == "json":
+        return json_document_records(path, progress)
+    return jsonl_records(path, progress)
