@@ -169,6 +169,26 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **kwargs)
 
 
+# The record formats of `convert` (agentfast.data.FORMATS; kept here so --help imports no torch).
+CONVERT_FORMATS = ("episodes", "openai_chat", "openai_preference", "sharegpt", "chatgpt_export")
+CONVERT_FORMATS_HELP = """\
+formats (--format; detected by default), each as JSONL, one JSON array, or Parquet rows:
+  episodes           {"states": ["The tests fail", "3 failed"], "actions": ["Run the tests", "Fix parse()"],
+                      "rewards": [0, 1], "agent_ids": ["coder", "coder"], "metadata": {"task_type": "debugging"}}
+  openai_chat        {"messages": [{"role": "user", "content": "Fix the bug"}, {"role": "assistant",
+                      "content": "Done.", "tool_calls": [...], "weight": 1}], "tools": [...]}
+  openai_preference  {"input": {"messages": [{"role": "user", "content": "Hi"}]}, "preferred_output":
+                      [{"role": "assistant", "content": "Hello!"}], "non_preferred_output": [...]}
+  sharegpt           {"conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call",
+                      "value": "{...}"}, {"from": "observation", "value": "20C"}, {"from": "gpt", ...}], "system": ""}
+  chatgpt_export     ChatGPT's conversations.json: [{"title": "...", "current_node": "n2", "mapping": {"n1":
+                      {"message": {"author": {"role": "user"}, "content": {...}}, "parent": null}, ...}}]
+
+Every conversion prints a report that counts, per kind, what was left out or transformed
+(hidden and reasoning messages, unanswered messages, media parts, skipped records, ...).
+"""
+
+
 def _train_config(args: argparse.Namespace):
     from .training.config import TrainConfig
 
@@ -184,12 +204,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .training.run import print_read_report
 
     _require_file(args.input)
-    report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
+    try:
+        report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
+    except ImportError as error:  # an optional reader dependency (pyarrow) is missing
+        raise CLIError(str(error)) from None
     errors = print_read_report(report)
     print(f"wrote {len(report.episodes)} episodes to {args.output}")
     _print_json_log(args.log, {"event": "convert", "input": args.input, "output": args.output,
-                               "episodes": len(report.episodes), "skipped": report.skipped,
-                               "errors": errors})
+                               **report.to_dict(), "errors": errors})
     return 0
 
 
@@ -456,11 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=_ArgumentParser)
 
-    convert = commands.add_parser("convert", help="convert logs (chat JSONL, ChatGPT export) to episode JSONL",
-                                  description="Read any supported log format and write normalised episode JSONL.")
-    convert.add_argument("input", help="log file: episode JSONL, OpenAI chat JSONL or conversations.json")
+    convert = commands.add_parser("convert", help="convert logs (chat, preference, ShareGPT, ChatGPT export) "
+                                  "to episode JSONL",
+                                  description="Read any supported log format and write normalised episode "
+                                              "JSONL, then report everything left out or transformed.",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog=CONVERT_FORMATS_HELP)
+    convert.add_argument("input", help="log file: JSONL, one JSON array/document, or Parquet (pyarrow)")
     convert.add_argument("output", help="episode JSONL to write")
-    convert.add_argument("--format", default="auto", help="input format (default: detect)")
+    convert.add_argument("--format", default="auto", choices=("auto", *CONVERT_FORMATS),
+                         help="record format (default: auto, detected from the first record)")
     convert.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
     convert.add_argument("--log", default=None, help="append a JSONL record here")
 

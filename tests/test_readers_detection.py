@@ -113,10 +113,39 @@ def test_a_bad_byte_past_the_first_element_is_an_error_of_its_line(tmp_path):
     assert records[0].parse() == first  # the good element before it reads
 
 
-def test_unnamed_episodes_in_a_named_data_set_get_their_own_agent(tmp_path):
-    named = {**EPISODE, "agent_ids": ["planner", "coder"]}
-    report = load_episodes(write_jsonl(tmp_path / "e.jsonl", [named, EPISODE]))
-    assert report.episodes[1].agent_labels() == ["assistant", "assistant"]
+def test_unnamed_chat_records_in_a_named_data_set_get_their_own_agent(tmp_path):
+    named = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "name": "coder", "content": "a"}]}
+    unnamed = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    report = load_episodes(write_jsonl(tmp_path / "c.jsonl", [named, unnamed]))
+    assert report.episodes[1].agent_labels() == ["assistant"]
     assert "gave 1 episode without agent names the agent 'assistant'" in report.summary()
-    numbered = load_episodes(write_jsonl(tmp_path / "n.jsonl", [{**EPISODE, "agent_ids": [0, 1]}, EPISODE]))
-    assert numbered.episodes[1].agent_ids is None  # agent 0 is the unnamed agent's meaning
+    # Episode records state their agents themselves: one without agent_ids stays agent 0.
+    episodes = load_episodes(write_jsonl(tmp_path / "e.jsonl", [{**EPISODE, "agent_ids": ["a", "b"]}, EPISODE]))
+    assert episodes.episodes[1].agent_ids is None and episodes.counts["default_agent_episodes"] == 0
+
+
+def test_convert_help_lists_every_format_with_an_example(capsys):
+    from agentfast.cli import CONVERT_FORMATS, main
+
+    assert CONVERT_FORMATS == FORMATS
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    out = capsys.readouterr().out
+    for fmt in FORMATS:
+        assert f"\n  {fmt} " in out  # an example line for each
+
+
+def test_the_cli_prints_and_logs_the_report(tmp_path, capsys):
+    from agentfast.cli import main
+
+    hidden = {"is_visually_hidden_from_conversation": True}
+    conv = conversation()
+    conv["mapping"]["u1"]["message"]["metadata"] = hidden  # the request is hidden: its reply is unprompted
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps([conv]))
+    log = tmp_path / "log.jsonl"
+    assert main(["convert", str(path), str(tmp_path / "out.jsonl"), "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "left out 1 message the ChatGPT UI hides" in out
+    record = json.loads(log.read_text())
+    assert record["hidden_messages"] == 1 and record["episodes"] == 1 and record["skipped"] == 0

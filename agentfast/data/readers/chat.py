@@ -155,9 +155,11 @@ def type_name(value: Any) -> str:
 
 def need(value: Any, kind: type | tuple[type, ...], location: Location, where: str, what: str) -> Any:
     """``value`` if it is a ``kind``, else a field error saying what it must be."""
+    if value.__class__ is not bool and isinstance(value, kind):
+        return value
     if value is None and type(None) not in _as_tuple(kind):
         raise location.error(where, f"missing; must be {what}")
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+    if not isinstance(value, kind) or bool not in _as_tuple(kind):  # True is no number here
         raise location.error(where, f"must be {what}, got {type_name(value)}")
     return value
 

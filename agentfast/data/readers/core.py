@@ -107,7 +107,7 @@ def read_records(
     check_state_context(state_context)
     path = Path(path)
     build = builder or _BUILDERS[format]
-    collector = Collector(str(path), format, strict)
+    collector = Collector(str(path), format, strict, default_agents=format != "episodes")
     for raw in records(path, sniff_container(path), progress):
         try:
             value = raw.parse()

@@ -132,9 +132,10 @@ class Built(NamedTuple):
 class Collector:
     """Applies the strict/lenient policy to a stream of record builders and fills the report."""
 
-    def __init__(self, path: str, fmt: str, strict: bool) -> None:
+    def __init__(self, path: str, fmt: str, strict: bool, default_agents: bool = True) -> None:
         self.report = ReadReport(path=path, format=fmt)
         self.strict = strict
+        self.default_agents = default_agents
 
     def attempt(self, build: Callable[[], Built]) -> None:
         self.report.counts["records"] += 1
@@ -154,7 +155,8 @@ class Collector:
         self.report.skipped += 1
 
     def finish(self) -> ReadReport:
-        self.report.counts["default_agent_episodes"] += give_unnamed_episodes_an_agent(self.report.episodes)
+        if self.default_agents:
+            self.report.counts["default_agent_episodes"] += give_unnamed_episodes_an_agent(self.report.episodes)
         if self.report.lossy():
             warnings.warn(self.report.summary(), SkippedRecordsWarning, stacklevel=3)
         return self.report
@@ -165,8 +167,10 @@ def give_unnamed_episodes_an_agent(episodes: Iterable[Episode]) -> int:
     ``DEFAULT_AGENT`` of their own; returns how many.
 
     A data set maps an episode without agents to agent id 0, which is the first named agent
-    when every other episode names its agents: the unnamed assistant would silently become,
-    say, the planner. Numbered agents (``agent_ids`` of integers) keep id 0 as their meaning.
+    when every other episode names its agents: the unnamed assistant of a chat record would
+    silently become, say, the planner. Applied to chat formats, whose readers derive agents
+    from message names; episode records state their agents themselves (an episode without
+    ``agent_ids`` is agent 0 by the data set's documented rule).
     """
     episodes = list(episodes)
     if not any(e.agent_names for e in episodes):

@@ -44,7 +44,7 @@ class _Turns:
         need(raw, dict, location, where, "an object with 'from' and 'value'")
         role_key, text_key = ("from", "value") if "from" in raw or "value" in raw else ("role", "content")
         tag = raw.get(role_key)
-        if tag not in ROLES:
+        if not isinstance(tag, str) or tag not in ROLES:
             raise location.error(f"{where}.{role_key}", f"must be one of {', '.join(ROLES)}, got {tag!r}")
         text = need(raw.get(text_key), str, location, f"{where}.{text_key}", "a string")
         role = ROLES[tag]

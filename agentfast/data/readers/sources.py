@@ -164,6 +164,7 @@ class JsonStream:
         self.counted_pos = 0  # buffer position up to which newlines are counted...
         self.counted_line = 1  # ...and the line number there
         self.started = False
+        self.bad_bytes = False  # a chunk held a byte that is not UTF-8 (then values are searched)
         self.bar = _Progress(progress, path.stat().st_size, "B", f"reading {path.name}")
 
     def close(self) -> None:
@@ -183,10 +184,15 @@ class JsonStream:
                 data = data[len(codecs.BOM_UTF8):]
         if not data:
             self.eof = True
-            self.buffer += self.decoder.decode(b"", final=True)
+            self._append(self.decoder.decode(b"", final=True))
             return False
-        self.buffer += self.decoder.decode(data)
+        self._append(self.decoder.decode(data))
         return True
+
+    def _append(self, text: str) -> None:
+        if not text.isascii() and _BAD_BYTE.search(text):
+            self.bad_bytes = True
+        self.buffer += text
 
     def _compact(self) -> None:
         if self.pos > self.chunk_bytes:
@@ -246,13 +252,13 @@ class JsonStream:
                     break
             self._read(at_least=len(self.buffer) - start)
         self.pos = end
-        if _BAD_BYTE.search(self.buffer, start, end) is None:
+        if not self.bad_bytes or _BAD_BYTE.search(self.buffer, start, end) is None:
             return value, None
         location = location or Location(str(self.path), self.line_at(start))
         return value, _utf8_error(self.buffer[start:end], location)
 
     def _decode_error(self, error: json.JSONDecodeError, start: int, location: Location | None) -> DataError:
-        bad = _BAD_BYTE.search(self.buffer, start, error.pos + 1)
+        bad = _BAD_BYTE.search(self.buffer, start, error.pos + 1) if self.bad_bytes else None
         if bad is not None:
             byte = ord(bad.group()) - 0xDC00
             return self.error(f"not UTF-8 text: byte 0x{byte:02x} cannot be decoded; save the "
