@@ -205,7 +205,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     _require_file(args.input)
     try:
-        report = convert(args.input, args.output, format=args.format, strict=not args.lenient)
+        report = convert(args.input, args.output, format=args.format, strict=not args.lenient,
+                         progress=True)  # a bar on terminals only
     except ImportError as error:  # an optional reader dependency (pyarrow) is missing
         raise CLIError(str(error)) from None
     errors = print_read_report(report)

@@ -108,9 +108,11 @@ print(json.dumps({"seconds": seconds, "episodes": len(report.episodes), "records
                   "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "counts": report.to_dict()}))
 """
 JSON_LOAD = """
-import json, resource, sys
+import json, resource, sys, time
+start = time.perf_counter()
 json.load(open(sys.argv[1], encoding="utf-8"))
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"seconds": time.perf_counter() - start,
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 BASELINE = """
 import json, resource
@@ -141,6 +143,8 @@ def main() -> None:
     seconds = converted["seconds"]
     print(f"convert: {converted['records']} conversations -> {converted['episodes']} episodes in {seconds:.1f}s: "
           f"{converted['records'] / seconds:,.0f} records/s, {size / 1e6 / seconds:.1f} MB/s")
+    print(f"json.load of the whole file (parsing only, same machine, same run): {whole['seconds']:.1f}s; "
+          f"convert takes {seconds / whole['seconds']:.1f}x as long")
     print(f"peak RSS: convert {converted['peak_kb'] / 1024:.0f} MiB (importing agentfast alone: "
           f"{imports['peak_kb'] / 1024:.0f} MiB); json.load of the whole file: {whole['peak_kb'] / 1024:.0f} MiB")
     print(f"report: {converted['counts']}")

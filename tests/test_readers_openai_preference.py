@@ -25,7 +25,7 @@ def test_each_record_becomes_a_preferred_and_a_non_preferred_episode(tmp_path):
     assert other.actions == ["It is cold."]
     assert (preferred.metadata["preference"], other.metadata["preference"]) == ("preferred", "non_preferred")
     assert preferred.metadata["success"] is True and other.metadata["success"] is False
-    assert preferred.metadata["preference_pair"] == other.metadata["preference_pair"] == "dpo.jsonl:1"
+    assert preferred.metadata["preference_pair"] == other.metadata["preference_pair"] == "line 1"
     assert preferred.metadata["tools"] == PREFERENCE["input"]["tools"]
     assert report.counts["preference_pairs"] == 1
 

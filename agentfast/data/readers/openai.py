@@ -208,6 +208,6 @@ def build_preference(record: Any, location: Location, state_context: str) -> Bui
         if not any(m.action for m in outputs[-1]):
             raise location.error(key, "needs at least one assistant message with weight 1")
     metadata = {**_metadata(record, location, {"input", "preferred_output", "non_preferred_output"}),
-                **_tool_metadata(prompt, location, "input."), "preference_pair": location.source}
+                **_tool_metadata(prompt, location, "input."), "preference_pair": location.place}
     episodes = preference_pair(context, outputs[0], outputs[1], metadata, location, counts, state_context)
     return Built(episodes, counts)

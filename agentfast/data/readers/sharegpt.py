@@ -112,7 +112,7 @@ def build_sharegpt(record: Any, location: Location, state_context: str) -> Built
                 raise location.error(key, "must be a gpt or function_call turn")
             outputs.append([message])
         episodes = preference_pair(_as_context(turns, counts), outputs[0], outputs[1],
-                                   {**metadata, "preference_pair": location.source},
+                                   {**metadata, "preference_pair": location.place},
                                    location, counts, state_context)
         return Built(episodes, counts)
     episode = messages_to_episode(turns, metadata, location, counts, state_context=state_context)

@@ -55,6 +55,11 @@ class Location:
                                       record=self.record)
 
     @property
+    def place(self) -> str:
+        """The record's place without the file name: ``line 3``, ``record 2``, ``row 5``."""
+        return self.record if self.record is not None else f"line {self.line}"
+
+    @property
     def source(self) -> str:
         """``metadata["source"]`` of the episodes built from the record: file name and place."""
         name = Path(self.path).name
