@@ -92,17 +92,18 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, unit: str, desc: str) -> None:
         self.bar = None
         self.pending = 0
+        self.step = 1 << 20 if unit == "B" else 1  # bytes are shown per MiB
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc,
-                            disable=None, leave=False)
+            bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, disable=None, leave=False)
+            self.bar = None if bar.disable else bar
 
     def advance(self, amount: int) -> None:
         if self.bar is None:
             return
         self.pending += amount
-        if self.pending >= 1 << 20 or self.bar.unit != "B":
+        if self.pending >= self.step:
             self.bar.update(self.pending)
             self.pending = 0
 
