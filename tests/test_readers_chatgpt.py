@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agentfast.data import DataError, detect_format, load_episodes, read_chatgpt_export
-from reader_records import EXAMPLES, conversation, linear_conversation, node
+from tests.reader_records import EXAMPLES, conversation, linear_conversation, node
 
 
 def export(tmp_path, *conversations, name="conversations.json", indent=None):

@@ -6,7 +6,7 @@ import pytest
 
 from agentfast.data import FORMATS, DataError, convert, detect_format, load_episodes
 from agentfast.data.readers.sources import JsonStream, json_document_records, sniff_container
-from reader_records import CHAT, EPISODE, PREFERENCE, SHAREGPT, conversation, write_jsonl, write_lines
+from tests.reader_records import CHAT, EPISODE, PREFERENCE, SHAREGPT, conversation, write_jsonl, write_lines
 
 RECORDS = {"episodes": EPISODE, "openai_chat": CHAT, "openai_preference": PREFERENCE,
            "sharegpt": SHAREGPT, "chatgpt_export": conversation()}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agentfast.data import DataError, Episode, load_episodes, read_episodes_jsonl, write_episodes_jsonl
-from reader_records import EPISODE, EXAMPLES, write_lines
+from tests.reader_records import EPISODE, EXAMPLES, write_lines
 
 
 def test_good_file_with_blank_lines(tmp_path):

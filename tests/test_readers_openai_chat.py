@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agentfast.data import DataError, load_episodes, read_openai_chat_jsonl
-from reader_records import CHAT, EXAMPLES, write_jsonl, write_lines
+from tests.reader_records import CHAT, EXAMPLES, write_jsonl, write_lines
 
 
 def read_one(tmp_path, record, **kwargs):

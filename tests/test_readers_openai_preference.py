@@ -12,7 +12,7 @@ from agentfast.data import (
     write_episodes_jsonl,
     load_episodes,
 )
-from reader_records import PREFERENCE, write_jsonl, write_lines
+from tests.reader_records import PREFERENCE, write_jsonl, write_lines
 
 
 def test_each_record_becomes_a_preferred_and_a_non_preferred_episode(tmp_path):

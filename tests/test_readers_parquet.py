@@ -10,7 +10,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from agentfast.data import DataError, detect_format, load_episodes  # noqa: E402
 from agentfast.data.readers import sources  # noqa: E402
-from reader_records import EPISODE, PREFERENCE, SHAREGPT, conversation, write_jsonl  # noqa: E402
+from tests.reader_records import EPISODE, PREFERENCE, SHAREGPT, conversation, write_jsonl  # noqa: E402
 
 
 def write_parquet(path, records, **kwargs):

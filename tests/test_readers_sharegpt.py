@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agentfast.data import DataError, detect_format, load_episodes, read_sharegpt
-from reader_records import SHAREGPT, write_jsonl, write_lines
+from tests.reader_records import SHAREGPT, write_jsonl, write_lines
 
 
 def test_turns_become_steps_with_tools_and_system_kept(tmp_path):
