@@ -177,6 +177,8 @@ def test_wrapper_and_single_conversation_objects(tmp_path, shape):
      "mapping.u1.message.content.text"),
     (lambda c: c["mapping"]["u1"]["message"].update(metadata={"attachments": {"name": "x"}}),
      "mapping.u1.message.metadata.attachments"),
+    (lambda c: c["mapping"]["u1"]["message"].update(metadata={"is_visually_hidden_from_conversation": "yes"}),
+     "mapping.u1.message.metadata.is_visually_hidden_from_conversation"),
     (lambda c: c["mapping"]["u1"].update(parent="a2"), "mapping.u1.parent"),  # a cycle
 ])
 def test_malformed_conversations_are_field_errors(tmp_path, change, field):

@@ -158,7 +158,7 @@ class _Validator:
         known_options: Iterable[str] | None,
     ) -> Episode:
         if not isinstance(record, Mapping):
-            raise self.fail(None, f"an episode must be a JSON object, got {_type_name(record)}")
+            raise self.fail(None, f"an episode must be a JSON object, got {type_name(record)}")
         unknown = sorted(set(record) - set(EPISODE_KEYS))
         if unknown:
             raise self.fail(unknown[0], f"unknown key; allowed keys are {', '.join(EPISODE_KEYS)}")
@@ -187,20 +187,20 @@ class _Validator:
 
     def text_list(self, value: Any, name: str) -> list[str]:
         if not isinstance(value, list):
-            raise self.fail(name, f"must be a list of strings, got {_type_name(value)}")
+            raise self.fail(name, f"must be a list of strings, got {type_name(value)}")
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.fail(f"{name}[{i}]", f"must be a string, got {_type_name(item)}")
+                raise self.fail(f"{name}[{i}]", f"must be a string, got {type_name(item)}")
         return list(value)
 
     def metadata(self, value: Any) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self.fail("metadata", f"must be an object, got {_type_name(value)}")
+            raise self.fail("metadata", f"must be an object, got {type_name(value)}")
         task_type = value.get("task_type")
         if task_type is not None and not isinstance(task_type, str):
-            raise self.fail("metadata.task_type", f"must be a string, got {_type_name(task_type)}")
+            raise self.fail("metadata.task_type", f"must be a string, got {type_name(task_type)}")
         for key in (AGENT_NAMES_KEY, OPTION_NAMES_KEY):
             names = value.get(key)
             if names is not None and (
@@ -213,13 +213,13 @@ class _Validator:
         if value is None:
             return None
         if not isinstance(value, list):
-            raise self.fail("rewards", f"must be a list of numbers, got {_type_name(value)}")
+            raise self.fail("rewards", f"must be a list of numbers, got {type_name(value)}")
         self.same_length("rewards", value, steps)
         result = []
         for i, item in enumerate(value):
             # bool is an int subclass in Python, but True as a reward is almost surely a bug.
             if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise self.fail(f"rewards[{i}]", f"must be a number, got {_type_name(item)}")
+                raise self.fail(f"rewards[{i}]", f"must be a number, got {type_name(item)}")
             result.append(self.finite(item, f"rewards[{i}]"))
         return result
 
@@ -244,7 +244,7 @@ class _Validator:
         if value is None:
             return None, None
         if not isinstance(value, list):
-            raise self.fail("agent_ids", f"must be a list, got {_type_name(value)}")
+            raise self.fail("agent_ids", f"must be a list, got {type_name(value)}")
         self.same_length("agent_ids", value, steps)
         allowed = _allowed_labels(known, metadata.get(AGENT_NAMES_KEY))
         names: list[str] = []
@@ -253,7 +253,7 @@ class _Validator:
         for i, item in enumerate(value):
             where = f"agent_ids[{i}]"
             if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise self.fail(where, f"must be an integer or a role name, got {_type_name(item)}")
+                raise self.fail(where, f"must be an integer or a role name, got {type_name(item)}")
             if isinstance(item, int) and item < 0:
                 raise self.fail(where, f"must be >= 0, got {item}")
             if isinstance(item, int) and item >= MAX_AGENTS:
@@ -287,14 +287,14 @@ class _Validator:
         if value is None:
             return None
         if not isinstance(value, list):
-            raise self.fail("options", f"must be a list of option labels, got {_type_name(value)}")
+            raise self.fail("options", f"must be a list of option labels, got {type_name(value)}")
         self.same_length("options", value, steps)
         allowed = _allowed_labels(known, metadata.get(OPTION_NAMES_KEY))
         result = []
         for i, item in enumerate(value):
             where = f"options[{i}]"
             if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise self.fail(where, f"must be a string label, got {_type_name(item)}")
+                raise self.fail(where, f"must be a string label, got {type_name(item)}")
             label = str(item)
             if not label:
                 raise self.fail(where, "must not be empty")
@@ -312,7 +312,7 @@ def _allowed_labels(known: Iterable[Any] | None, declared: Iterable[Any] | None)
     return set.intersection(*sets)
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     """JSON-flavoured type names make errors readable for people editing JSONL by hand."""
     if value is None:
         return "null"

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..schema import DataError, Episode
+from ..schema import DataError, Episode, type_name
 from .report import DEFAULT_AGENT
 from .sources import Location
 
@@ -136,22 +136,6 @@ def extra_metadata(record: Mapping[str, Any], skip: set[str]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------- type checks
-
-def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
-
 
 def need(value: Any, kind: type | tuple[type, ...], location: Location, where: str, what: str) -> Any:
     """``value`` if it is a ``kind``, else a field error saying what it must be."""

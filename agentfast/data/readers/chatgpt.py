@@ -152,7 +152,8 @@ def _message(raw: Any, where: str, location: Location, counts: Counter) -> Messa
     if kind in REASONING_TYPES or channel == "analysis":
         counts["reasoning_messages"] += 1
         return None
-    if metadata.get("is_visually_hidden_from_conversation"):
+    if need(metadata.get("is_visually_hidden_from_conversation", False), (bool, type(None)), location,
+            f"{where}.metadata.is_visually_hidden_from_conversation", "true or false"):
         counts["hidden_messages"] += 1
         return None
 
