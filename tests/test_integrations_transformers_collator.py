@@ -154,3 +154,17 @@ def test_collated_batch_trains_like_eager_with_the_same_mask_written_out(tokeniz
     model.set_attn_implementation("eager")
     expected = model(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"]).loss
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fine_tuning_example_lowers_the_validation_loss(capsys):
+    import importlib.util
+
+    path = DATA.parent / "finetune_llm_agents.py"
+    spec = importlib.util.spec_from_file_location("finetune_llm_agents", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--steps", "6", "--log-every", "3", "--hidden-size", "32", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    before = float(out.split("validation loss before training: ")[1].split()[0])
+    after = float(out.split("validation loss after 6 steps: ")[1].split()[0])
+    assert after < before - 0.3, out

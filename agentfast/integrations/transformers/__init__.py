@@ -34,7 +34,7 @@ if "q_offset" not in inspect.signature(masking_utils.sdpa_mask).parameters:
     )
 
 from .attention import AttentionFallbackWarning, make_attention_function  # noqa: E402
-from .collator import AgentChatCollator  # noqa: E402
+from .collator import AgentChatCollator, EncodedRecord  # noqa: E402
 from .masks import AgentfastMask, MaskRule, agentfast_mask, parse_mask_function  # noqa: E402
 
 IMPLEMENTATION_NAME = "agentfast"
@@ -58,6 +58,7 @@ __all__ = [
     "AgentChatCollator",
     "AgentfastMask",
     "AttentionFallbackWarning",
+    "EncodedRecord",
     "IMPLEMENTATION_NAME",
     "MaskRule",
     "agentfast_mask",
