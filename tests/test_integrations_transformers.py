@@ -274,13 +274,15 @@ def test_greedy_generation_picks_the_tokens_eager_picks(family, cache, agentfast
 # ------------------------------------------------------------------ agents
 
 
-def hand_built_mask(agent_ids: torch.Tensor, visibility: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Additive float [B, 1, N, N]: causal, padding and agent visibility, written out by loops."""
+def hand_built_mask(agent_ids: torch.Tensor, visibility: torch.Tensor, valid: torch.Tensor,
+                    window: int | None = None) -> torch.Tensor:
+    """Additive float [B, 1, N, N]: causal, padding, agent visibility and an optional sliding
+    window, written out by loops."""
     batch, n = agent_ids.shape
     mask = torch.full((batch, 1, n, n), torch.finfo(torch.float32).min)
     for b in range(batch):
         for i in range(n):
-            for j in range(i + 1):
+            for j in range(0 if window is None else max(0, i - window + 1), i + 1):
                 if valid[b, j] and visibility[b, agent_ids[b, i], agent_ids[b, j]]:
                     mask[b, 0, i, j] = 0.0
     return mask
@@ -385,6 +387,21 @@ def test_dropout_while_training_and_4d_masks_fall_back(fresh_warnings):
                            inputs["attention_mask"].bool())
     four_d = dict(inputs, attention_mask=mask)
     assert_falls_back_and_matches_eager(build("llama"), four_d, "4-D attention mask")
+
+
+def test_agents_ride_along_when_a_sliding_window_forces_the_fallback(fresh_warnings):
+    inputs = padded_batch("left", seed=3)
+    agent_ids = torch.randint(0, 2, (3, SEQ), generator=torch.Generator().manual_seed(4))
+    visibility = torch.tensor([[True, False], [True, True]])
+    base = build("mistral", sliding_window=5)
+    common = dict(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False)
+    with pytest.warns(AttentionFallbackWarning, match="sliding window of 5 tokens"):
+        ours = variant(base, "agentfast")(**common, attention_mask=inputs["attention_mask"], agent_ids=agent_ids,
+                                          agent_visibility=visibility).logits
+    mask = hand_built_mask(agent_ids, visibility.expand(3, 2, 2), inputs["attention_mask"].bool(), window=5)
+    expected = variant(base, "eager")(**common, attention_mask=mask).logits
+    valid = real_tokens(inputs)
+    torch.testing.assert_close(ours[valid], expected[valid], rtol=0, atol=2e-5)
 
 
 def test_a_fallback_warns_once_per_reason(fresh_warnings):
