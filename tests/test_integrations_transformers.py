@@ -236,11 +236,13 @@ def packed_inputs(lengths: list[int], seed: int = 0) -> dict:
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": input_ids.clone()}
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3"])
-def test_packed_sequences_stay_apart(family, agentfast_calls):
+# Mistral's window (8) is shorter than the packed row (16) but longer than every sequence in it.
+@pytest.mark.parametrize("family,overrides", [("llama", {}), ("gpt2", {}), ("qwen3", {}),
+                                              ("mistral", {"sliding_window": 8})])
+def test_packed_sequences_stay_apart(family, overrides, agentfast_calls):
     lengths = [5, 1, 7, 3]
     inputs = packed_inputs(lengths, seed=7)
-    base = build(family)
+    base = build(family, **overrides)
     assert_matches_transformers(base, inputs, torch.ones(1, sum(lengths), dtype=torch.bool), f"{family} packed")
     segments = agentfast_calls[-1]["agent_ids"][0].tolist()
     assert segments == sum(([i] * n for i, n in enumerate(lengths)), [])

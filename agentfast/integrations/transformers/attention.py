@@ -198,7 +198,8 @@ def _plan(
     if rule is not None and rule.window is not None:
         # The widest distance between a query and a key it may see in this call.
         if segments is not None:
-            span = int(torch.unique_consecutive(segments.flatten(), return_counts=True)[1].max()) - 1
+            per_row = segments.long() + torch.arange(batch, device=device)[:, None] * (used + 1)  # no run spans rows
+            span = int(torch.unique_consecutive(per_row.flatten(), return_counts=True)[1].max()) - 1
         else:
             span = used - 1
         if not causal or rule.window <= span:
