@@ -91,6 +91,41 @@ def _task_types(value: str | None) -> list[str]:
     return [t.strip() for t in value.split(",") if t.strip()] if value else []
 
 
+def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "reply decoder", "retrieval: the nearest known action (default). openai: any "
+        "chat-completions endpoint (OpenAI, Azure, vLLM, llama.cpp, Ollama; needs "
+        "agentfast[openai]) writes the reply. hf: a local Hugging Face causal LM writes it. "
+        "Both see the conversation and the ranked known actions.")
+    group.add_argument("--decoder", choices=("retrieval", "openai", "hf"), default="retrieval",
+                       help="how the reply is made (default: retrieval)")
+    group.add_argument("--decoder-model", default=None, metavar="NAME",
+                       help="openai: the model (Azure: deployment) name; hf: a hub name or local directory")
+    group.add_argument("--base-url", default=None, metavar="URL",
+                       help="openai: the API root, e.g. http://localhost:8000/v1 (default: "
+                            "$OPENAI_BASE_URL, else OpenAI's)")
+    group.add_argument("--api-key-env", default=None, metavar="VAR",
+                       help="openai: the environment variable holding the API key (default: "
+                            "OPENAI_API_KEY; local servers need none)")
+    group.add_argument("--temperature", type=float, default=None, metavar="T",
+                       help="sampling temperature (openai default: the endpoint's; hf default: "
+                            "greedy, which 0 also means)")
+    group.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
+                       help="longest reply in tokens (default 256)")
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="openai: seconds per request (default 60)")
+    group.add_argument("--retries", type=int, default=None, metavar="N",
+                       help="openai: retries on timeouts, connection errors, 429 and 5xx, with "
+                            "exponential backoff or the server's Retry-After (default 3)")
+    group.add_argument("--decoder-device", default=None, metavar="DEVICE",
+                       help="hf: auto (cuda when available), cpu, cuda or cuda:N (default auto)")
+    group.add_argument("--decoder-dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"),
+                       help="hf: weights dtype (default auto: the checkpoint's on a GPU, float32 on the CPU)")
+    group.add_argument("--seed", type=int, default=None, metavar="N", help="hf: seed of sampled replies (default 0)")
+    group.add_argument("--fallback", action="store_true",
+                       help="openai, hf: when the generator fails, reply with the nearest known "
+                            "action and say so on stderr instead of stopping")
+
+
 def _add_encoder_args(parser: argparse.ArgumentParser, *, defaults_from_policy: bool = False) -> None:
     group = parser.add_argument_group("encoder")
     note = " (default: the policy's)" if defaults_from_policy else ""
@@ -324,7 +359,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
                                              agent=_agent_arg(args.agent),
                                              target_return=args.target_return,
-                                             agent_mask=_visibility_arg(args.visibility))
+                                             agent_mask=_visibility_arg(args.visibility),
+                                             decoder=args.decoder,
+                                             decoder_options=_decoder_options(args))
     if args.examples:
         return _predict_examples(pipeline, args)
     turns = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -333,11 +370,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for turn in turns:
         reply = pipeline.process(turn)
         print(f"> {turn}\n{reply}")
+        _print_reply_notes(pipeline.last.reply)
         if args.verbose:
             _print_candidates(pipeline)
+        written = pipeline.last.reply
         _print_json_log(args.log, {"event": "predict", "input": turn, "output": reply,
-                                   "candidates": pipeline.last.candidates})
+                                   "candidates": pipeline.last.candidates, "decoder": written.source,
+                                   "model": written.model, "fallback": written.fallback,
+                                   "truncated": written.truncated})
     return 0
+
+
+# Which predict flags each decoder takes, and the decoder's keyword for each.
+_DECODER_FLAGS = {
+    "retrieval": {},
+    "openai": {"decoder_model": "model", "base_url": "base_url", "api_key_env": "api_key_env",
+               "temperature": "temperature", "max_tokens": "max_tokens", "timeout": "timeout",
+               "retries": "max_retries", "fallback": "fallback"},
+    "hf": {"decoder_model": "model", "decoder_device": "device", "decoder_dtype": "dtype",
+           "temperature": "temperature", "max_tokens": "max_new_tokens", "seed": "seed",
+           "fallback": "fallback"},
+}
+
+
+def _decoder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoder's settings from predict's flags; a flag the decoder does not take is refused."""
+    accepted = _DECODER_FLAGS[args.decoder]
+    all_flags = {flag for flags in _DECODER_FLAGS.values() for flag in flags}
+    # Unset: None, or False for --fallback (a given 0, e.g. --retries 0, counts as set).
+    given = [flag for flag in sorted(all_flags) if getattr(args, flag) is not None
+             and getattr(args, flag) is not False]
+    for flag in given:
+        if flag not in accepted:
+            raise CLIError(f"--{flag.replace('_', '-')} does not apply to --decoder {args.decoder}")
+    if accepted and args.decoder_model is None:
+        what = "a model name" if args.decoder == "openai" else "a hub name or local directory"
+        raise CLIError(f"--decoder {args.decoder} needs --decoder-model ({what})")
+    return {accepted[flag]: getattr(args, flag) for flag in given}
+
+
+def _print_reply_notes(reply: Any) -> None:
+    """Say on stderr when a reply is not what was asked for: a fallback, or cut short."""
+    if reply.fallback:
+        print(f"agentfast predict: {reply.fallback}; replied with the nearest known action",
+              file=sys.stderr)
+    if reply.truncated:
+        print("agentfast predict: the reply stopped at the token limit; raise --max-tokens "
+              "for longer replies", file=sys.stderr)
 
 
 def _visibility_arg(value: str | None) -> str | dict[str, Any] | None:
@@ -364,6 +443,8 @@ def _print_candidates(pipeline: Any) -> None:
     last = pipeline.last
     extra = f"option {last.option}; " if last.option else ""
     extra += f"value {last.value:.3f}; " if last.value is not None else ""
+    if last.reply.source != "retrieval":
+        extra += f"written by {last.reply.source} {last.reply.model or ''}".rstrip() + "; "
     ranked = "; ".join(f"{score:.3f} {text[:60]}" for text, score in last.candidates)
     print(f"    [{extra}candidates: {ranked}]")
 
@@ -542,7 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="reply to inputs with a trained policy",
                                   description="Each TEXT is one turn of a conversation; the reply is "
-                                              "the nearest known action to the predicted embedding.")
+                                              "the nearest known action to the predicted embedding, "
+                                              "or, with --decoder openai|hf, a reply a language model "
+                                              "writes from the conversation and those actions.")
     predict.intermixed = True  # options may come before, between or after the texts
     predict.add_argument("checkpoint", help="policy directory")
     predict.add_argument("text", nargs="*", help="user inputs, one per turn (default: lines of stdin)")
@@ -563,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "each episode's logged returns-to-go unless this is given)")
     predict.add_argument("--verbose", "-v", action="store_true", help="show ranked candidates")
     predict.add_argument("--log", default=None, help="append predictions as JSONL here")
+    _add_decoder_args(predict)
 
     bench = commands.add_parser(
         "bench", help="benchmarks: attention kernels, training throughput, embedding, or a quick check",
@@ -615,7 +699,9 @@ def _is_user_error(error: Exception) -> bool:
     from .data import DataError
     from .training.checkpoint import CheckpointError
 
-    return isinstance(error, (CLIError, DataError, CheckpointError, FileNotFoundError,
+    from .decoders import DecoderError
+
+    return isinstance(error, (CLIError, DataError, CheckpointError, DecoderError, FileNotFoundError,
                               IsADirectoryError, PermissionError, ValueError))
 
 

@@ -4,7 +4,7 @@
 JSON body, answered with a ``chat.completion`` object, or with an error in OpenAI's error
 format (``{"error": {"message", "type", "param", "code"}}``). Tests queue the answers
 (``server.answer(...)`` / ``server.fail(...)``) and read what the client sent
-(``server.requests``).
+(``server.requests``). Test modules import the ``chat_server`` fixture from here.
 """
 
 from __future__ import annotations
@@ -14,8 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
+
+# The runner's own OpenAI settings and proxies must not leak into the tests.
+OUTSIDE_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
+                    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                404: "invalid_request_error", 429: "requests", 500: "server_error"}
 
@@ -121,3 +126,12 @@ class ChatServer:
                 pass
 
         return Handler
+
+
+@pytest.fixture
+def chat_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    for name in OUTSIDE_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    server = ChatServer()
+    yield server
+    server.close()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agentfast.cli import main
+from tests.chat_server import chat_server  # noqa: F401 (the fixture)
 from tests.training_fixtures import make_episode_dicts, save_tiny_encoder, write_jsonl
 
 TINY = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--hidden-dim", "32",
@@ -373,3 +374,58 @@ def test_a_run_trained_with_relative_paths_evaluates_from_anywhere(workspace, tm
     assert main(["evaluate", str(run), "--no-progress", "--cache-dir", str(workspace["cache"])]) == 0
     captured = capfd.readouterr()
     assert "ActionTransformer" in captured.out and "Loading weights" not in captured.err
+
+
+def test_predict_with_a_chat_endpoint_falls_back_and_logs_who_wrote_each_reply(trained, chat_server,
+                                                                             capsys, tmp_path):
+    pytest.importorskip("openai")
+    chat_server.answer("Let me look at the cache.")
+    chat_server.fail(500, "The engine is overloaded.")
+    log = tmp_path / "predict.jsonl"
+    assert main(["predict", str(trained), "Broken: the cache", "It still fails", "-v", "--log", str(log),
+                 "--decoder", "openai", "--decoder-model", "m", "--base-url", chat_server.url,
+                 "--retries", "0", "--temperature", "0", "--max-tokens", "40", "--fallback"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("> Broken: the cache\nLet me look at the cache.\n")
+    assert "written by openai served-model;" in out
+    assert err.strip() == (f"agentfast predict: openai decoder: {chat_server.url} failed (HTTP 500: The "
+                           "engine is overloaded.; not retried); replied with the nearest known action")
+    first, second = (json.loads(line) for line in log.read_text().splitlines())
+    assert (first["decoder"], first["model"], first["fallback"]) == ("openai", "served-model", None)
+    assert second["decoder"] == "retrieval" and second["output"] == second["candidates"][0][0]
+    assert f"> It still fails\n{second['output']}\n" in out
+    sent = chat_server.requests[0].body
+    assert (sent["model"], sent["temperature"], sent["max_tokens"]) == ("m", 0, 40)
+    assert sent["messages"][-1] == {"role": "user", "content": "Broken: the cache"}
+
+    chat_server.fail(401, "Incorrect API key provided.")
+    message = _error(capsys, ["predict", str(trained), "hi", "--decoder", "openai", "--decoder-model", "m",
+                              "--base-url", chat_server.url, "--api-key-env", "TEAM_KEY"])
+    assert message.strip() == (f"agentfast predict: error: {chat_server.url} refused the API key (HTTP "
+                               "401: Incorrect API key provided.); set TEAM_KEY to a valid key")
+
+
+def test_predict_with_a_local_generator_matches_the_python_pipeline(trained, tmp_path, capsys):
+    from agentfast.decoders import HFGeneratorDecoder
+    from agentfast.pipeline import AgentPipeline
+    from tests.tiny_chat_lm import save_tiny_chat_lm
+
+    model = save_tiny_chat_lm(tmp_path / "chat-lm")
+    inputs = ["Broken: the cache", "It still fails"]
+    assert main(["predict", str(trained), *inputs, "--decoder", "hf", "--decoder-model", str(model),
+                 "--max-tokens", "5", "--decoder-device", "cpu", "--decoder-dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    pipeline = AgentPipeline.from_pretrained(trained, decoder=HFGeneratorDecoder(model, max_new_tokens=5))
+    expected = "".join(f"> {text}\n{pipeline.process(text)}\n" for text in inputs)
+    assert out == expected and pipeline.last.reply.source == "hf"
+
+
+def test_predict_refuses_decoder_flags_that_do_not_apply(trained, capsys):
+    assert "--decoder openai needs --decoder-model (a model name)" in _error(
+        capsys, ["predict", str(trained), "hi", "--decoder", "openai"])
+    assert "--seed does not apply to --decoder openai" in _error(
+        capsys, ["predict", str(trained), "hi", "--decoder", "openai", "--decoder-model", "m", "--seed", "1"])
+    assert "--base-url does not apply to --decoder retrieval" in _error(
+        capsys, ["predict", str(trained), "hi", "--base-url", "http://127.0.0.1:1/v1"])
+    assert "--timeout does not apply to --decoder hf" in _error(
+        capsys, ["predict", str(trained), "hi", "--decoder", "hf", "--decoder-model", "x", "--timeout", "3"])

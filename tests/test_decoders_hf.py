@@ -7,14 +7,10 @@ import pytest
 import torch
 
 from agentfast.decoders import DecodeContext, DecoderError, HFGeneratorDecoder, Reply, chat_messages
+from tests.tiny_chat_lm import TEMPLATE, save_tiny_chat_lm, tiny_causal_lm, tiny_chat_tokenizer
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 NO_SYSTEM_TEMPLATE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
                       "supported') }}{% endif %}" + TEMPLATE)
-SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-WORDS = ("the a it fails still on empty input run tests fix failure apply reproduce parser broken "
-         "read stack trace open file error header value check log step agent reply action known").split()
 CONTEXT = DecodeContext(user_input="It still fails on empty input",
                         candidates=[("Reproduce the failure.", 0.875), ("Apply the fix.", 0.25)],
                         discrete=False, bank=None, history=[("Broken: the parser", "Read the stack trace.")],
@@ -22,37 +18,9 @@ CONTEXT = DecodeContext(user_input="It still fails on empty input",
 PREDICTION = torch.zeros(4)
 
 
-def _tokenizer(template=TEMPLATE):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS + [f"w{i}" for i in range(40)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>",
-                                        additional_special_tokens=SPECIAL[4:])
-    tokenizer.chat_template = template
-    return tokenizer
-
-
-def _model(vocab_size, max_positions=512):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-chat-llm")
-    tokenizer = _tokenizer()
-    _model(len(tokenizer)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat-llm"))
 
 
 @pytest.fixture
@@ -98,13 +66,13 @@ def test_sampling_replays_by_seed_and_leaves_the_global_generator_alone(model_di
     assert shifted(PREDICTION, CONTEXT).text == replies[1]  # the n-th reply uses seed + n
 
 
-def test_dtype_device_and_an_in_memory_model(model_dir):
+def test_dtype_device_and_an_in_memorytiny_causal_lm(model_dir):
     decoder = HFGeneratorDecoder(model_dir, dtype="bfloat16", device="cpu", max_new_tokens=2,
                                  local_files_only=True)
     assert {p.dtype for p in decoder.model.parameters()} == {torch.bfloat16}
     assert decoder(PREDICTION, CONTEXT).source == "hf"
-    tokenizer = _tokenizer()
-    model = _model(len(tokenizer))
+    tokenizer = tiny_chat_tokenizer()
+    model = tiny_causal_lm(len(tokenizer))
     in_memory = HFGeneratorDecoder(model, tokenizer, max_new_tokens=4)
     from_disk = HFGeneratorDecoder(model_dir, max_new_tokens=4, local_files_only=True)
     assert in_memory(PREDICTION, CONTEXT).text == from_disk(PREDICTION, CONTEXT).text
@@ -115,21 +83,21 @@ def test_dtype_device_and_an_in_memory_model(model_dir):
 
 
 def test_templates_without_a_system_role_or_without_any_template(model_dir):
-    tokenizer = _tokenizer(NO_SYSTEM_TEMPLATE)
-    decoder = HFGeneratorDecoder(_model(len(tokenizer)), tokenizer, max_new_tokens=2)
+    tokenizer = tiny_chat_tokenizer(NO_SYSTEM_TEMPLATE)
+    decoder = HFGeneratorDecoder(tiny_causal_lm(len(tokenizer)), tokenizer, max_new_tokens=2)
     messages = chat_messages(CONTEXT)
     assert decoder.prompt(messages).startswith(
         f"<|user|> {messages[0]['content']}\n\n{messages[1]['content']} <|end|> <|assistant|> ")
-    bare = _tokenizer(None)
+    bare = tiny_chat_tokenizer(None)
     with pytest.raises(DecoderError, match="tokenizer has no chat template; pass chat_template="):
-        HFGeneratorDecoder(_model(len(bare)), bare)
-    given = HFGeneratorDecoder(_model(len(bare)), bare, chat_template=TEMPLATE, max_new_tokens=2)
+        HFGeneratorDecoder(tiny_causal_lm(len(bare)), bare)
+    given = HFGeneratorDecoder(tiny_causal_lm(len(bare)), bare, chat_template=TEMPLATE, max_new_tokens=2)
     assert given.prompt(messages) == HFGeneratorDecoder(model_dir, local_files_only=True).prompt(messages)
 
 
 def test_a_prompt_beyond_the_context_fails_or_falls_back():
-    tokenizer = _tokenizer()
-    short = _model(len(tokenizer), max_positions=64)
+    tokenizer = tiny_chat_tokenizer()
+    short = tiny_causal_lm(len(tokenizer), max_positions=64)
     with pytest.raises(DecoderError, match=r"the prompt is \d+ tokens and up to 16 new ones may follow, "
                                            r"more than .*'s 64-token context"):
         HFGeneratorDecoder(short, tokenizer, max_new_tokens=16)(PREDICTION, CONTEXT)

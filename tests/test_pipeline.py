@@ -1,12 +1,15 @@
 """AgentPipeline: replies come from the action bank, multi-turn stepping through the KV
-cache equals a full forward pass, and a user's decoder is plugged in."""
+cache equals a full forward pass, a user's decoder is plugged in, and the built-in
+generators are told the conversation, the ranked candidates and the option or agent."""
 
 import pytest
 import torch
 
 from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
+from agentfast.decoders import GeneratorDecoder, Reply, chat_messages
 from agentfast.pipeline import ActionBank, AgentPipeline, DecodeContext
 from agentfast.training import save_pretrained
+from tests.chat_server import chat_server  # noqa: F401 (the fixture)
 from tests.fake_encoders import HashEncoder
 
 DIM = 8
@@ -228,3 +231,86 @@ def test_replay_continues_each_episode_with_the_logged_actions(encoder, bank):
         history = list(zip(episode.states[:t], episode.actions[:t]))
         assert step.predicted == fresh.process(episode.states[t], history=history)
         assert step.matches == (step.predicted == step.logged)
+
+
+class Recorder(GeneratorDecoder):
+    """Writes "reply N" and keeps every prompt it was given."""
+
+    name = "recorder"
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def generate(self, messages):
+        self.prompts.append(messages)
+        return Reply(text=f"reply {len(self.prompts)}", source=self.name)
+
+
+@pytest.mark.parametrize("kind", ["action", "multi_agent", "hierarchical"])
+def test_a_generator_sees_the_conversation_the_candidates_and_the_option_or_agent(encoder, bank, kind):
+    recorder = Recorder()
+    pipeline = AgentPipeline(encoder, _policy(kind), bank, decoder=recorder, top_k=3,
+                             agent_names=["planner", "coder"], option_names=["look", "change", "check"],
+                             agent="coder" if kind == "multi_agent" else 0)
+    for text in ("Broken: the parser", "It failed again"):
+        pipeline.process(text)
+    assert pipeline.history == [("Broken: the parser", "reply 1"), ("It failed again", "reply 2")]
+    last = pipeline.last
+    assert last.reply == Reply(text="reply 2", source="recorder")
+    context_fields = dict(user_input="It failed again", candidates=last.candidates, discrete=False,
+                          bank=bank, history=[("Broken: the parser", "reply 1")],
+                          option=last.option if kind == "hierarchical" else None,
+                          agent="coder" if kind == "multi_agent" else None)
+    assert recorder.prompts[-1] == chat_messages(DecodeContext(**context_fields))
+    assert [text for text, _ in last.candidates] == [
+        text for text, _ in bank.nearest(last.raw, 3)]
+    if kind == "hierarchical":
+        assert last.option in {"look", "change", "check"}
+
+
+def test_a_chat_endpoint_writes_the_replies_and_retrieval_stands_in_when_it_fails(encoder, bank, chat_server):
+    pytest.importorskip("openai")
+    chat_server.answer("Let me reproduce it first.")
+    chat_server.fail(500, "The chat_server had an error.")
+    pipeline = AgentPipeline(encoder, _policy(), bank, decoder="openai",
+                             decoder_options={"model": "m", "base_url": chat_server.url, "max_retries": 0,
+                                              "fallback": True})
+    assert pipeline.process("Broken: the parser") == "Let me reproduce it first."
+    assert pipeline.last.reply == Reply(text="Let me reproduce it first.", source="openai", model="served-model")
+    second = pipeline.process("It failed again")
+    assert second == pipeline.last.candidates[0][0] and second in ACTIONS
+    assert pipeline.last.reply.source == "retrieval"
+    assert pipeline.last.reply.fallback == (f"openai decoder: {chat_server.url} failed (HTTP 500: The chat_server "
+                                            "had an error.; not retried)")
+    sent = chat_server.requests[1].body["messages"]
+    assert sent[1:] == [{"role": "user", "content": "Broken: the parser"},
+                        {"role": "assistant", "content": "Let me reproduce it first."},
+                        {"role": "user", "content": "It failed again"}]
+    for rank, (text, score) in enumerate(pipeline.last.candidates, 1):
+        assert f"{rank}. ({score:.3f}) {text}" in sent[0]["content"]
+
+
+def test_from_pretrained_takes_a_decoder_by_name(tmp_path, encoder, bank, chat_server):
+    pytest.importorskip("openai")
+    save_pretrained(tmp_path, _policy(), model_type="action", vocab={"action": ACTIONS},
+                    action_bank=bank.embeddings,
+                    metadata={"encoder": {"identity": encoder.identity, "settings": {}}})
+    chat_server.answer("Generated.")
+    pipeline = AgentPipeline.from_pretrained(tmp_path, encoder=encoder, decoder="openai",
+                                             decoder_options={"model": "m", "base_url": chat_server.url})
+    assert pipeline.process("Broken: x") == "Generated."
+    assert AgentPipeline.from_pretrained(tmp_path, encoder=encoder, decoder="retrieval").process("Broken: x") in ACTIONS
+
+
+def test_decoder_settings_are_checked(encoder, bank):
+    with pytest.raises(ValueError, match="decoder must be one of retrieval, openai, hf, got 'gpt'"):
+        AgentPipeline(encoder, _policy(), bank, decoder="gpt")
+    with pytest.raises(ValueError, match="decoder_options apply to a decoder given by name"):
+        AgentPipeline(encoder, _policy(), bank, decoder=Recorder(), decoder_options={"model": "m"})
+    pipeline = AgentPipeline(encoder, _policy(), bank, decoder=lambda prediction, context: "mine")
+    assert pipeline.process("hello") == "mine"
+    assert pipeline.last.reply == Reply(text="mine", source="custom")
+    pipeline = AgentPipeline(encoder, _policy(), bank, decoder=lambda prediction, context: 42)
+    with pytest.raises(TypeError, match="the decoder returned int; it must return a str or a Reply"):
+        pipeline.process("hello")

@@ -118,8 +118,8 @@ class OpenAIChatDecoder(GeneratorDecoder):
     def _describe(self, error: Exception) -> str:
         """One line that says what failed and what to do about it."""
         openai, where = self._openai, self.base_url
-        retried = {0: "no retries", 1: "retried once"}.get(self.max_retries,
-                                                          f"retried {self.max_retries} times")
+        retried = {0: "not retried", 1: "retried once with backoff"}.get(
+            self.max_retries, f"retried {self.max_retries} times with backoff")
         if isinstance(error, openai.APITimeoutError):
             return f"{where} did not answer within {self.timeout:g} s ({retried})"
         if isinstance(error, openai.APIConnectionError):
@@ -134,9 +134,9 @@ class OpenAIChatDecoder(GeneratorDecoder):
             return (f"model {self.model!r} not found at {where} (HTTP 404: {detail}); check the "
                     "model name, and that the base URL is the API root (e.g. http://localhost:8000/v1)")
         if status == 429:
-            return f"{where} is rate limiting (HTTP 429: {detail}; {retried} with backoff)"
+            return f"{where} is rate limiting (HTTP 429: {detail}; {retried})"
         if status is not None and status >= 500:
-            return f"{where} failed (HTTP {status}: {detail}; {retried} with backoff)"
+            return f"{where} failed (HTTP {status}: {detail}; {retried})"
         if status is not None:
             return f"{where} rejected the request (HTTP {status}: {detail})"
         return f"{where}: {detail}"

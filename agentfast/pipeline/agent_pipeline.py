@@ -2,27 +2,30 @@
 
 The pipeline embeds the user's input with the policy's encoder, runs one step of the
 policy with its KV cache (so a conversation costs one step per turn, not a re-read of the
-whole history), and turns the predicted action embedding into text by nearest-neighbour
-retrieval over the bank of known actions. That retrieval is the honest offline
-replacement for "send the embedding to a chat API and ask it for text": an embedding
-does not contain a sentence, but it does say which known action it is closest to.
+whole history), ranks the bank of known actions against the predicted action embedding
+(or logits), and lets a decoder (``agentfast.decoders``) turn that into the reply: by
+default the nearest known action; "openai" or "hf" have a language model write the reply
+from the conversation and the ranked actions. An embedding does not contain a sentence
+(sending it to a chat API "to convert it to text" cannot work), but it does say which known
+actions it is closest to.
 
-Users who bring a generator plug in a ``decoder``: any callable
-``decoder(prediction, context) -> str`` (``context.candidates`` holds the nearest bank
-actions, useful as retrieval context for generation).
+Users who bring their own generator plug in any callable
+``decoder(prediction, context) -> str | Reply`` (see ``agentfast.decoders.DecodeContext``).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..decoders import DecodeContext, Decoder, NearestNeighbourDecoder, Reply, make_decoder
 
 __all__ = ["ActionBank", "AgentPipeline", "DecodeContext", "Decoder", "NearestNeighbourDecoder",
            "Prediction"]
@@ -67,36 +70,17 @@ AgentMask = Union[Tensor, str, Mapping[Any, Sequence[Any]]]
 
 
 @dataclass
-class DecodeContext:
-    """What a decoder may use besides the raw prediction."""
-
-    user_input: str
-    candidates: list[tuple[str, float]]
-    discrete: bool
-    bank: ActionBank
-    history: list[tuple[str, str]] = field(default_factory=list)
-
-
-class Decoder(Protocol):
-    def __call__(self, prediction: Tensor, context: DecodeContext) -> str: ...
-
-
-class NearestNeighbourDecoder:
-    """The default decoder: the best-ranked known action."""
-
-    def __call__(self, prediction: Tensor, context: DecodeContext) -> str:
-        return context.candidates[0][0]
-
-
-@dataclass
 class Prediction:
-    """The last turn in detail: chosen text, ranked candidates, value, option."""
+    """The last turn in detail: chosen text, ranked candidates, value, option, and the
+    decoder's ``Reply`` (who wrote the text; ``reply.fallback`` says why a generator's
+    failure was answered with the nearest known action)."""
 
     text: str
     candidates: list[tuple[str, float]]
     raw: Tensor | None = None  # the policy's output: action embedding, or logits if discrete
     value: float | None = None
     option: str | None = None
+    reply: Reply | None = None
 
 
 @dataclass
@@ -114,7 +98,12 @@ class AgentPipeline:
         encoder: anything with ``encode(texts, progress=False) -> [N, Ds]`` (a TextEncoder).
         model: an ActionTransformer, MultiAgentTransformer or HierarchicalTransformer.
         bank: the known actions (texts and embeddings of the encoder's space).
-        decoder: turns a prediction into text; nearest-neighbour retrieval by default.
+        decoder: turns the prediction into the reply: "retrieval" (the nearest known
+            action; the default), "openai" (a chat-completions endpoint writes it), "hf" (a
+            local Hugging Face causal LM writes it), or any callable ``(prediction,
+            DecodeContext) -> str | Reply`` such as ``agentfast.decoders.OpenAIChatDecoder``.
+        decoder_options: the settings of a decoder given by name (the keyword arguments
+            of ``OpenAIChatDecoder`` / ``HFGeneratorDecoder``, e.g. ``{"model": ...}``).
         agent: the acting agent (id or name from ``agent_names``) for multi-agent policies.
         agent_names, option_names: labels of the policy's agent and option ids.
         agent_mask: multi-agent visibility of the conversation: a bool ``[A, A]`` matrix
@@ -135,14 +124,15 @@ class AgentPipeline:
     """
 
     def __init__(self, encoder: Any, model: nn.Module, bank: ActionBank, *,
-                 decoder: Decoder | Callable[[Tensor, DecodeContext], str] | None = None,
+                 decoder: str | Decoder | Callable[[Tensor, DecodeContext], str] | None = None,
+                 decoder_options: Mapping[str, Any] | None = None,
                  agent: int | str = 0, agent_names: Sequence[str] | None = None,
                  option_names: Sequence[str] | None = None, agent_mask: AgentMask | None = None,
                  top_k: int = 5, target_return: float | None = None) -> None:
         self.encoder = encoder
         self.model = model.eval()
         self.bank = bank
-        self.decoder = decoder or NearestNeighbourDecoder()
+        self.decoder = _build_decoder(decoder, decoder_options)
         self.agent_names = list(agent_names or [])
         self.option_names = list(option_names or [])
         self.top_k = top_k
@@ -177,6 +167,9 @@ class AgentPipeline:
         own ``metadata["visibility"]``; with no ``agent_mask`` it gets full visibility
         (every agent sees every other, as for episodes without that metadata), so pass the
         conversation's visibility when it is narrower.
+
+        Other keyword arguments are the constructor's, e.g. ``decoder="openai",
+        decoder_options={"model": "gpt-4o-mini"}`` to have a chat model write the replies.
         """
         from ..training.checkpoint import CheckpointError, load_pretrained
         from ..training.modeling import visibility_mask
@@ -248,6 +241,12 @@ class AgentPipeline:
         carrier = SimpleNamespace(metadata={"visibility": dict(mask)})
         return visibility_matrix(carrier, Vocabulary(names), size).to(self.device)
 
+    def _agent_label(self, agent_id: int) -> str | None:
+        """The acting agent as the decoder's prompt names it (multi-agent policies only)."""
+        if self.kind != "multi_agent":
+            return None
+        return self.agent_names[agent_id] if agent_id < len(self.agent_names) else str(agent_id)
+
     def _agent_id(self, agent: int | str) -> int:
         if isinstance(agent, str):
             if agent in self.agent_names:
@@ -294,12 +293,14 @@ class AgentPipeline:
         candidates = (self.bank.by_logits(prediction, self.top_k) if self.discrete
                       else self.bank.nearest(prediction, self.top_k))
         context = DecodeContext(user_input=user_input, candidates=candidates,
-                                discrete=self.discrete, bank=self.bank, history=self.history)
-        text = self.decoder(prediction.cpu(), context)
+                                discrete=self.discrete, bank=self.bank, history=self.history,
+                                option=option, agent=self._agent_label(agent_id))
+        reply = _as_reply(self.decoder(prediction.cpu(), context), self.decoder)
+        text = reply.text
         self._turns[-1].action = self._action_input(text, candidates)
         self._texts.append((user_input, text))
         self.last = Prediction(text=text, candidates=candidates, raw=prediction.cpu(), value=value,
-                               option=option)
+                               option=option, reply=reply)
         return text
 
     def replace_last_reply(self, text: str) -> None:
@@ -397,6 +398,28 @@ class AgentPipeline:
         index = int(option[0])
         label = self.option_names[index] if index < len(self.option_names) else str(index)
         return pred[0], None, label
+
+
+def _build_decoder(decoder: Any, options: Mapping[str, Any] | None) -> Any:
+    if isinstance(decoder, str):
+        return make_decoder(decoder, **dict(options or {}))
+    if options:
+        raise ValueError("decoder_options apply to a decoder given by name "
+                         "(decoder=\"openai\" or \"hf\")")
+    if decoder is None:
+        return NearestNeighbourDecoder()
+    if not callable(decoder):
+        raise TypeError(f"decoder must be a name or a callable, got {type(decoder).__name__}")
+    return decoder
+
+
+def _as_reply(result: Any, decoder: Any) -> Reply:
+    """A decoder's answer as a ``Reply`` (a plain string came from a user's own decoder)."""
+    if isinstance(result, Reply):
+        return result
+    if isinstance(result, str):
+        return Reply(text=result, source=getattr(decoder, "name", "custom"))
+    raise TypeError(f"the decoder returned {type(result).__name__}; it must return a str or a Reply")
 
 
 def _saved_target_return(policy: Any, given: float | None) -> float | None:
