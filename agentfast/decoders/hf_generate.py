@@ -115,8 +115,9 @@ class HFGeneratorDecoder(GeneratorDecoder):
 
     def generate(self, messages: list[dict[str, str]]) -> Reply:
         # The template writes the special tokens (BOS included) itself.
-        inputs = self.tokenizer(self.prompt(messages), return_tensors="pt",
-                                add_special_tokens=False).to(self.device)
+        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt", add_special_tokens=False)
+        inputs = {name: encoded[name].to(self.device) for name in ("input_ids", "attention_mask")
+                  if name in encoded}  # not token_type_ids, which some tokenizers add
         length = inputs["input_ids"].shape[1]
         self._check_context(length)
         settings = self._generation_settings()
