@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._version import __version__
 from .attention import attention
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "ActionTransformer": "agentfast.models",

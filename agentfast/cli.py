@@ -147,7 +147,7 @@ def _add_encoder_args(parser: argparse.ArgumentParser, *, defaults_from_policy: 
 
 
 def _encoder_settings(args: argparse.Namespace, base: Any | None = None):
-    from .training.run import EncoderSettings
+    from .data.settings import EncoderSettings
 
     settings = base or EncoderSettings()
     changes: dict[str, Any] = {"batch_size": args.encoder_batch_size, "device": args.encoder_device,
@@ -181,11 +181,11 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
     from .attention.backends import backend_names
     from .training.config import MODEL_TYPES, PRECISIONS, TrainConfig
-    from .training.modeling import VISIBILITY_CHOICES
+    from .visibility import SETTINGS as VISIBILITY_SETTINGS
 
     # Checked here, so a typo fails before the data is embedded.
     choices = {"model_type": MODEL_TYPES, "precision": PRECISIONS,
-               "visibility": VISIBILITY_CHOICES, "attn_backend": ("auto", *backend_names())}
+               "visibility": VISIBILITY_SETTINGS, "attn_backend": ("auto", *backend_names())}
 
     group = parser.add_argument_group("model and optimisation")
     for f in dataclasses.fields(TrainConfig):
@@ -236,7 +236,7 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .data import convert
-    from .training.run import print_read_report
+    from .data.preparation import print_read_report
 
     _require_file(args.input)
     try:
@@ -253,7 +253,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .data import load_episodes
-    from .training.run import build_encoder, print_read_report
+    from .data.preparation import build_encoder, print_read_report
 
     _require_file(args.data)
     report = load_episodes(args.data, format=args.format, strict=not args.lenient)
@@ -278,7 +278,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.distributed import init_distributed, launched_by_torchrun, shutdown_distributed
-    from .training.run import DataSettings, train_policy
+    from .data.settings import DataSettings
+    from .training.run import train_policy
 
     _require_file(args.data)
     config = _train_config(args)
@@ -331,8 +332,9 @@ def _show_report(report: Any, log_path: str | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .training.checkpoint import read_pretrained_config
-    from .training.run import encoder_settings_from_policy, evaluate_policies
+    from .data.settings import EncoderSettings
+    from .models.policy_files import read_pretrained_config
+    from .training.run import evaluate_policies
 
     for directory in args.checkpoints:
         read_pretrained_config(directory)  # a clear error before any work
@@ -340,7 +342,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = None  # the policy's own encoder settings
     if any((args.encoder, args.pooling, args.no_normalize, args.max_length, args.no_cache,
             args.cache_dir)):
-        base = encoder_settings_from_policy(read_pretrained_config(args.checkpoints[0]))
+        base = EncoderSettings.from_policy(read_pretrained_config(args.checkpoints[0]))
         settings = _encoder_settings(args, base)
     report = evaluate_policies(args.checkpoints, data_path=args.data,
                                held_out_task_types=held_out, encoder_settings=settings,
@@ -352,8 +354,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .models.policy_files import read_pretrained_config
     from .pipeline import AgentPipeline
-    from .training.checkpoint import read_pretrained_config
 
     read_pretrained_config(args.checkpoint)
     pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
@@ -421,16 +423,12 @@ def _print_reply_notes(reply: Any) -> None:
 
 def _visibility_arg(value: str | None) -> str | dict[str, Any] | None:
     """--visibility: a preset name, or JSON {agent: [agents it sees]}."""
-    if value is None or value in ("full", "private", "hub"):
-        return value
+    from .visibility import parse_visibility_argument
+
     try:
-        mapping = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise CLIError(f"--visibility must be full, private, hub or JSON like "
-                       f"'{{\"coder\": [\"planner\"]}}', got {value!r} ({error.msg})") from None
-    if not isinstance(mapping, dict):
-        raise CLIError(f"--visibility JSON must be an object {{agent: [agents it sees]}}, got {value!r}")
-    return mapping
+        return parse_visibility_argument(value)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
 
 
 def _agent_arg(value: str | None) -> int | str:
@@ -451,8 +449,8 @@ def _print_candidates(pipeline: Any) -> None:
 
 def _predict_examples(pipeline: Any, args: argparse.Namespace) -> int:
     """Replay a few held-out episodes turn by turn: input, prediction, the logged action."""
+    from .models.policy_files import read_pretrained_config
     from .pipeline import example_episodes, replay_episode
-    from .training.checkpoint import read_pretrained_config
 
     config = read_pretrained_config(args.checkpoint)
     correct = total = 0
@@ -554,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agentfast", description="Train transformer policies on LLM agent logs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `agentfast COMMAND --help` for the options of a command.")
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"agentfast {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
@@ -697,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_user_error(error: Exception) -> bool:
     """Errors about the user's input or files, shown without a traceback."""
     from .data import DataError
-    from .training.checkpoint import CheckpointError
+    from .models.policy_files import CheckpointError
 
     from .decoders import DecoderError
 

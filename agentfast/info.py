@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from ._extension import build_info, has_cuda_kernels, load_error, runtime_info
 from .attention import backend_names, get_backend, make_call
 

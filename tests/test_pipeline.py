@@ -5,10 +5,9 @@ generators are told the conversation, the ranked candidates and the option or ag
 import pytest
 import torch
 
-from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
 from agentfast.decoders import GeneratorDecoder, Reply, chat_messages
+from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer, save_pretrained
 from agentfast.pipeline import ActionBank, AgentPipeline, DecodeContext
-from agentfast.training import save_pretrained
 from tests.chat_server import chat_server  # noqa: F401 (the fixture)
 from tests.fake_encoders import HashEncoder
 

@@ -1,5 +1,6 @@
 """Masked attention: one contract (``attention``), many backends."""
 
+from ..visibility import bitmask_to_visibility, visibility_to_bitmask
 from .api import (
     AttentionInputError,
     BackendUnavailableError,
@@ -9,7 +10,7 @@ from .api import (
     select_backend,
 )
 from .backends import backend_names, get_backend
-from .mask import bitmask_to_visibility, dense_mask, visibility_to_bitmask
+from .mask import dense_mask
 from .reference import reference_attention
 
 __all__ = [

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..visibility import check_visibility_shape, visibility_to_bitmask
 from .backends import AttentionBackend, AttentionCall, backend_names, get_backend
 from .dispatch_table import auto_candidates
-from .mask import MAX_AGENTS, visibility_to_bitmask
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT_DTYPES = (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8)
@@ -97,15 +97,8 @@ def _expand_visibility(visibility: Tensor, batch: int, device: torch.device) -> 
         _fail(f"agent_visibility must be bool, got {visibility.dtype}")
     if visibility.device != device:
         _fail(f"agent_visibility is on {visibility.device} but q is on {device}")
-    if visibility.dim() == 2:
-        visibility = visibility.unsqueeze(0).expand(batch, -1, -1)
-    if visibility.dim() != 3 or visibility.shape[0] != batch or visibility.shape[1] != visibility.shape[2]:
-        _fail(f"agent_visibility must be [A, A] or [B={batch}, A, A], got {list(visibility.shape)}")
-    if visibility.shape[-1] > MAX_AGENTS:
-        _fail(f"at most {MAX_AGENTS} agents are supported, agent_visibility has {visibility.shape[-1]}")
-    if visibility.shape[-1] == 0:
-        _fail("agent_visibility has zero agents")
-    return visibility
+    check_visibility_shape(visibility, batch, name="agent_visibility", error=AttentionInputError)
+    return visibility.expand(batch, -1, -1) if visibility.dim() == 2 else visibility
 
 
 def make_call(

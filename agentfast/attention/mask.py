@@ -6,7 +6,7 @@ attend key ``j`` iff ``(not causal or j <= p)``, ``j < seq_lens[b]`` and, with a
 
 Dense backends (reference, sdpa) materialise this rule as a boolean ``[B, 1, Nq, Nk]`` mask;
 kernels receive the visibility as an int64 bitmask ``[B, A]`` (bit ``c`` of row ``a`` = ``a``
-sees ``c``), which is what ``visibility_to_bitmask`` produces.
+sees ``c``), which ``agentfast.visibility.visibility_to_bitmask`` produces.
 """
 
 from __future__ import annotations
@@ -14,25 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MAX_AGENTS = 64
+from .._lazy import moved_names
 
-
-def visibility_to_bitmask(visibility: Tensor) -> Tensor:
-    """Pack a bool visibility ``[B, A, A]`` into int64 ``[B, A]``; bit c of row a = a sees c.
-
-    Bit 63 lands in the sign bit; kernels read the mask as unsigned bits, so that is fine.
-    """
-    num_agents = visibility.shape[-1]
-    bits = torch.ones((), dtype=torch.int64, device=visibility.device) << torch.arange(
-        num_agents, device=visibility.device, dtype=torch.int64
-    )
-    return (visibility.to(torch.int64) * bits).sum(dim=-1)
-
-
-def bitmask_to_visibility(bitmask: Tensor, num_agents: int) -> Tensor:
-    """Inverse of ``visibility_to_bitmask``: int64 ``[B, A]`` to bool ``[B, A, A]``."""
-    shifts = torch.arange(num_agents, device=bitmask.device, dtype=torch.int64)
-    return ((bitmask.unsqueeze(-1) >> shifts) & 1).bool()
+# Agent visibility (its bitmasks and the agent limit) lives in agentfast.visibility.
+__getattr__ = moved_names(__name__, {
+    "MAX_AGENTS": "agentfast.visibility",
+    "visibility_to_bitmask": "agentfast.visibility",
+    "bitmask_to_visibility": "agentfast.visibility",
+})
 
 
 def dense_mask(

@@ -3,8 +3,9 @@
 Read logs (episodes, OpenAI chat and preference records, ShareGPT, ChatGPT's
 ``conversations.json``; as JSONL, JSON arrays or Parquet) into validated ``Episode`` records
 with a report of everything left out or transformed, embed their texts with a Hugging Face encoder (cached on
-disk), and batch them with ``EpisodeDataset`` and ``collate_episodes``. Importing this
-package does not import transformers; the encoder does, when it is built.
+disk), and batch them with ``EpisodeDataset`` and ``collate_episodes``; ``prepare_data``
+does all of it for the splits of ``DataSettings`` with the encoder of ``EncoderSettings``.
+Importing this package does not import transformers; the encoder does, when it is built.
 """
 
 from .cache import CachedEncoder, EmbeddingCache, default_cache_dir
@@ -23,6 +24,7 @@ from .dataset import (
     window_starts,
 )
 from .encoders import TextEncoder, default_encoder_path, pool
+from .preparation import MemoEncoder, PreparedData, build_encoder, prepare_data, read_log
 from .readers import (
     FORMATS,
     KINDS,
@@ -39,6 +41,7 @@ from .readers import (
     write_episodes_jsonl,
 )
 from .schema import DataError, Episode, EpisodeValidationError
+from .settings import DataSettings, EncoderSettings
 
 __all__ = [
     "FORMATS",
@@ -46,6 +49,10 @@ __all__ = [
     "KINDS",
     "CachedEncoder",
     "DataError",
+    "DataSettings",
+    "EncoderSettings",
+    "MemoEncoder",
+    "PreparedData",
     "EmbeddingCache",
     "Episode",
     "EpisodeDataset",
@@ -54,6 +61,7 @@ __all__ = [
     "SkippedRecordsWarning",
     "TextEncoder",
     "Vocabulary",
+    "build_encoder",
     "collate_episodes",
     "convert",
     "default_cache_dir",
@@ -64,8 +72,10 @@ __all__ = [
     "load_episodes",
     "make_dataloader",
     "pool",
+    "prepare_data",
     "read_chatgpt_export",
     "read_episodes_jsonl",
+    "read_log",
     "read_openai_chat_jsonl",
     "read_openai_preference_jsonl",
     "read_sharegpt",

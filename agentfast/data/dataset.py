@@ -16,11 +16,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..attention.mask import MAX_AGENTS
+from ..visibility import MAX_AGENTS, METADATA_KEY, visibility_from_map
 from .schema import Episode
 
 IGNORE_INDEX = -100  # action_ids at padding; torch's cross_entropy ignores it by default
-VISIBILITY_KEY = "visibility"  # metadata: {agent: [agents it can see]} for multi-agent logs
 
 
 class Vocabulary:
@@ -271,24 +270,10 @@ class EpisodeDataset(Dataset):
 
 
 def visibility_matrix(episode: Episode, agent_vocab: Vocabulary, num_agents: int) -> torch.Tensor:
-    """bool [A, A] from ``metadata["visibility"]`` ({agent: [agents it sees]}); row = the viewer.
-
-    Agents not listed see everyone; every agent sees itself.
-    """
-    matrix = torch.ones(num_agents, num_agents, dtype=torch.bool)
-    declared = episode.metadata.get(VISIBILITY_KEY)
-    if not isinstance(declared, Mapping):
-        return matrix
-    for viewer, seen in declared.items():
-        if str(viewer) not in agent_vocab or not isinstance(seen, (list, tuple)):
-            continue
-        row = agent_vocab.index(str(viewer))
-        matrix[row] = False
-        for other in seen:
-            if str(other) in agent_vocab:
-                matrix[row, agent_vocab.index(str(other))] = True
-        matrix[row, row] = True
-    return matrix
+    """bool [A, A] from the episode's ``metadata["visibility"]`` map ({agent: [agents it
+    sees]}; row = the viewer): agents not listed see everyone, every agent sees itself, and
+    agents the vocabulary does not know are passed over (``agentfast.visibility``)."""
+    return visibility_from_map(episode.metadata.get(METADATA_KEY), agent_vocab.labels, num_agents)
 
 
 def collate_episodes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

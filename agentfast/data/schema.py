@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..attention.mask import MAX_AGENTS
+from ..visibility import MAX_AGENTS
 
 EPISODE_KEYS = ("states", "actions", "rewards", "agent_ids", "options", "metadata")
 # Metadata keys that declare the allowed labels of an episode (checked when present).

@@ -43,6 +43,7 @@ class ActionTransformer(SequencePolicy):
     ``model.config`` holds these arguments (JSON-serialisable).
     """
 
+    model_type = "action"
     tokens_per_step = 2
 
     def __init__(

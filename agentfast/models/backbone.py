@@ -21,6 +21,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention import attention
 from .kv_cache import KVCache
+from .policy_files import (
+    WEIGHTS_FILE,
+    CheckpointError,
+    build_saved_model,
+    load_weights,
+    read_pretrained_config,
+    write_policy,
+)
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -276,6 +284,7 @@ class TransformerBackbone(nn.Module):
 class SequencePolicy(nn.Module):
     """Shared plumbing of the three models: config, backbone, weight init, caches, checks."""
 
+    model_type: str  # the name a policy is registered and saved under
     tokens_per_step: int = 2
 
     def _build_backbone(self, config: dict[str, Any]) -> None:
@@ -341,26 +350,21 @@ class SequencePolicy(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str], **extras: Any) -> Path:
         """Write ``model.safetensors`` and ``config.json`` (each atomically) to ``directory``;
-        ``extras`` (metadata, vocab, action_bank) as ``training.checkpoint.save_pretrained``
+        ``extras`` (metadata, vocab, action_bank) as ``agentfast.models.save_pretrained``
         takes them. ``agentfast train`` writes its policies this way."""
-        from ..training.checkpoint import model_classes, save_pretrained
-
-        model_types = [name for name, cls in model_classes().items() if isinstance(self, cls)]
-        if not model_types:
-            raise TypeError(f"{type(self).__name__} is none of agentfast's policy classes; "
-                            "save it with training.checkpoint.save_weights")
-        return save_pretrained(directory, self, model_type=model_types[0], **extras)
+        return write_policy(directory, self, model_type=self.model_type, **extras)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu") -> "SequencePolicy":
         """The model saved in ``directory`` (by ``save_pretrained`` or ``agentfast train``),
         weights checked key by key, in eval mode on ``device``."""
-        from ..training.checkpoint import CheckpointError, load_pretrained
-
-        model = load_pretrained(directory, device).model
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        config = read_pretrained_config(directory)
+        if config["model_type"] != cls.model_type:
+            saved = config.get("model_class", config["model_type"])
+            raise CheckpointError(f"{directory} holds a {saved}, not a {cls.__name__}")
+        model = build_saved_model(cls, config)
+        load_weights(model, Path(directory) / WEIGHTS_FILE)
+        return model.to(device).eval()
 
     def new_cache(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None

@@ -23,6 +23,7 @@ class HierarchicalTransformer(SequencePolicy):
     ``ActionTransformer``. ``model.config`` holds the arguments (JSON-serialisable).
     """
 
+    model_type = "hierarchical"
     tokens_per_step = 3
 
     def __init__(

@@ -14,60 +14,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..attention.mask import MAX_AGENTS
+from ..visibility import as_visibility, check_num_agents
 from .backbone import (
     SequencePolicy, _on_cpu_or_assert, check_index_input, check_seq_lens, interleave, token_stream, valid_steps,
 )
 from .kv_cache import KVCache
-
-PRESETS = ("full", "private", "hub")
-
-
-def visibility_preset(
-    name: str | Sequence[Sequence[bool | int]] | Tensor,
-    num_agents: int,
-    *,
-    hub: int = 0,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """A bool visibility matrix ``[A, A]`` (row = the attending agent, column = the seen one).
-
-    Args:
-        name: ``"full"`` (everyone sees everyone), ``"private"`` (each agent sees only
-            itself), ``"hub"`` (hub-and-spoke: the hub sees everyone, every other agent sees
-            the hub and itself); or an explicit matrix as a list of lists / tensor.
-        num_agents: A, at most 64.
-        hub: the hub agent of ``"hub"``.
-        device: where to put the matrix.
-
-    Note: in a causal model an agent under ``"private"`` sees nothing of the others.
-    """
-    if not 1 <= num_agents <= MAX_AGENTS:
-        raise ValueError(f"num_agents must lie in [1, {MAX_AGENTS}], got {num_agents}")
-    if not isinstance(name, str):
-        matrix = torch.as_tensor(name, device=device)
-        if matrix.dtype != torch.bool:
-            if matrix.is_floating_point() or matrix.is_complex():
-                raise TypeError(f"a visibility matrix must be bool or 0/1 integers, got {matrix.dtype}")
-            if bool(((matrix != 0) & (matrix != 1)).any()):
-                raise ValueError("a visibility matrix of integers must hold only 0 and 1")
-            matrix = matrix != 0
-        if tuple(matrix.shape) != (num_agents, num_agents):
-            raise ValueError(f"visibility matrix must be [{num_agents}, {num_agents}], got {list(matrix.shape)}")
-        return matrix
-    eye = torch.eye(num_agents, dtype=torch.bool, device=device)
-    if name == "full":
-        return torch.ones(num_agents, num_agents, dtype=torch.bool, device=device)
-    if name == "private":
-        return eye
-    if name == "hub":
-        if not 0 <= hub < num_agents:
-            raise ValueError(f"hub must lie in [0, {num_agents}), got {hub}")
-        matrix = eye.clone()
-        matrix[hub, :] = True  # the hub sees everyone
-        matrix[:, hub] = True  # everyone sees the hub
-        return matrix
-    raise ValueError(f"unknown visibility preset {name!r}; choose one of {', '.join(PRESETS)} or pass a matrix")
 
 
 class MultiAgentTransformer(SequencePolicy):
@@ -78,6 +29,7 @@ class MultiAgentTransformer(SequencePolicy):
     ``model.config`` holds the arguments (JSON-serialisable).
     """
 
+    model_type = "multi_agent"
     tokens_per_step = 2
 
     def __init__(
@@ -96,8 +48,7 @@ class MultiAgentTransformer(SequencePolicy):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        if not 1 <= max_num_agents <= MAX_AGENTS:
-            raise ValueError(f"max_num_agents must lie in [1, {MAX_AGENTS}], got {max_num_agents}")
+        check_num_agents(max_num_agents, "max_num_agents")
         self._build_backbone(dict(
             state_dim=state_dim, action_dim=action_dim, embed_dim=embed_dim, num_layers=num_layers,
             num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
@@ -200,28 +151,14 @@ class MultiAgentTransformer(SequencePolicy):
 
     def _visibility(self, agent_mask: Any, batch: int, device: torch.device, agent_ids: Tensor) -> Tensor | None:
         """``agent_mask`` as bool ``[A, A]`` / ``[B, A, A]`` on ``device``, checked against the ids."""
-        if agent_mask is None:
-            return None
-        if isinstance(agent_mask, str):
-            agent_mask = visibility_preset(agent_mask, self.max_num_agents, device=device)
-        elif not isinstance(agent_mask, Tensor):
-            agent_mask = visibility_preset(agent_mask, len(agent_mask), device=device)
-        if agent_mask.dtype != torch.bool:
-            if agent_mask.is_floating_point():
-                raise TypeError(f"agent_mask must be bool (True = may see), got {agent_mask.dtype}")
-            agent_mask = agent_mask != 0
-        agent_mask = agent_mask.to(device)
-        shape = list(agent_mask.shape)
-        if agent_mask.dim() not in (2, 3) or shape[-1] != shape[-2] or (agent_mask.dim() == 3 and shape[0] != batch):
-            raise ValueError(f"agent_mask must be [A, A] or [B={batch}, A, A], got {shape}")
-        num_agents = shape[-1]
-        if not 1 <= num_agents <= MAX_AGENTS:
-            raise ValueError(f"agent_mask must cover between 1 and {MAX_AGENTS} agents, got {num_agents}")
-        _on_cpu_or_assert(
-            agent_ids >= num_agents,
-            lambda: f"agent_ids go up to {int(agent_ids.max())} but agent_mask only covers {num_agents} agents",
-        )
-        return agent_mask
+        visibility = as_visibility(agent_mask, self.max_num_agents, batch=batch, device=device)
+        if visibility is not None:
+            num_agents = visibility.shape[-1]
+            _on_cpu_or_assert(
+                agent_ids >= num_agents,
+                lambda: f"agent_ids go up to {int(agent_ids.max())} but agent_mask only covers {num_agents} agents",
+            )
+        return visibility
 
     def _heads(self, state_hidden: Tensor) -> tuple[Tensor, Tensor]:
         return self.action_head(state_hidden), self.value_head(state_hidden).squeeze(-1)

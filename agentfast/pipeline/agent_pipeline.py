@@ -18,14 +18,18 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.preparation import build_encoder
+from ..data.settings import EncoderSettings
 from ..decoders import DecodeContext, Decoder, NearestNeighbourDecoder, Reply, make_decoder
+from ..models.policy_files import CheckpointError
+from ..models.pretrained import load_pretrained
+from ..visibility import as_visibility, setting_visibility
 
 __all__ = ["ActionBank", "AgentPipeline", "DecodeContext", "Decoder", "NearestNeighbourDecoder",
            "Prediction"]
@@ -171,16 +175,12 @@ class AgentPipeline:
         Other keyword arguments are the constructor's, e.g. ``decoder="openai",
         decoder_options={"model": "gpt-4o-mini"}`` to have a chat model write the replies.
         """
-        from ..training.checkpoint import CheckpointError, load_pretrained
-        from ..training.modeling import visibility_mask
-        from ..training.run import build_encoder, encoder_settings_from_policy
-
         policy = load_pretrained(directory, device=device)
         if policy.action_bank is None:
             raise CheckpointError(f"{directory} has no action bank; it cannot decode actions")
         if encoder is None:
             # No loading progress bars: they would only clutter the replies.
-            encoder = build_encoder(encoder_settings_from_policy(policy.config, cache_dir=""),
+            encoder = build_encoder(EncoderSettings.from_policy(policy.config, cache_dir=""),
                                     progress=False)
         saved_identity = policy.config.get("encoder", {}).get("identity")
         if saved_identity and getattr(encoder, "identity", saved_identity) != saved_identity:
@@ -188,8 +188,8 @@ class AgentPipeline:
                           "predictions may be meaningless", stacklevel=2)
         if agent_mask is None and policy.model_type == "multi_agent":
             preset = policy.config.get("train_config", {}).get("visibility", "data")
-            agent_mask = visibility_mask(preset, policy.config["model_config"]["max_num_agents"],
-                                         device)
+            agent_mask = setting_visibility(preset, policy.config["model_config"]["max_num_agents"],
+                                            device)
         kwargs["target_return"] = _saved_target_return(policy, kwargs.get("target_return"))
         return cls(encoder, policy.model, ActionBank(policy.action_texts, policy.action_bank.cpu()),
                    agent_names=policy.vocab.get("agent"), option_names=policy.vocab.get("option"),
@@ -218,28 +218,8 @@ class AgentPipeline:
             return None
         if self.kind != "multi_agent":
             raise ValueError(f"agent_mask applies to multi-agent policies, not to a {self.kind} one")
-        from ..models import visibility_preset
-
         size = int(getattr(self.model, "config", {}).get("max_num_agents", 1))
-        if isinstance(mask, Tensor):
-            return mask.to(self.device)  # the model checks it against the agent ids
-        if isinstance(mask, Mapping):
-            return self._mask_from_names(mask, size)
-        return visibility_preset(mask, size if isinstance(mask, str) else len(mask), device=self.device)
-
-    def _mask_from_names(self, mask: Mapping[Any, Sequence[Any]], size: int) -> Tensor:
-        from ..data import Vocabulary, visibility_matrix
-
-        names = self.agent_names or [str(i) for i in range(size)]
-        for viewer, seen in mask.items():
-            if not isinstance(seen, (list, tuple)):
-                raise ValueError(f"agent_mask[{viewer!r}] must be a list of agents, got {seen!r}")
-            unknown = [str(a) for a in (viewer, *seen) if str(a) not in names]
-            if unknown:
-                raise ValueError(f"unknown agent {unknown[0]!r} in agent_mask; known: {names}")
-        # The rule that turned episodes' metadata into training masks, applied as is.
-        carrier = SimpleNamespace(metadata={"visibility": dict(mask)})
-        return visibility_matrix(carrier, Vocabulary(names), size).to(self.device)
+        return as_visibility(mask, size, agent_names=self.agent_names, device=self.device)
 
     def _agent_label(self, agent_id: int) -> str | None:
         """The acting agent as the decoder's prompt names it (multi-agent policies only)."""

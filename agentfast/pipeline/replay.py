@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import Episode, Vocabulary, episode_returns_to_go, load_episodes, visibility_matrix
+from ..data.dataset import episode_returns_to_go
+from ..data.readers import load_episodes
+from ..data.schema import Episode
+from ..visibility import METADATA_KEY, visibility_from_map
 from .agent_pipeline import AgentPipeline
 
 
@@ -87,4 +90,4 @@ def _own_visibility(pipeline: AgentPipeline, episode: Episode, policy_config: di
     if pipeline.kind != "multi_agent" or trained_with != "data":
         return None
     size = int(policy_config["model_config"]["max_num_agents"])
-    return visibility_matrix(episode, Vocabulary(pipeline.agent_names), size)
+    return visibility_from_map(episode.metadata.get(METADATA_KEY), pipeline.agent_names, size)

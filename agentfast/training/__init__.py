@@ -2,17 +2,14 @@
 
 ``Trainer`` runs the loop (AdamW + warmup/cosine, clipping, AMP, early stopping, resumable
 atomic checkpoints, DDP); ``train_policy`` / ``evaluate_policies`` are the end-to-end jobs
-behind ``agentfast train`` / ``agentfast evaluate``; ``save_pretrained`` /
-``load_pretrained`` read and write policy directories (safetensors + JSON).
+behind ``agentfast train`` / ``agentfast evaluate``. Saved policies are read and written by
+``agentfast.models`` (``save_pretrained`` / ``load_pretrained``), the data they train on is
+prepared by ``agentfast.data``.
 """
 
-from .checkpoint import (
-    CheckpointError,
-    PretrainedPolicy,
-    latest_checkpoint,
-    load_pretrained,
-    save_pretrained,
-)
+from .._lazy import moved_names
+from ..models.policy_files import CheckpointError
+from .checkpoint import latest_checkpoint
 from .config import MODEL_TYPES, TrainConfig
 from .distributed import DistributedContext, ResumableSampler, init_distributed
 from .evaluation import EvaluationReport, format_table
@@ -26,25 +23,26 @@ from .losses import (
     value_loss,
 )
 from .modeling import build_model, forward_batch
-from .run import (
-    DataSettings,
-    EncoderSettings,
-    evaluate_policies,
-    prepare_data,
-    train_policy,
-)
+from .run import evaluate_policies, train_policy
 from .schedules import build_optimizer, warmup_cosine_factor, warmup_cosine_schedule
 from .trainer import EarlyStopping, Trainer, TrainResult
+
+# Policy files and data preparation moved down a layer; the old names still resolve.
+__getattr__ = moved_names(__name__, {
+    "save_pretrained": "agentfast.models.pretrained",
+    "load_pretrained": "agentfast.models.pretrained",
+    "PretrainedPolicy": "agentfast.models.pretrained",
+    "DataSettings": "agentfast.data.settings",
+    "EncoderSettings": "agentfast.data.settings",
+    "prepare_data": "agentfast.data.preparation",
+})
 
 __all__ = [
     "MODEL_TYPES",
     "CheckpointError",
-    "DataSettings",
     "DistributedContext",
     "EarlyStopping",
-    "EncoderSettings",
     "EvaluationReport",
-    "PretrainedPolicy",
     "ResumableSampler",
     "TrainConfig",
     "TrainResult",
@@ -59,10 +57,7 @@ __all__ = [
     "forward_batch",
     "init_distributed",
     "latest_checkpoint",
-    "load_pretrained",
     "option_loss",
-    "prepare_data",
-    "save_pretrained",
     "termination_labels",
     "termination_loss",
     "train_policy",

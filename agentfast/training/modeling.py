@@ -8,14 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import model_classes
+from .._lazy import moved_names
+from ..models.registry import policy_class
 from .config import TrainConfig
 from .losses import ModelOutputs
 
 def model_constructor_args(config: TrainConfig, *, state_dim: int, action_dim: int,
                            num_agents: int = 1, num_options: int = 1) -> dict[str, Any]:
     """Constructor arguments for ``config.model_type``, filtered to what the class accepts."""
-    cls = model_classes()[config.model_type]
+    cls = policy_class(config.model_type)
     candidates = {
         "state_dim": state_dim,
         "action_dim": action_dim,
@@ -38,7 +39,7 @@ def model_constructor_args(config: TrainConfig, *, state_dim: int, action_dim: i
 
 def check_model_options(config: TrainConfig) -> None:
     """Refuse options that ``config.model_type`` would silently ignore."""
-    cls = model_classes()[config.model_type]
+    cls = policy_class(config.model_type)
     if config.discrete_actions and "discrete_actions" not in inspect.signature(cls.__init__).parameters:
         raise ValueError(f"{cls.__name__} does not support discrete actions")
     if config.condition_on_returns and "returns_to_go" not in inspect.signature(cls.forward).parameters:
@@ -51,25 +52,14 @@ def build_model(config: TrainConfig, *, state_dim: int, action_dim: int, num_age
                 num_options: int = 1) -> nn.Module:
     args = model_constructor_args(config, state_dim=state_dim, action_dim=action_dim,
                                   num_agents=num_agents, num_options=num_options)
-    return model_classes()[config.model_type](**args)
+    return policy_class(config.model_type)(**args)
 
 
-VISIBILITY_CHOICES = ("data", "full", "private", "hub")
-
-
-def visibility_mask(preset: str, num_agents: int, device: torch.device | str = "cpu") -> Tensor | None:
-    """The [A, A] agent visibility for a preset name.
-
-    ``full`` needs no mask at all; ``data`` means each batch's own ``agent_mask`` (from
-    the episodes' ``metadata["visibility"]``), so there is no fixed mask either.
-    """
-    if preset not in VISIBILITY_CHOICES:
-        raise ValueError(f"visibility must be one of {VISIBILITY_CHOICES}, got {preset!r}")
-    if preset in ("full", "data"):
-        return None
-    from ..models import visibility_preset
-
-    return visibility_preset(preset, num_agents).to(device)
+# The visibility settings moved to agentfast.visibility (one home for agent visibility).
+__getattr__ = moved_names(__name__, {
+    "VISIBILITY_CHOICES": "agentfast.visibility:SETTINGS",
+    "visibility_mask": "agentfast.visibility:setting_visibility",
+})
 
 
 def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

@@ -9,22 +9,19 @@ baselines. ``evaluate_policies`` does the evaluation part for saved policies.
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import (
-    CheckpointError,
-    PretrainedPolicy,
-    checkpoint_root,
-    latest_checkpoint,
-    load_pretrained,
-    read_pretrained_config,
-    save_pretrained,
-)
+from .._lazy import moved_names
+from ..data.preparation import PreparedData, build_encoder, prepare_data, print_read_report, read_log
+from ..data.settings import DataSettings, EncoderSettings
+from ..models.policy_files import CheckpointError, read_pretrained_config
+from ..models.pretrained import PretrainedPolicy, load_pretrained, save_pretrained
+from .checkpoint import checkpoint_root, latest_checkpoint, read_trainer_state
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .evaluation import (
@@ -36,209 +33,27 @@ from .evaluation import (
     predict_steps,
     seen_action_fraction,
 )
-from .modeling import build_model, check_model_options, visibility_mask
+from ..visibility import setting_visibility
+from .modeling import build_model, check_model_options
 from .precision import seed_everything
 from .trainer import JsonlLogger, Trainer, TrainResult
 
-MODEL_LABELS = {"action": "ActionTransformer", "multi_agent": "MultiAgentTransformer",
-                "hierarchical": "HierarchicalTransformer"}
 
 
-@dataclass
-class DataSettings:
-    """Which episodes train, validate and test."""
-
-    path: str
-    format: str = "auto"
-    strict: bool = True
-    held_out_task_types: list[str] = field(default_factory=list)
-    val_fraction: float = 0.15
-    window_stride: int | None = None
-    gamma: float = 0.99
-    split_seed: int = 0
-
-
-@dataclass
-class EncoderSettings:
-    """How texts become vectors; saved with the policy so inference embeds the same way."""
-
-    name_or_path: str | None = None  # None: the packaged offline default encoder
-    pooling: str = "mean"
-    normalize: bool = True
-    max_length: int | None = None
-    batch_size: int = 64
-    cache_dir: str | None = None  # None: the default cache; "" turns caching off
-    device: str = "auto"  # where the encoder runs: auto (cuda when available), cpu, cuda
-
-    def saved(self) -> dict[str, Any]:
-        """The part that decides the embeddings (not where they are cached or computed); a
-        local encoder directory is saved as an absolute path, so the policy loads from
-        any working directory."""
-        name = self.name_or_path
-        if name is not None and Path(name).is_dir():
-            name = str(Path(name).resolve())
-        return {"name_or_path": name, "pooling": self.pooling,
-                "normalize": self.normalize, "max_length": self.max_length}
-
-
-class MemoEncoder:
-    """Remembers every text it embedded in this process, so the train, validation and
-    held-out datasets share one pass over the encoder."""
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self._memo: dict[str, torch.Tensor] = {}
-
-    @property
-    def dim(self) -> int:
-        return int(self.encoder.dim)
-
-    @property
-    def identity(self) -> str:
-        return self.encoder.identity
-
-    def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
-        texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        if missing:
-            self._memo.update(zip(missing, self.encoder.encode(missing, progress=progress)))
-        if not texts:
-            return torch.empty(0, self.dim)
-        return torch.stack([self._memo[t] for t in texts]).float()
-
-
-def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEncoder:
-    """The text encoder of ``settings``, with the on-disk cache unless it is turned off.
-
-    With the cache, the encoder loads only when some text is not cached yet (a local
-    encoder is named by its files). ``progress=False`` also silences transformers'
-    messages while it loads.
-    """
-    from ..data import CachedEncoder, TextEncoder
-
-    cached = settings.cache_dir != ""
-    encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
-                               normalize=settings.normalize, max_length=settings.max_length,
-                               batch_size=settings.batch_size, device=_encoder_device(settings.device),
-                               lazy=cached, verbose=progress)
-    if cached:
-        encoder = CachedEncoder(encoder, settings.cache_dir or None)
-    return MemoEncoder(encoder)
-
-
-def _encoder_device(name: str) -> torch.device:
-    """``auto`` is cuda when available (the current device, which each torchrun rank sets to
-    its own), else cpu. Embeddings come back on the CPU either way."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"encoder device {name!r} is not a device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"encoder device {name!r} was asked for but no CUDA device is available")
-    return device
+# Data and encoder settings, the encoder and data preparation moved to agentfast.data.
+__getattr__ = moved_names(__name__, {
+    "MemoEncoder": "agentfast.data.preparation",
+    "highest_return_to_go": "agentfast.data.preparation",
+    "load_report": "agentfast.data.preparation:read_log",
+})
 
 
 def encoder_settings_from_policy(config: dict[str, Any], **overrides: Any) -> EncoderSettings:
-    saved = dict(config.get("encoder", {}).get("settings", {}))
-    saved.update({k: v for k, v in overrides.items() if v is not None})
-    return EncoderSettings(**saved)
-
-
-@dataclass
-class PreparedData:
-    train: Any
-    val: Any | None
-    held_out: Any | None
-    vocab: dict[str, list[str]]
-    action_bank: torch.Tensor
-    state_dim: int
-    action_dim: int
-    num_agents: int
-    num_options: int
-    summary: dict[str, Any]
-
-
-def load_report(settings: DataSettings):
-    from ..data import load_episodes
-
-    path = Path(settings.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    return load_episodes(path, format=settings.format, strict=settings.strict)
-
-
-def print_read_report(report: Any) -> list[str]:
-    """The read's summary, then every record a lenient read skipped, one line each on stderr;
-    returns those lines for the JSONL log."""
-    print(report.summary(first_error=False))
-    lines = [str(error) for error in report.errors]
-    for line in lines:
-        print(f"skipped {line}", file=sys.stderr)
-    return lines
-
-
-def prepare_data(episodes: Sequence[Any], encoder: Any, settings: DataSettings, max_seq_len: int,
-                 *, vocab: dict[str, list[str]] | None = None, progress: bool = True,
-                 context: DistributedContext | None = None) -> PreparedData:
-    """Split, embed and window the episodes.
-
-    Vocabularies (actions, agents, options) come from ``vocab`` (a saved policy's) or are
-    built from all episodes, held-out ones included, so every split shares one id space and
-    the action bank holds every known action.
-    """
-    from ..data import EpisodeDataset, Vocabulary, split_by_task_type, train_val_split
-
-    context = context or DistributedContext()
-    episodes = list(episodes)
-    if not episodes:
-        raise ValueError(f"no episodes in {settings.path}")
-    if settings.held_out_task_types:
-        rest, held_out = split_by_task_type(episodes, settings.held_out_task_types)
-    else:
-        rest, held_out = episodes, []
-    train, val = train_val_split(rest, settings.val_fraction, settings.split_seed)
-    common = dict(max_seq_len=max_seq_len, gamma=settings.gamma)
-    vocab_args = {}
-    if vocab:
-        vocab_args = {f"{key}_vocab": Vocabulary(vocab[key]) for key in ("action", "agent", "option")
-                      if key in vocab}
-    # Rank 0 embeds first (filling the on-disk cache); the others then read it.
-    if context.enabled and not context.is_main:
-        context.barrier()
-    everything = EpisodeDataset(episodes, encoder, progress=progress and context.is_main,
-                                **vocab_args, **common)
-    if context.enabled and context.is_main:
-        context.barrier()
-    shared = dict(action_vocab=everything.action_vocab, agent_vocab=everything.agent_vocab,
-                  option_vocab=everything.option_vocab, progress=False)
-    train_set = EpisodeDataset(train, encoder, window_stride=settings.window_stride, **shared, **common)
-    val_set = EpisodeDataset(val, encoder, **shared, **common) if val else None
-    held_set = EpisodeDataset(held_out, encoder, **shared, **common) if held_out else None
-    summary = {
-        "episodes": len(episodes), "train_episodes": len(train), "val_episodes": len(val),
-        "held_out_episodes": len(held_out), "task_types": everything.task_types,
-        "held_out_task_types": list(settings.held_out_task_types),
-        "actions": everything.num_actions, "agents": everything.num_agents,
-        "options": everything.num_options,
-        "max_return_to_go": highest_return_to_go(train, settings.gamma),
-    }
-    return PreparedData(
-        train=train_set, val=val_set, held_out=held_set,
-        vocab={"action": everything.action_vocab.labels, "agent": everything.agent_vocab.labels,
-               "option": everything.option_vocab.labels},
-        action_bank=everything.action_bank, state_dim=everything.state_dim,
-        action_dim=everything.action_dim, num_agents=everything.num_agents,
-        num_options=everything.num_options, summary=summary)
-
-
-def highest_return_to_go(episodes: Sequence[Any], gamma: float) -> float:
-    """The highest return-to-go of any step (no rewards count as zeros, as in training):
-    the default target return of a policy conditioned on returns."""
-    from ..data import episode_returns_to_go
-
-    return max(float(episode_returns_to_go(e, gamma).max()) for e in episodes)
+    """Deprecated: ``EncoderSettings.from_policy``."""
+    warnings.warn("agentfast.training.run.encoder_settings_from_policy moved to "
+                  "agentfast.data.EncoderSettings.from_policy; the old name will be removed",
+                  DeprecationWarning, stacklevel=2)
+    return EncoderSettings.from_policy(config, **overrides)
 
 
 def resolve_device(device: str, context: DistributedContext | None = None) -> torch.device:
@@ -295,8 +110,6 @@ _RESUME_MUTABLE = {"log_every"}  # settings a resumed run may change
 
 def _check_resume(checkpoint: Path, config: TrainConfig, settings: dict[str, Any]) -> None:
     """A resumed run must use the settings it started with (else the math changes)."""
-    from .checkpoint import read_trainer_state
-
     state = read_trainer_state(checkpoint)
     differing = _differences(state.get("train_config", {}), config.to_dict())
     differing += _differences(state.get("run_settings", {}), settings)
@@ -341,7 +154,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     log_path = log_path or output_dir / "train_log.jsonl"
     read_errors: list[str] = []
     if episodes is None:
-        report = load_report(data)
+        report = read_log(data)
         if context.is_main:
             read_errors = print_read_report(report)
         episodes = report.episodes
@@ -441,7 +254,7 @@ def _describe_split(summary: dict[str, Any]) -> str:
 
 
 def policy_label(policy: PretrainedPolicy) -> str:
-    label = MODEL_LABELS.get(policy.model_type, policy.model_type)
+    label = type(policy.model).__name__
     if policy.config.get("model_config", {}).get("discrete_actions"):
         label += " (discrete)"
     return label
@@ -473,7 +286,7 @@ def evaluate_policy(policy: PretrainedPolicy, dataset: Any, bank: torch.Tensor, 
     visibility = train_config.get("visibility", "data")
     agent_mask = None
     if policy.model_type == "multi_agent":
-        agent_mask = visibility_mask(visibility, policy.config["model_config"]["max_num_agents"], device)
+        agent_mask = setting_visibility(visibility, policy.config["model_config"]["max_num_agents"], device)
     _check_dataset_fits(policy, dataset)
     records, predictions = predict_steps(
         policy.model.to(device), policy.model_type, dataset, discrete=discrete, device=device,
@@ -512,22 +325,19 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
         raise ValueError("name at least one policy directory")
     configs = [read_pretrained_config(d) for d in directories]
     first = configs[0]
-    saved_data = dict(first.get("data", {}))
-    saved_data = {k: v for k, v in saved_data.items() if k in DataSettings.__dataclass_fields__}
-    data = DataSettings(**{**saved_data, "path": data_path or saved_data.get("path")})
-    if held_out_task_types is not None:
-        data.held_out_task_types = list(held_out_task_types)
+    data = DataSettings.from_policy(first, path=data_path, held_out_task_types=None
+                                    if held_out_task_types is None else list(held_out_task_types))
     if not data.path:
         raise ValueError("no data file: pass --data")
     identities = {c.get("encoder", {}).get("identity") for c in configs}
     if len(identities) > 1 and encoder_settings is None:
         raise CheckpointError("these policies were trained with different encoders; "
                               "evaluate them separately")
-    settings = encoder_settings or encoder_settings_from_policy(first)
+    settings = encoder_settings or EncoderSettings.from_policy(first)
     encoder = build_encoder(settings, progress=progress)
     torch_device = resolve_device(device)
     policies = [load_pretrained(d, device=torch_device) for d in directories]
-    report_data = load_report(data)
+    report_data = read_log(data)
     print_read_report(report_data)
     max_len = min(int(p.config["model_config"]["max_seq_len"]) for p in policies)
     vocab = _vocab_from_policy(policies[0])

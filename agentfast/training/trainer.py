@@ -24,19 +24,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.policy_files import load_state_dict_checked, unwrap
+from ..visibility import setting_visibility
 from .checkpoint import (
     capture_rng_state,
     latest_checkpoint,
-    load_state_dict_checked,
     load_training_checkpoint,
     restore_rng_state,
     save_training_checkpoint,
-    unwrap,
 )
 from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
 from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
-from .modeling import forward_batch, move_batch, visibility_mask
+from .modeling import forward_batch, move_batch
 from .precision import autocast_context, make_grad_scaler, resolve_precision, set_deterministic
 from .schedules import build_optimizer, warmup_cosine_schedule
 
@@ -165,7 +165,7 @@ class Trainer:
         self.agent_mask = None
         if config.model_type == "multi_agent":
             num = int(getattr(unwrap(model), "config", {}).get("max_num_agents", num_agents))
-            self.agent_mask = visibility_mask(config.visibility, num, self.device)
+            self.agent_mask = setting_visibility(config.visibility, num, self.device)
         self.train_model = self._wrap_for_ddp(self.model)
         self.optimizer = build_optimizer(self.model, config.learning_rate, config.weight_decay,
                                          tuple(config.betas))
