@@ -24,7 +24,7 @@ COMPILED = {"agentfast._C"}  # built from csrc/; no Python source to read
 
 # Lowest first; each layer names the layers below it that it may import (and it may
 # import itself). Data needs no attention and no models; the pipeline uses trained policies
-# (models) and the data layer's encoders, never the trainer. The package root
+# (models), the data layer's encoders and the decoders, never the trainer. The package root
 # (``agentfast/__init__.py``) is the public face of them all.
 LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("base", ("agentfast._version", "agentfast._lazy", "agentfast.visibility",
@@ -35,9 +35,10 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("models", ("agentfast.models",), ("base", "attention", "nn")),
     ("data", ("agentfast.data",), ("base",)),
     ("training", ("agentfast.training",), ("base", "attention", "nn", "models", "data")),
-    ("pipeline", ("agentfast.pipeline",), ("base", "attention", "nn", "models", "data")),
+    ("decoders", ("agentfast.decoders",), ("base", "attention", "nn", "models", "data")),
+    ("pipeline", ("agentfast.pipeline",), ("base", "attention", "nn", "models", "data", "decoders")),
     ("cli", ("agentfast.cli", "agentfast.info", "agentfast.__main__", "agentfast"),
-     ("base", "attention", "nn", "models", "data", "training", "pipeline")),
+     ("base", "attention", "nn", "models", "data", "training", "decoders", "pipeline")),
 ]
 LAYER_NAMES = [name for name, _, _ in LAYERS]
 _MODULE_STRING = re.compile(r"agentfast(\.\w+)+(:\w+)?")
