@@ -29,39 +29,6 @@ from typing import Any, Sequence
 
 EXIT_USAGE = 2
 
-TRAIN_HELP = {
-    "model_type": "which policy: action (ActionTransformer), multi_agent or hierarchical",
-    "embed_dim": "transformer width", "num_layers": "transformer blocks",
-    "num_heads": "attention heads", "hidden_dim": "MLP width",
-    "max_seq_len": "timesteps per training window (longer episodes are cut into windows)",
-    "dropout": "dropout probability",
-    "discrete_actions": "classify over the known actions instead of regressing embeddings",
-    "attn_backend": "attention backend",
-    "gradient_checkpointing": "recompute activations in backward to save memory",
-    "visibility": "multi-agent visibility: data (from the episodes), full, private or hub",
-    "condition_on_returns": "condition the ActionTransformer on returns-to-go (--model action "
-                            "only; predict asks for --target-return)",
-    "batch_size": "windows per optimiser step (per process under torchrun)",
-    "learning_rate": "peak AdamW learning rate", "weight_decay": "AdamW weight decay",
-    "betas": None, "warmup_steps": "linear warmup steps",
-    "min_lr_ratio": "final learning rate as a fraction of the peak (cosine decay)",
-    "max_steps": "optimiser steps", "grad_clip": "clip the gradient norm (0: off)",
-    "precision": "auto, fp32, bf16 (autocast) or fp16 (autocast + grad scaler)",
-    "mse_weight": "weight of MSE next to cosine in the embedding loss",
-    "value_weight": "weight of the value loss (episodes with rewards)",
-    "option_weight": "weight of the option loss (hierarchical)",
-    "termination_weight": "weight of the termination loss (hierarchical)",
-    "eval_every": "steps between validation evaluations (and checkpoints)",
-    "patience": "evaluations without improvement before early stopping (0: never stop)",
-    "min_delta": "smallest validation-loss decrease that counts as an improvement",
-    "save_every": "steps between checkpoints (0: at every evaluation)",
-    "keep_checkpoints": "training checkpoints to keep",
-    "seed": "random seed", "deterministic": "deterministic kernels (bitwise-reproducible on CPU)",
-    "log_every": "steps between training-loss log records", "extra": None,
-}
-FLAG_NAMES = {"model_type": "--model", "learning_rate": "--lr"}
-
-
 class CLIError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
 
@@ -128,18 +95,23 @@ def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_encoder_args(parser: argparse.ArgumentParser, *, defaults_from_policy: bool = False) -> None:
     group = parser.add_argument_group("encoder")
-    note = " (default: the policy's)" if defaults_from_policy else ""
+
+    def default(own: str) -> str:
+        return "(default: the policy's)" if defaults_from_policy else f"(default: {own})"
+
     group.add_argument("--encoder", default=None, metavar="NAME_OR_PATH",
-                       help="Hugging Face encoder name or local directory (default: the packaged "
-                            f"offline all-MiniLM-L6-v2){note}")
+                       help="Hugging Face encoder name or local directory "
+                            f"{default('the packaged offline all-MiniLM-L6-v2')}")
     group.add_argument("--pooling", choices=("mean", "last", "cls"), default=None,
-                       help=f"token pooling (default: mean){note}")
+                       help=f"token pooling {default('mean')}")
     group.add_argument("--no-normalize", action="store_true",
                        help="keep raw pooled vectors instead of L2-normalising them")
-    group.add_argument("--max-length", type=int, default=None, help="encoder token limit")
-    group.add_argument("--encoder-batch-size", type=int, default=64, help="texts per encoder pass")
+    own_limit = "the encoder's own"
+    group.add_argument("--max-length", type=int, default=None, help=f"encoder token limit {default(own_limit)}")
+    group.add_argument("--encoder-batch-size", type=int, default=64, help="texts per encoder pass (default: 64)")
     group.add_argument("--encoder-device", default="auto",
-                       help="where the encoder runs: auto (cuda when available), cpu, cuda or cuda:N")
+                       help="where the encoder runs: auto (cuda when available), cpu, cuda or cuda:N "
+                            "(default: auto)")
     group.add_argument("--cache-dir", default=None,
                        help="embedding cache directory (default: $AGENTFAST_CACHE or "
                             "~/.cache/agentfast/embeddings)")
@@ -179,29 +151,54 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
-    from .attention.backends import backend_names
-    from .training.config import MODEL_TYPES, PRECISIONS, TrainConfig
-    from .visibility import SETTINGS as VISIBILITY_SETTINGS
-
-    # Checked here, so a typo fails before the data is embedded.
-    choices = {"model_type": MODEL_TYPES, "precision": PRECISIONS,
-               "visibility": VISIBILITY_SETTINGS, "attn_backend": ("auto", *backend_names())}
+    """One option per TrainConfig field and per policy setting, from their metadata. Choices
+    are checked here, so a typo fails before the data is embedded."""
+    from .training.config import TrainConfig
 
     group = parser.add_argument_group("model and optimisation")
     for f in dataclasses.fields(TrainConfig):
-        help_text = TRAIN_HELP.get(f.name)
-        if help_text is None:
+        if f.metadata.get("help") is None:
             continue
-        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        default = f.default
-        if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-            continue
-        kwargs: dict[str, Any] = {"dest": f.name, "type": type(default), "default": default,
-                                  "help": f"{help_text} (default: {default})"}
-        if f.name in choices:
-            kwargs["choices"] = choices[f.name]
-        group.add_argument(flag, **kwargs)
+        _add_field_option(group, f, default=f.default, dest=f.name)
+        if f.name == "model_type":
+            for name, (setting, owners) in _policy_settings().items():
+                only = "" if len(owners) == len(_model_types()) else f" (--model {' or '.join(owners)} only)"
+                _add_field_option(group, setting, default=None, dest=name, note=only,
+                                  shown_default=setting.metadata.get("trainer_default", setting.default))
+
+
+def _add_field_option(group: Any, f: dataclasses.Field, *, default: Any, dest: str, note: str = "",
+                      shown_default: Any = None) -> None:
+    shown = default if shown_default is None else shown_default
+    if f.type in ("bool", bool):
+        group.add_argument(_flag(f), dest=dest, action="store_true", default=default,
+                           help=f"{f.metadata['help']}{note}")
+        return
+    choices = f.metadata.get("choices")
+    group.add_argument(_flag(f), dest=dest, type=type(shown), default=default,
+                       choices=choices() if callable(choices) else choices,
+                       help=f"{f.metadata['help']}{note} (default: {shown})")
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _model_types() -> tuple[str, ...]:
+    from .models.registry import model_types
+
+    return model_types()
+
+
+def _policy_settings() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every setting of any registered policy: its field and the model types that have it."""
+    from .models.registry import POLICIES
+
+    settings: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for model_type, entry in POLICIES.items():
+        for f in entry.config_class.setting_fields():
+            settings.setdefault(f.name, (f, []))[1].append(model_type)
+    return settings
 
 
 # The record formats of `convert` (agentfast.data.FORMATS; kept here so --help imports no torch).
@@ -228,8 +225,13 @@ def _train_config(args: argparse.Namespace):
     from .training.config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if hasattr(args, f.name)}
-    return TrainConfig(**values)
+              if f.metadata.get("help") is not None}
+    settings = {name: getattr(args, name) for name in _policy_settings() if getattr(args, name) is not None}
+    for name, (setting, owners) in _policy_settings().items():
+        if name in settings and args.model_type not in owners:
+            raise CLIError(f"{_flag(setting)} applies to --model {' or '.join(owners)} only, "
+                           f"not to --model {args.model_type}")
+    return TrainConfig(**values, model=settings)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -49,6 +49,19 @@ def test_every_command_has_help(capsys):
         assert f"usage: agentfast {command}" in capsys.readouterr().out
 
 
+def test_every_option_states_at_most_one_default():
+    import argparse
+
+    from agentfast.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            assert (action.help or "").count("(default:") <= 1, (name, action.dest, action.help)
+    evaluate = {a.dest: a.help for a in commands.choices["evaluate"]._actions}
+    assert evaluate["encoder"].endswith("(default: the policy's)")
+
+
 def test_train_saves_a_policy_logs_metrics_and_prints_the_table(trained, capsys):
     files = {p.name for p in trained.iterdir()}
     assert {"config.json", "model.safetensors", "vocab.json", "action_bank.safetensors",
@@ -288,7 +301,7 @@ def test_returns_conditioning_is_used_at_inference_and_refused_where_ignored(wor
                                                                             tmp_path, capsys):
     message = _error(capsys, _train_args(workspace, tmp_path / "h", "--model", "hierarchical",
                                          "--condition-on-returns"))
-    assert "--condition-on-returns needs a model that takes returns-to-go" in message
+    assert "--condition-on-returns applies to --model action only, not to --model hierarchical" in message
     assert not (tmp_path / "h").exists()
     run = tmp_path / "rtg"
     assert main(_train_args(workspace, run, "--condition-on-returns", "--no-eval")) == 0

@@ -85,8 +85,8 @@ def _record_losses_worker(rank, world_size, init_method, output):
     try:
         torch.set_num_threads(1)
         train, _ = tiny_datasets()
-        config = TrainConfig(**TINY_MODEL, max_steps=3, batch_size=2, log_every=1,
-                             warmup_steps=1, dropout=0.0)
+        config = TrainConfig(model=dict(TINY_MODEL, dropout=0.0), max_steps=3, batch_size=2,
+                             log_every=1, warmup_steps=1)
         torch.manual_seed(0)
         model = build_model(config, state_dim=train.state_dim, action_dim=train.action_dim)
         trainer = Trainer(model, config, train, context=DistributedContext(rank, world_size, rank, "gloo"),

@@ -354,13 +354,43 @@ def test_returns_to_go_condition_the_policy(backend):
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_config_is_json_and_rebuilds_the_model(kind):
     model = make_model(kind, "sdpa", discrete=True, gradient_checkpointing=True)
-    config = json.loads(json.dumps(model.config))
+    config = json.loads(json.dumps(model.config.to_dict()))
     assert config["discrete_actions"] is True and config["attn_backend"] == "sdpa"
     rebuilt = type(model)(**config).eval()
     rebuilt.load_state_dict(model.state_dict())
     batch = make_batch(True)
     for got, want in zip(run(rebuilt, batch), run(model, batch)):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_the_config_dataclass_is_the_constructor():
+    """Arguments by position (the guide's order), by name or as ``config=`` build the same
+    model; the signature lists the config's fields; a bad field is refused by name."""
+    import inspect
+
+    from agentfast.models.config import HierarchicalTransformerConfig
+
+    by_name = make_model("hierarchical")
+    positional = HierarchicalTransformer(STATE_DIM, ACTION_DIM, NUM_OPTIONS, 16, 2, 2, 32, 12, False, 0.0,
+                                         "reference")
+    config = HierarchicalTransformerConfig(state_dim=STATE_DIM, action_dim=ACTION_DIM, num_options=NUM_OPTIONS,
+                                           **SMALL, attn_backend="reference")
+    for other in (positional, HierarchicalTransformer(config=config)):
+        assert other.config == by_name.config and other.config == config.to_dict()
+        assert {k: v.shape for k, v in other.state_dict().items()} == {
+            k: v.shape for k, v in by_name.state_dict().items()}
+    parameters = inspect.signature(HierarchicalTransformer).parameters
+    assert list(parameters)[:4] == ["state_dim", "action_dim", "num_options", "embed_dim"]
+    assert parameters["embed_dim"].default == 256 and "config" in parameters
+    assert list(inspect.signature(MultiAgentTransformer).parameters)[7] == "max_num_agents"
+    with pytest.raises(TypeError, match="condition_on_returns"):
+        MultiAgentTransformer(STATE_DIM, ACTION_DIM, condition_on_returns=True)
+    with pytest.raises(TypeError, match="multiple values for argument 'action_dim'"):
+        ActionTransformer(STATE_DIM, ACTION_DIM, action_dim=3)
+    with pytest.raises(ValueError, match="max_num_agents must lie in \\[1, 64\\]"):
+        MultiAgentTransformer(STATE_DIM, ACTION_DIM, max_num_agents=65)
+    with pytest.raises(ValueError, match="visibility must be one of"):
+        MultiAgentTransformer(STATE_DIM, ACTION_DIM, visibility="everyone")
 
 
 def test_backward_reaches_every_parameter():

@@ -2,6 +2,8 @@
 cache equals a full forward pass, a user's decoder is plugged in, and the built-in
 generators are told the conversation, the ranked candidates and the option or agent."""
 
+import json
+
 import pytest
 import torch
 
@@ -142,24 +144,38 @@ def test_a_policy_conditioned_on_returns_is_stepped_with_the_target_return(encod
         AgentPipeline(encoder, _policy("hierarchical"), bank, target_return=1.0)
 
 
-def _save_action_policy(directory, encoder, bank, train_config, data):
-    save_pretrained(directory, _policy(), model_type="action", vocab={"action": ACTIONS},
+def _save_action_policy(directory, encoder, bank, data, conditioned=False, format_version=None):
+    """An action policy saved with ``data`` metadata; ``format_version=1`` writes it as older
+    versions did, with condition_on_returns in train_config rather than the model config."""
+    model = _policy()
+    model.config.condition_on_returns = conditioned
+    save_pretrained(directory, model, model_type="action", vocab={"action": ACTIONS},
                     action_bank=bank.embeddings,
                     metadata={"encoder": {"identity": encoder.identity, "settings": {}},
-                              "train_config": train_config, "data": data})
+                              "train_config": {"condition_on_returns": conditioned}, "data": data})
+    if format_version is not None:
+        path = directory / "config.json"
+        config = json.loads(path.read_text())
+        config["format_version"] = format_version
+        del config["model_config"]["condition_on_returns"]
+        path.write_text(json.dumps(config))
     return directory
 
 
-def test_from_pretrained_asks_a_conditioned_policy_for_its_highest_training_return(tmp_path, encoder, bank):
-    conditioned = _save_action_policy(tmp_path / "rtg", encoder, bank,
-                                      {"condition_on_returns": True}, {"max_return_to_go": 1.5})
+@pytest.mark.parametrize("format_version", [None, 1])
+def test_from_pretrained_asks_a_conditioned_policy_for_its_highest_training_return(tmp_path, encoder, bank,
+                                                                                   format_version):
+    def saved(name, data, conditioned):
+        return _save_action_policy(tmp_path / name, encoder, bank, data, conditioned, format_version)
+
+    conditioned = saved("rtg", {"max_return_to_go": 1.5}, True)
     assert AgentPipeline.from_pretrained(conditioned, encoder=encoder).target_return == 1.5
     assert AgentPipeline.from_pretrained(conditioned, encoder=encoder, target_return=4).target_return == 4.0
-    older = _save_action_policy(tmp_path / "older", encoder, bank, {"condition_on_returns": True}, {})
+    older = saved("older", {}, True)
     with pytest.warns(RuntimeWarning, match="records no training returns .* stepped without a target return"):
         assert AgentPipeline.from_pretrained(older, encoder=encoder).target_return is None
     assert AgentPipeline.from_pretrained(older, encoder=encoder, target_return=1).target_return == 1.0
-    plain = _save_action_policy(tmp_path / "plain", encoder, bank, {}, {"max_return_to_go": 1.5})
+    plain = saved("plain", {"max_return_to_go": 1.5}, False)
     assert AgentPipeline.from_pretrained(plain, encoder=encoder).target_return is None
     with pytest.raises(ValueError, match="was not trained with --condition-on-returns"):
         AgentPipeline.from_pretrained(plain, encoder=encoder, target_return=1.0)

@@ -17,7 +17,8 @@ from agentfast.training import (
     value_loss,
     warmup_cosine_factor,
 )
-from agentfast.training.losses import IGNORE_INDEX, LossWeights, ModelOutputs, compute_losses
+from agentfast.models.outputs import PolicyOutputs
+from agentfast.training.losses import IGNORE_INDEX, LossWeights, compute_losses
 
 
 def test_termination_labels_mark_option_changes_and_the_last_step():
@@ -48,7 +49,7 @@ def test_termination_loss_uses_the_episode_labels_of_each_window(dataset_args, w
     batch = _windowed_batch(**dataset_args)
     expected = torch.tensor(window_labels, dtype=torch.float32)
     logits = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
-    outputs = ModelOutputs(action_preds=batch["actions"].clone(), option_logits=torch.zeros(*expected.shape, 2),
+    outputs = PolicyOutputs(action_preds=batch["actions"].clone(), option_logits=torch.zeros(*expected.shape, 2),
                            term_logits=logits)
     losses = compute_losses(outputs, batch, discrete=False, weights=LossWeights())
     counted = batch["target_mask"]
@@ -113,7 +114,7 @@ def _batch(num_steps=3):
 
 def test_compute_losses_combines_parts_with_their_weights():
     batch = _batch()
-    outputs = ModelOutputs(action_preds=batch["actions"].clone(), values=torch.zeros(2, 3),
+    outputs = PolicyOutputs(action_preds=batch["actions"].clone(), values=torch.zeros(2, 3),
                            option_logits=torch.zeros(2, 3, 2), term_logits=torch.zeros(2, 3))
     weights = LossWeights(mse=1.0, value=0.5, option=2.0, termination=3.0)
     losses = compute_losses(outputs, batch, discrete=False, weights=weights)
@@ -146,10 +147,13 @@ def test_early_stopping_counts_evaluations_without_improvement():
 
 
 def test_train_config_validates_and_round_trips():
-    config = TrainConfig(model_type="hierarchical", embed_dim=32, num_heads=4)
+    config = TrainConfig(model_type="hierarchical", model={"embed_dim": 32, "num_heads": 4})
     assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["embed_dim"] == 32 and config.to_dict()["num_layers"] == 2  # trainer default
     with pytest.raises(ValueError, match="divisible by num_heads"):
-        TrainConfig(embed_dim=30, num_heads=4)
+        TrainConfig(model={"embed_dim": 30, "num_heads": 4})
+    with pytest.raises(ValueError, match="has no field condition_on_returns"):
+        TrainConfig(model_type="hierarchical", model={"condition_on_returns": True})
     with pytest.raises(ValueError, match="model_type"):
         TrainConfig(model_type="transformer")
     with pytest.raises(ValueError, match="unknown training config fields: colour"):

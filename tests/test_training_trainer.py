@@ -15,10 +15,14 @@ def datasets():
     return tiny_datasets()
 
 
-def _config(**changes):
-    base = dict(TINY_MODEL, model_type="action", dropout=0.1, batch_size=4, max_steps=12,
-                eval_every=4, warmup_steps=3, learning_rate=3e-3, deterministic=True, seed=3,
-                patience=0)
+def _config(model_type="action", **changes):
+    """A small TrainConfig; changes that name a policy setting go to its ``model``."""
+    settings = dict(TINY_MODEL, dropout=0.1)
+    for name in ("dropout", "gradient_checkpointing"):
+        if name in changes:
+            settings[name] = changes.pop(name)
+    base = dict(model_type=model_type, model=settings, batch_size=4, max_steps=12, eval_every=4,
+                warmup_steps=3, learning_rate=3e-3, deterministic=True, seed=3, patience=0)
     base.update(changes)
     return TrainConfig(**base)
 

@@ -8,7 +8,7 @@ so the policy can be steered by the return asked for (Decision-Transformer style
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,53 +22,31 @@ from .backbone import (
     valid_steps,
     zero_padding,
 )
+from .config import ActionTransformerConfig
 from .kv_cache import KVCache
+from .outputs import PolicyOutputs
 
 
 class ActionTransformer(SequencePolicy):
     """Predicts the next action (and the value) of an agent from its history.
 
-    Args:
-        state_dim: size of a state vector (e.g. 768 for GPT-2 embeddings).
-        action_dim: size of an action vector, or the number of actions when
-            ``discrete_actions`` (the action head then returns logits).
-        embed_dim, num_layers, num_heads, hidden_dim: transformer width, depth, heads and
-            MLP width.
-        max_seq_len: the longest episode in timesteps.
-        discrete_actions: actions are indices ``[B, T]`` rather than vectors.
-        dropout: dropout on embeddings, attention output and MLP.
-        attn_backend: the ``agentfast.attention`` backend ("auto", "sdpa", "reference", ...).
-        gradient_checkpointing: recompute block activations in backward to save memory.
-
-    ``model.config`` holds these arguments (JSON-serialisable).
+    Args: the fields of ``ActionTransformerConfig`` (``state_dim`` and ``action_dim`` first,
+    as in the guide; see ``agentfast.models.config`` for each one's meaning), or
+    ``config=``. With ``condition_on_returns`` its batches feed the returns-to-go, and
+    inference asks for a target return.
     """
 
-    model_type = "action"
+    config_class = ActionTransformerConfig
+    positional_args = ("state_dim", "action_dim", "embed_dim", "num_layers", "num_heads", "hidden_dim",
+                       "max_seq_len", "discrete_actions", "dropout", "attn_backend", "gradient_checkpointing")
     tokens_per_step = 2
+    uses_returns = True
 
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        embed_dim: int = 256,
-        num_layers: int = 6,
-        num_heads: int = 8,
-        hidden_dim: int = 512,
-        max_seq_len: int = 1024,
-        discrete_actions: bool = False,
-        dropout: float = 0.1,
-        attn_backend: str = "auto",
-        gradient_checkpointing: bool = False,
-    ):
-        super().__init__()
-        self._build_backbone(dict(
-            state_dim=state_dim, action_dim=action_dim, embed_dim=embed_dim, num_layers=num_layers,
-            num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
-            discrete_actions=bool(discrete_actions), dropout=float(dropout), attn_backend=attn_backend,
-            gradient_checkpointing=bool(gradient_checkpointing),
-        ))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        embed_dim = self.config.embed_dim
         self.return_embed = nn.Linear(1, embed_dim)
-        self.action_head = nn.Linear(embed_dim, action_dim)
+        self.action_head = nn.Linear(embed_dim, self.config.action_dim)
         self.value_head = nn.Linear(embed_dim, 1)
         self._init_weights()
 
@@ -139,6 +117,18 @@ class ActionTransformer(SequencePolicy):
         hidden = self.backbone(torch.stack(tokens, dim=1), cache=cache)
         action_pred, value = self._heads(hidden[:, -1])
         return action_pred, value
+
+    def forward_batch(self, batch: Mapping[str, Any], *, module: nn.Module | None = None) -> PolicyOutputs:
+        returns = batch["returns_to_go"] if self.config.condition_on_returns else None
+        action_preds, values = (module or self)(batch["states"], self.batch_actions(batch),
+                                                seq_lens=batch["seq_lens"], returns_to_go=returns)
+        return PolicyOutputs(action_preds=action_preds, values=values)
+
+    def predict_next(self, cache: KVCache, state: Tensor, prev_action: Tensor | None = None, *,
+                     agent_id: Tensor | None = None, agent_mask: Any = None,
+                     return_to_go: Tensor | None = None) -> PolicyOutputs:
+        action_pred, value = self.step(cache, state, prev_action=prev_action, return_to_go=return_to_go)
+        return PolicyOutputs(action_preds=action_pred, values=value)
 
     def _state_tokens(self, states: Tensor, returns_to_go: Any, batch: int, num_steps: int | None,
                       valid: Tensor | None = None) -> Tensor:

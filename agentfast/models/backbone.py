@@ -9,10 +9,12 @@ kernel serves the call, and a ``KVCache`` turns the same code into incremental i
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention import attention
+from .config import PolicyConfig
 from .kv_cache import KVCache
+from .outputs import PolicyOutputs
 from .policy_files import (
     WEIGHTS_FILE,
     CheckpointError,
@@ -282,39 +286,91 @@ class TransformerBackbone(nn.Module):
 
 
 class SequencePolicy(nn.Module):
-    """Shared plumbing of the three models: config, backbone, weight init, caches, checks."""
+    """Shared plumbing of the policies: config, backbone, weight init, caches, checks, and
+    the hooks through which the trainer and the pipeline use any policy alike.
 
-    model_type: str  # the name a policy is registered and saved under
-    tokens_per_step: int = 2
+    A policy class sets ``config_class`` (its configuration dataclass, whose fields are the
+    constructor's arguments) and ``positional_args`` (which of them may be passed by
+    position, in the guide's order). ``Policy(...)`` takes those arguments, or
+    ``Policy(config=...)``; ``model.config`` is the configuration.
 
-    def _build_backbone(self, config: dict[str, Any]) -> None:
-        self.config = dict(config)
-        for key in ("embed_dim", "num_layers", "num_heads", "hidden_dim", "max_seq_len"):
-            if not isinstance(config[key], int) or config[key] < 1:
-                raise ValueError(f"{key} must be a positive int, got {config[key]!r}")
-        if not 0.0 <= float(config["dropout"]) < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {config['dropout']}")
-        self.state_dim = config["state_dim"]
-        self.action_dim = config["action_dim"]
-        self.embed_dim = config["embed_dim"]
-        self.max_seq_len = config["max_seq_len"]
-        self.discrete_actions = bool(config["discrete_actions"])
+    Hooks each policy implements:
+
+    * ``forward_batch(batch)``: the outputs for a collated batch
+      (``agentfast.data.collate_episodes``), named uniformly as ``PolicyOutputs``;
+    * ``predict_next(cache, state, prev_action, ...)``: one turn of incremental inference.
+
+    ``uses_agents`` / ``uses_returns`` say whether the policy takes acting agents and
+    their visibility, or returns-to-go.
+    """
+
+    config_class: ClassVar[type[PolicyConfig]]
+    positional_args: ClassVar[tuple[str, ...]] = ("state_dim", "action_dim")
+    tokens_per_step: ClassVar[int] = 2
+    uses_agents: ClassVar[bool] = False
+    uses_returns: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.__signature__ = _constructor_signature(cls.config_class, cls.positional_args)
+
+    def __init__(self, *args: Any, config: PolicyConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = self.config_class(**_named_arguments(type(self).__name__, self.positional_args, args, kwargs))
+        elif args or kwargs:
+            raise TypeError(f"{type(self).__name__} takes either config= or its arguments, not both")
+        elif not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.state_dim = config.state_dim
+        self.action_dim = config.action_dim
+        self.embed_dim = config.embed_dim
+        self.max_seq_len = config.max_seq_len
+        self.discrete_actions = bool(config.discrete_actions)
         self.backbone = TransformerBackbone(
-            embed_dim=config["embed_dim"],
-            num_layers=config["num_layers"],
-            num_heads=config["num_heads"],
-            hidden_dim=config["hidden_dim"],
-            max_seq_len=config["max_seq_len"],
+            embed_dim=config.embed_dim,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            hidden_dim=config.hidden_dim,
+            max_seq_len=config.max_seq_len,
             tokens_per_step=self.tokens_per_step,
-            dropout=config["dropout"],
-            attn_backend=config["attn_backend"],
-            gradient_checkpointing=config["gradient_checkpointing"],
+            dropout=config.dropout,
+            attn_backend=config.attn_backend,
+            gradient_checkpointing=config.gradient_checkpointing,
         )
-        self.state_embed = nn.Linear(config["state_dim"], config["embed_dim"])
+        self.state_embed = nn.Linear(config.state_dim, config.embed_dim)
         if self.discrete_actions:
-            self.action_embed: nn.Module = nn.Embedding(config["action_dim"], config["embed_dim"])
+            self.action_embed: nn.Module = nn.Embedding(config.action_dim, config.embed_dim)
         else:
-            self.action_embed = nn.Linear(config["action_dim"], config["embed_dim"])
+            self.action_embed = nn.Linear(config.action_dim, config.embed_dim)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def forward_batch(self, batch: Mapping[str, Any], *, module: nn.Module | None = None) -> PolicyOutputs:
+        """The outputs for a collated batch. ``module`` runs the forward pass (default: this
+        policy; the trainer passes its DistributedDataParallel wrapper)."""
+        raise NotImplementedError
+
+    def predict_next(self, cache: KVCache, state: Tensor, prev_action: Tensor | None = None, *,
+                     agent_id: Tensor | None = None, agent_mask: Any = None,
+                     return_to_go: Tensor | None = None) -> PolicyOutputs:
+        """One turn of incremental inference: append the previous turn's action (None at the
+        first turn) and this turn's state ``[B, state_dim]``, and predict this turn's action.
+
+        ``agent_id`` / ``agent_mask`` apply to policies that ``uses_agents``,
+        ``return_to_go`` to those that ``uses_returns``.
+        """
+        raise NotImplementedError
+
+    def batch_actions(self, batch: Mapping[str, Any]) -> Tensor:
+        """The action input of a batch: embeddings, or ids with padding (-100) mapped to a
+        valid id."""
+        if self.discrete_actions:
+            return batch["action_ids"].clamp_min(0)
+        return batch["actions"]
 
     def _init_weights(self) -> None:
         """GPT-style init: N(0, 0.02) weights, zero biases, unit LayerNorms."""
@@ -337,7 +393,7 @@ class SequencePolicy(nn.Module):
     @attn_backend.setter
     def attn_backend(self, name: str) -> None:
         self.backbone.attn_backend = name
-        self.config["attn_backend"] = name
+        self.config.attn_backend = name
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -346,20 +402,20 @@ class SequencePolicy(nn.Module):
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, enabled: bool) -> None:
         self.backbone.gradient_checkpointing = bool(enabled)
-        self.config["gradient_checkpointing"] = bool(enabled)
+        self.config.gradient_checkpointing = bool(enabled)
 
     def save_pretrained(self, directory: str | os.PathLike[str], **extras: Any) -> Path:
         """Write ``model.safetensors`` and ``config.json`` (each atomically) to ``directory``;
         ``extras`` (metadata, vocab, action_bank) as ``agentfast.models.save_pretrained``
         takes them. ``agentfast train`` writes its policies this way."""
-        return write_policy(directory, self, model_type=self.model_type, **extras)
+        return write_policy(directory, self, model_type=self.config.model_type, **extras)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu") -> "SequencePolicy":
         """The model saved in ``directory`` (by ``save_pretrained`` or ``agentfast train``),
         weights checked key by key, in eval mode on ``device``."""
         config = read_pretrained_config(directory)
-        if config["model_type"] != cls.model_type:
+        if config["model_type"] != cls.config_class.model_type:
             saved = config.get("model_class", config["model_type"])
             raise CheckpointError(f"{directory} holds a {saved}, not a {cls.__name__}")
         model = build_saved_model(cls, config)
@@ -431,7 +487,7 @@ class SequencePolicy(nn.Module):
         return state.shape[0]
 
     def _check_cache(self, cache: Any, batch: int) -> KVCache:
-        if self.training and float(self.config["dropout"]) > 0:
+        if self.training and float(self.config.dropout) > 0:
             warnings.warn(
                 f"{type(self).__name__}.step() in training mode: dropout is active, so steps are random "
                 "and differ from forward(); call model.eval() for inference",
@@ -448,3 +504,33 @@ class SequencePolicy(nn.Module):
 
     def _token_seq_lens(self, seq_lens: Tensor | None) -> Tensor | None:
         return None if seq_lens is None else seq_lens * self.tokens_per_step
+
+
+def _named_arguments(owner: str, positional: tuple[str, ...], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``args`` named by ``positional`` and merged with ``kwargs``, as Python would."""
+    if len(args) > len(positional):
+        raise TypeError(f"{owner}() takes at most {len(positional)} positional arguments "
+                        f"({', '.join(positional)}), got {len(args)}")
+    named = dict(zip(positional, args))
+    both = sorted(named.keys() & kwargs.keys())
+    if both:
+        raise TypeError(f"{owner}() got multiple values for argument {both[0]!r}")
+    return {**named, **kwargs}
+
+
+def _constructor_signature(config_class: type[PolicyConfig], positional: tuple[str, ...]) -> inspect.Signature:
+    """The signature a policy's constructor presents: the config's fields, ``positional``
+    ones first and in that order, then ``config``."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+
+    def parameter(name: str, kind: inspect._ParameterKind) -> inspect.Parameter:
+        f = fields[name]
+        default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+        return inspect.Parameter(name, kind, default=default, annotation=f.type)
+
+    parameters = [parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in positional]
+    parameters += [parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in fields if name not in positional]
+    parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=f"{config_class.__name__} | None"))
+    return inspect.Signature(parameters)

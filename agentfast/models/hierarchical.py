@@ -9,51 +9,37 @@ Each step contributes three tokens s_t, o_t, a_t sharing a timestep embedding:
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from torch import Tensor, nn
 
 from .backbone import SequencePolicy, check_index_input, check_seq_lens, interleave, token_stream, valid_steps
+from .config import HierarchicalTransformerConfig
 from .kv_cache import KVCache
+from .outputs import PolicyOutputs
 
 
 class HierarchicalTransformer(SequencePolicy):
     """Learns which option (strategy) to follow, how to act under it, and when it ends.
 
-    Args: ``state_dim``, ``action_dim``, ``num_options`` (number of options), then those of
-    ``ActionTransformer``. ``model.config`` holds the arguments (JSON-serialisable).
+    Args: the fields of ``HierarchicalTransformerConfig``: ``state_dim``, ``action_dim``,
+    ``num_options`` (number of options), then those of ``ActionTransformer``; or ``config=``.
     """
 
-    model_type = "hierarchical"
+    config_class = HierarchicalTransformerConfig
+    positional_args = ("state_dim", "action_dim", "num_options", "embed_dim", "num_layers", "num_heads",
+                       "hidden_dim", "max_seq_len", "discrete_actions", "dropout", "attn_backend",
+                       "gradient_checkpointing")
     tokens_per_step = 3
 
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        num_options: int,
-        embed_dim: int = 256,
-        num_layers: int = 6,
-        num_heads: int = 8,
-        hidden_dim: int = 512,
-        max_seq_len: int = 1024,
-        discrete_actions: bool = False,
-        dropout: float = 0.1,
-        attn_backend: str = "auto",
-        gradient_checkpointing: bool = False,
-    ):
-        super().__init__()
-        if not isinstance(num_options, int) or num_options < 1:
-            raise ValueError(f"num_options must be a positive int, got {num_options!r}")
-        self._build_backbone(dict(
-            state_dim=state_dim, action_dim=action_dim, num_options=num_options, embed_dim=embed_dim,
-            num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
-            discrete_actions=bool(discrete_actions), dropout=float(dropout), attn_backend=attn_backend,
-            gradient_checkpointing=bool(gradient_checkpointing),
-        ))
-        self.num_options = num_options
-        self.option_embed = nn.Embedding(num_options, embed_dim)
-        self.option_head = nn.Linear(embed_dim, num_options)
-        self.action_head = nn.Linear(embed_dim, action_dim)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        embed_dim = self.config.embed_dim
+        self.num_options = self.config.num_options
+        self.option_embed = nn.Embedding(self.num_options, embed_dim)
+        self.option_head = nn.Linear(embed_dim, self.num_options)
+        self.action_head = nn.Linear(embed_dim, self.config.action_dim)
         self.term_head = nn.Linear(embed_dim, 1)
         self._init_weights()
 
@@ -93,6 +79,22 @@ class HierarchicalTransformer(SequencePolicy):
             self.action_head(token_stream(hidden, 1, 3)),
             self.term_head(token_stream(hidden, 2, 3)).squeeze(-1),
         )
+
+    def forward_batch(self, batch: Mapping[str, Any], *, module: nn.Module | None = None) -> PolicyOutputs:
+        option_preds, action_preds, term_preds = (module or self)(
+            batch["states"], self.batch_actions(batch), batch["options"], seq_lens=batch["seq_lens"])
+        return PolicyOutputs(action_preds=action_preds, option_logits=option_preds, term_logits=term_preds)
+
+    def predict_next(self, cache: KVCache, state: Tensor, prev_action: Tensor | None = None, *,
+                     agent_id: Tensor | None = None, agent_mask: Any = None,
+                     return_to_go: Tensor | None = None) -> PolicyOutputs:
+        """Closes the previous step with its action, then picks the most likely option for
+        this state and predicts the action under it."""
+        if prev_action is not None:
+            self.step_action(cache, prev_action)
+        option_logits = self.step_state(cache, state)
+        action_pred = self.step_option(cache, option_logits.argmax(-1))
+        return PolicyOutputs(action_preds=action_pred, option_logits=option_logits)
 
     # -- incremental inference: one token at a time, in the order s_t, o_t, a_t -----------
 

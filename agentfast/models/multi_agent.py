@@ -9,55 +9,42 @@ common patterns.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..visibility import as_visibility, check_num_agents
+from ..visibility import FROM_DATA, as_visibility, setting_visibility
 from .backbone import (
     SequencePolicy, _on_cpu_or_assert, check_index_input, check_seq_lens, interleave, token_stream, valid_steps,
 )
+from .config import MultiAgentTransformerConfig
 from .kv_cache import KVCache
+from .outputs import PolicyOutputs
 
 
 class MultiAgentTransformer(SequencePolicy):
     """A policy for logs in which several agents act in turn.
 
-    Args: those of ``ActionTransformer`` plus ``max_num_agents`` (size of the agent
-    embedding table; agent ids lie in ``[0, max_num_agents)``, at most 64).
-    ``model.config`` holds the arguments (JSON-serialisable).
+    Args: the fields of ``MultiAgentTransformerConfig``: those of ``ActionTransformer``
+    plus ``max_num_agents`` (size of the agent embedding table; agent ids lie in
+    ``[0, max_num_agents)``, at most 64) and ``visibility`` (what its training batches
+    see: each episode's own visibility, or a preset), or ``config=``.
     """
 
-    model_type = "multi_agent"
+    config_class = MultiAgentTransformerConfig
+    positional_args = ("state_dim", "action_dim", "embed_dim", "num_layers", "num_heads", "hidden_dim",
+                       "max_seq_len", "max_num_agents", "discrete_actions", "dropout", "attn_backend",
+                       "gradient_checkpointing")
     tokens_per_step = 2
+    uses_agents = True
 
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        embed_dim: int = 256,
-        num_layers: int = 6,
-        num_heads: int = 8,
-        hidden_dim: int = 512,
-        max_seq_len: int = 1024,
-        max_num_agents: int = 4,
-        discrete_actions: bool = False,
-        dropout: float = 0.1,
-        attn_backend: str = "auto",
-        gradient_checkpointing: bool = False,
-    ):
-        super().__init__()
-        check_num_agents(max_num_agents, "max_num_agents")
-        self._build_backbone(dict(
-            state_dim=state_dim, action_dim=action_dim, embed_dim=embed_dim, num_layers=num_layers,
-            num_heads=num_heads, hidden_dim=hidden_dim, max_seq_len=max_seq_len,
-            max_num_agents=max_num_agents, discrete_actions=bool(discrete_actions), dropout=float(dropout),
-            attn_backend=attn_backend, gradient_checkpointing=bool(gradient_checkpointing),
-        ))
-        self.max_num_agents = max_num_agents
-        self.agent_embed = nn.Embedding(max_num_agents, embed_dim)
-        self.action_head = nn.Linear(embed_dim, action_dim)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        embed_dim = self.config.embed_dim
+        self.max_num_agents = self.config.max_num_agents
+        self.agent_embed = nn.Embedding(self.max_num_agents, embed_dim)
+        self.action_head = nn.Linear(embed_dim, self.config.action_dim)
         self.value_head = nn.Linear(embed_dim, 1)
         self._init_weights()
 
@@ -148,6 +135,25 @@ class MultiAgentTransformer(SequencePolicy):
         )[:, -1]
         action_pred, value = self._heads(hidden)
         return action_pred, value, hidden
+
+    def forward_batch(self, batch: Mapping[str, Any], *, module: nn.Module | None = None) -> PolicyOutputs:
+        """Each batch sees with the policy's ``visibility`` setting: ``data`` takes the
+        batch's own ``agent_mask`` (from the episodes' metadata), a preset its matrix."""
+        if self.config.visibility == FROM_DATA:
+            agent_mask = batch.get("agent_mask")
+        else:
+            agent_mask = setting_visibility(self.config.visibility, self.max_num_agents, batch["states"].device)
+        action_preds, values, hidden = (module or self)(batch["states"], batch["agent_ids"], self.batch_actions(batch),
+                                                        seq_lens=batch["seq_lens"], agent_mask=agent_mask)
+        return PolicyOutputs(action_preds=action_preds, values=values, hidden_states=hidden)
+
+    def predict_next(self, cache: KVCache, state: Tensor, prev_action: Tensor | None = None, *,
+                     agent_id: Tensor | None = None, agent_mask: Any = None,
+                     return_to_go: Tensor | None = None) -> PolicyOutputs:
+        if agent_id is None:
+            raise ValueError("a multi-agent policy needs the acting agent_id of every turn")
+        action_pred, value, hidden = self.step(cache, state, agent_id, prev_action=prev_action, agent_mask=agent_mask)
+        return PolicyOutputs(action_preds=action_pred, values=value, hidden_states=hidden)
 
     def _visibility(self, agent_mask: Any, batch: int, device: torch.device, agent_ids: Tensor) -> Tensor | None:
         """``agent_mask`` as bool ``[A, A]`` / ``[B, A, A]`` on ``device``, checked against the ids."""

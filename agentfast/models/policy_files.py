@@ -26,7 +26,9 @@ from torch import nn
 from ..atomic_files import atomic_write, atomic_write_json
 
 FORMAT_NAME = "agentfast-policy"
-FORMAT_VERSION = 1
+# 2: model_config holds every field of the policy's configuration (version 1 kept the
+# policy's training-side settings, visibility and condition_on_returns, in train_config).
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
@@ -145,7 +147,7 @@ def write_policy(directory: str | os.PathLike, model: nn.Module, *, model_type: 
         "agentfast_version": __version__,
         "model_type": model_type,
         "model_class": type(model).__name__,
-        "model_config": dict(model.config),
+        "model_config": dict(model.config),  # a policy config's fields, or a plain dict
         **(metadata or {}),
     }
     atomic_write_json(directory / CONFIG_FILE, config)
@@ -199,10 +201,22 @@ def _training_checkpoint_message(directory: Path) -> str:
 
 
 def build_saved_model(cls: type[nn.Module], config: dict[str, Any]) -> nn.Module:
-    """``cls`` built from a saved ``config.json``'s model configuration."""
+    """``cls`` built from a saved ``config.json``, policies saved by older versions included."""
+    values = dict(config["model_config"])
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None:  # not a SequencePolicy: its config is its constructor's arguments
+        return _construct(cls, lambda: cls(**values))
+    if int(config.get("format_version", 1)) < 2:
+        legacy = config.get("train_config", {})
+        values.update({name: legacy[name] for name in config_class.field_names()
+                       if name not in values and name in legacy})
+    return _construct(cls, lambda: cls(config=config_class.from_dict(values)))
+
+
+def _construct(cls: type[nn.Module], build: Any) -> nn.Module:
     try:
-        return cls(**config["model_config"])
-    except TypeError as error:
+        return build()
+    except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint model config does not fit {cls.__name__}: {error}") from error
 
 

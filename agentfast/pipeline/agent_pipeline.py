@@ -29,6 +29,7 @@ from ..data.settings import EncoderSettings
 from ..decoders import DecodeContext, Decoder, NearestNeighbourDecoder, Reply, make_decoder
 from ..models.policy_files import CheckpointError
 from ..models.pretrained import load_pretrained
+from ..models.registry import model_type_of
 from ..visibility import as_visibility, setting_visibility
 
 __all__ = ["ActionBank", "AgentPipeline", "DecodeContext", "Decoder", "NearestNeighbourDecoder",
@@ -140,7 +141,7 @@ class AgentPipeline:
         self.agent_names = list(agent_names or [])
         self.option_names = list(option_names or [])
         self.top_k = top_k
-        self.kind = _model_kind(model)
+        self.model_type = model_type_of(model)
         self.discrete = bool(getattr(model, "discrete_actions", False))
         self.device = next(model.parameters()).device
         self._check_dims()
@@ -186,10 +187,9 @@ class AgentPipeline:
         if saved_identity and getattr(encoder, "identity", saved_identity) != saved_identity:
             warnings.warn(f"the encoder differs from the one {directory} was trained with; "
                           "predictions may be meaningless", stacklevel=2)
-        if agent_mask is None and policy.model_type == "multi_agent":
-            preset = policy.config.get("train_config", {}).get("visibility", "data")
-            agent_mask = setting_visibility(preset, policy.config["model_config"]["max_num_agents"],
-                                            device)
+        if agent_mask is None and policy.model.uses_agents:
+            config = policy.model.config
+            agent_mask = setting_visibility(config.visibility, config.max_num_agents, device)
         kwargs["target_return"] = _saved_target_return(policy, kwargs.get("target_return"))
         return cls(encoder, policy.model, ActionBank(policy.action_texts, policy.action_bank.cpu()),
                    agent_names=policy.vocab.get("agent"), option_names=policy.vocab.get("option"),
@@ -207,8 +207,8 @@ class AgentPipeline:
     def _return_to_go(self, value: float | None) -> float | None:
         if value is None:
             return None
-        if self.kind != "action":
-            raise ValueError(f"target_return conditions an ActionTransformer; a {self.kind} "
+        if not self.model.uses_returns:
+            raise ValueError(f"target_return conditions a policy on returns-to-go; a {self.model_type} "
                              "policy takes no returns")
         return float(value)
 
@@ -216,8 +216,8 @@ class AgentPipeline:
         """``mask`` as a bool [A, A] matrix on the policy's device (None stays None)."""
         if mask is None:
             return None
-        if self.kind != "multi_agent":
-            raise ValueError(f"agent_mask applies to multi-agent policies, not to a {self.kind} one")
+        if not self.model.uses_agents:
+            raise ValueError(f"agent_mask applies to multi-agent policies, not to a {self.model_type} one")
         size = int(getattr(self.model, "config", {}).get("max_num_agents", 1))
         return as_visibility(mask, size, agent_names=self.agent_names, device=self.device)
 
@@ -233,7 +233,7 @@ class AgentPipeline:
                 return self.agent_names.index(agent)
             raise ValueError(f"unknown agent {agent!r}; known: {self.agent_names}")
         limit = getattr(self.model, "config", {}).get("max_num_agents", 1)
-        if self.kind == "multi_agent" and not 0 <= agent < limit:
+        if self.model.uses_agents and not 0 <= agent < limit:
             raise ValueError(f"agent id {agent} is outside [0, {limit})")
         return int(agent)
 
@@ -360,24 +360,27 @@ class AgentPipeline:
         prev = self._turns[-1].action.unsqueeze(0) if self._turns else None
         state = turn.state.unsqueeze(0)
         self._turns.append(turn)
-        if self.kind == "action":
-            rtg = None if turn.return_to_go is None else torch.tensor([turn.return_to_go],
-                                                                       device=self.device)
-            pred, value = self.model.step(self._cache, state, prev_action=prev, return_to_go=rtg)
-            return pred[0], float(value[0]), None
-        if self.kind == "multi_agent":
-            agent = torch.tensor([turn.agent], device=self.device)
-            pred, value, _ = self.model.step(self._cache, state, agent, prev_action=prev,
-                                             agent_mask=self.agent_mask)
-            return pred[0], float(value[0]), None
-        if prev is not None:
-            self.model.step_action(self._cache, prev)
-        option_logits = self.model.step_state(self._cache, state)
-        option = option_logits.argmax(-1)
-        pred = self.model.step_option(self._cache, option)
-        index = int(option[0])
-        label = self.option_names[index] if index < len(self.option_names) else str(index)
-        return pred[0], None, label
+        outputs = self.model.predict_next(
+            self._cache, state, prev,
+            agent_id=torch.tensor([turn.agent], device=self.device) if self.model.uses_agents else None,
+            agent_mask=self.agent_mask,
+            return_to_go=None if turn.return_to_go is None else torch.tensor([turn.return_to_go],
+                                                                              device=self.device))
+        value = None if outputs.values is None else float(outputs.values[0])
+        return outputs.action_preds[0], value, self._option_label(outputs.option_logits)
+
+    def _option_label(self, option_logits: Tensor | None) -> str | None:
+        if option_logits is None:
+            return None
+        index = int(option_logits[0].argmax())
+        return self.option_names[index] if index < len(self.option_names) else str(index)
+
+    @property
+    def kind(self) -> str:
+        """Deprecated: ``model_type``."""
+        warnings.warn("AgentPipeline.kind is deprecated: read AgentPipeline.model_type",
+                      DeprecationWarning, stacklevel=2)
+        return self.model_type
 
 
 def _build_decoder(decoder: Any, options: Mapping[str, Any] | None) -> Any:
@@ -404,11 +407,7 @@ def _as_reply(result: Any, decoder: Any) -> Reply:
 
 def _saved_target_return(policy: Any, given: float | None) -> float | None:
     """The target return a saved policy is stepped with (see ``from_pretrained``)."""
-    # Only the ActionTransformer takes returns; multi-agent and hierarchical policies saved
-    # while the flag was still accepted for them never used it.
-    conditioned = (bool(policy.config.get("train_config", {}).get("condition_on_returns"))
-                   and policy.model_type == "action")
-    if not conditioned:
+    if not policy.model.config.get("condition_on_returns", False):
         if given is not None:
             raise ValueError(f"{policy.directory} was not trained with --condition-on-returns; "
                              "a target return would feed it an input it never learned")
@@ -423,13 +422,3 @@ def _saved_target_return(policy: Any, given: float | None) -> float | None:
                       RuntimeWarning, stacklevel=3)
         return None
     return float(highest)
-
-
-def _model_kind(model: nn.Module) -> str:
-    if hasattr(model, "step_state"):
-        return "hierarchical"
-    if hasattr(model, "agent_embed"):
-        return "multi_agent"
-    if hasattr(model, "step"):
-        return "action"
-    raise TypeError(f"{type(model).__name__} has no KV-cache step API; pass an agentfast policy")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..data.dataset import episode_returns_to_go
 from ..data.readers import load_episodes
 from ..data.schema import Episode
-from ..visibility import METADATA_KEY, visibility_from_map
+from ..visibility import FROM_DATA, METADATA_KEY, visibility_from_map
 from .agent_pipeline import AgentPipeline
 
 
@@ -63,8 +63,8 @@ def replay_episode(pipeline: AgentPipeline, episode: Episode, policy_config: dic
     """
     pipeline.reset()
     returns = None if fixed_target_return else _own_returns(pipeline, episode, policy_config)
-    visibility = None if fixed_visibility else _own_visibility(pipeline, episode, policy_config)
-    agents = episode.agent_labels() if pipeline.kind == "multi_agent" else None
+    visibility = None if fixed_visibility else _own_visibility(pipeline, episode)
+    agents = episode.agent_labels() if pipeline.model.uses_agents else None
     steps = []
     for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
         predicted = pipeline.process(state, agent=None if agents is None else agents[t],
@@ -84,10 +84,10 @@ def _own_returns(pipeline: AgentPipeline, episode: Episode,
     return episode_returns_to_go(episode, gamma).tolist()
 
 
-def _own_visibility(pipeline: AgentPipeline, episode: Episode, policy_config: dict[str, Any]):
+def _own_visibility(pipeline: AgentPipeline, episode: Episode):
     """The episode's visibility, for a multi-agent policy trained with each episode's own."""
-    trained_with = policy_config.get("train_config", {}).get("visibility", "data")
-    if pipeline.kind != "multi_agent" or trained_with != "data":
+    config = pipeline.model.config
+    if not pipeline.model.uses_agents or config.visibility != FROM_DATA:
         return None
-    size = int(policy_config["model_config"]["max_num_agents"])
-    return visibility_from_map(episode.metadata.get(METADATA_KEY), pipeline.agent_names, size)
+    return visibility_from_map(episode.metadata.get(METADATA_KEY), pipeline.agent_names,
+                               config.max_num_agents)

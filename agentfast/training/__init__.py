@@ -7,10 +7,13 @@ behind ``agentfast train`` / ``agentfast evaluate``. Saved policies are read and
 prepared by ``agentfast.data``.
 """
 
+from typing import Any
+
 from .._lazy import moved_names
 from ..models.policy_files import CheckpointError
 from .checkpoint import latest_checkpoint
-from .config import MODEL_TYPES, TrainConfig
+from . import config as _config
+from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler, init_distributed
 from .evaluation import EvaluationReport, format_table
 from .losses import (
@@ -28,7 +31,7 @@ from .schedules import build_optimizer, warmup_cosine_factor, warmup_cosine_sche
 from .trainer import EarlyStopping, Trainer, TrainResult
 
 # Policy files and data preparation moved down a layer; the old names still resolve.
-__getattr__ = moved_names(__name__, {
+_moved = moved_names(__name__, {
     "save_pretrained": "agentfast.models.pretrained",
     "load_pretrained": "agentfast.models.pretrained",
     "PretrainedPolicy": "agentfast.models.pretrained",
@@ -37,8 +40,14 @@ __getattr__ = moved_names(__name__, {
     "prepare_data": "agentfast.data.preparation",
 })
 
+
+def __getattr__(name: str) -> Any:
+    if name == "MODEL_TYPES":
+        return getattr(_config, name)
+    return _moved(name)
+
+
 __all__ = [
-    "MODEL_TYPES",
     "CheckpointError",
     "DistributedContext",
     "EarlyStopping",

@@ -64,11 +64,11 @@ __getattr__ = moved_names(__name__, {
 
 
 def model_classes() -> dict[str, type]:
-    """Deprecated: ``agentfast.models.registry.POLICIES``."""
-    warnings.warn("agentfast.training.checkpoint.model_classes() moved to "
-                  "agentfast.models.registry.POLICIES; the old name will be removed",
+    """Deprecated: ``agentfast.models.registry.policy_class(model_type)``."""
+    warnings.warn("agentfast.training.checkpoint.model_classes() is replaced by "
+                  "agentfast.models.registry.policy_class(model_type); the old name will be removed",
                   DeprecationWarning, stacklevel=2)
-    return dict(POLICIES)
+    return {name: entry.policy_class for name, entry in POLICIES.items()}
 
 
 def build_model_from_config(model_type: str, model_config: dict[str, Any]) -> nn.Module:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .losses import batch_termination_labels, target_mask
-from .modeling import forward_batch, move_batch
+from .modeling import move_batch
 
 TOP_K = 5
 METRIC_COLUMNS = (
@@ -101,19 +101,16 @@ def collect_steps(dataset: Dataset, batch_size: int = 64) -> StepRecords:
 
 
 @torch.no_grad()
-def predict_steps(model: nn.Module, model_type: str, dataset: Dataset, *, discrete: bool,
-                  device: str | torch.device = "cpu", batch_size: int = 64,
-                  agent_mask: Tensor | None = None, visibility_from_data: bool = True,
-                  condition_on_returns: bool = False) -> tuple[StepRecords, StepPredictions]:
-    """Run ``model`` over ``dataset`` (full-sequence forward, eval mode) and flatten."""
+def predict_steps(model: nn.Module, dataset: Dataset, *, device: str | torch.device = "cpu",
+                  batch_size: int = 64) -> tuple[StepRecords, StepPredictions]:
+    """Run the policy ``model`` over ``dataset`` (full-sequence forward, eval mode, each
+    batch read by the policy's own ``forward_batch``) and flatten."""
     model.eval()
     parts, outputs = [], {"actions": [], "values": [], "option_logits": [], "term_logits": []}
     for batch in _loader(dataset, batch_size):
         mask = target_mask(batch)
         parts.append(_flatten(batch, mask))
-        out = forward_batch(model, model_type, move_batch(batch, device), discrete=discrete,
-                            agent_mask=agent_mask, condition_on_returns=condition_on_returns,
-                            visibility_from_data=visibility_from_data)
+        out = model.forward_batch(move_batch(batch, device))
         mask = mask.to(device)
         outputs["actions"].append(out.action_preds[mask].float().cpu())
         for name, tensor in (("values", out.values), ("option_logits", out.option_logits),

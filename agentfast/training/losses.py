@@ -13,6 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._lazy import moved_names
+from ..models.outputs import PolicyOutputs
+
+# What a model produced is the models' own type now.
+__getattr__ = moved_names(__name__, {"ModelOutputs": "agentfast.models.outputs:PolicyOutputs"})
+
 IGNORE_INDEX = -100
 
 
@@ -107,17 +113,6 @@ def per_step_action_loss(action_preds: Tensor, batch: dict, discrete: bool,
 
 
 @dataclass
-class ModelOutputs:
-    """What a model's forward produced, named uniformly across the three models."""
-
-    action_preds: Tensor
-    values: Tensor | None = None
-    option_logits: Tensor | None = None
-    term_logits: Tensor | None = None
-    hidden_states: Tensor | None = None
-
-
-@dataclass
 class LossWeights:
     mse: float = 1.0
     value: float = 0.25
@@ -144,7 +139,7 @@ def target_mask(batch: dict) -> Tensor:
     return mask
 
 
-def action_loss(outputs: ModelOutputs, batch: dict, discrete: bool, mse_weight: float) -> Tensor:
+def action_loss(outputs: PolicyOutputs, batch: dict, discrete: bool, mse_weight: float) -> Tensor:
     mask = target_mask(batch)
     if discrete:
         ids = batch["action_ids"].masked_fill(~mask, IGNORE_INDEX)
@@ -152,7 +147,7 @@ def action_loss(outputs: ModelOutputs, batch: dict, discrete: bool, mse_weight: 
     return embedding_loss(outputs.action_preds, batch["actions"], mask, mse_weight)
 
 
-def compute_losses(outputs: ModelOutputs, batch: dict, *, discrete: bool,
+def compute_losses(outputs: PolicyOutputs, batch: dict, *, discrete: bool,
                    weights: LossWeights) -> LossBreakdown:
     """The training objective for any of the three models.
 

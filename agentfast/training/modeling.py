@@ -1,59 +1,23 @@
-"""Build any of the three models from a TrainConfig and call it on a collated batch."""
+"""Build the policy a TrainConfig names for the sizes of its data; move batches to a device.
+
+How a policy reads a batch is the policy's own business (``model.forward_batch``); the
+trainer and the evaluation call that hook and never branch on the model type.
+"""
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._lazy import moved_names
-from ..models.registry import policy_class
+from ..models.outputs import PolicyOutputs
+from ..models.policy_files import unwrap
+from ..models.registry import policy_entry
+from ..visibility import FROM_DATA, setting_visibility
 from .config import TrainConfig
-from .losses import ModelOutputs
-
-def model_constructor_args(config: TrainConfig, *, state_dim: int, action_dim: int,
-                           num_agents: int = 1, num_options: int = 1) -> dict[str, Any]:
-    """Constructor arguments for ``config.model_type``, filtered to what the class accepts."""
-    cls = policy_class(config.model_type)
-    candidates = {
-        "state_dim": state_dim,
-        "action_dim": action_dim,
-        "embed_dim": config.embed_dim,
-        "num_layers": config.num_layers,
-        "num_heads": config.num_heads,
-        "hidden_dim": config.hidden_dim,
-        "max_seq_len": config.max_seq_len,
-        "discrete_actions": config.discrete_actions,
-        "dropout": config.dropout,
-        "attn_backend": config.attn_backend,
-        "gradient_checkpointing": config.gradient_checkpointing,
-        "max_num_agents": max(1, num_agents),
-        "num_options": max(1, num_options),
-    }
-    check_model_options(config)
-    accepted = inspect.signature(cls.__init__).parameters
-    return {name: value for name, value in candidates.items() if name in accepted}
-
-
-def check_model_options(config: TrainConfig) -> None:
-    """Refuse options that ``config.model_type`` would silently ignore."""
-    cls = policy_class(config.model_type)
-    if config.discrete_actions and "discrete_actions" not in inspect.signature(cls.__init__).parameters:
-        raise ValueError(f"{cls.__name__} does not support discrete actions")
-    if config.condition_on_returns and "returns_to_go" not in inspect.signature(cls.forward).parameters:
-        raise ValueError(f"--condition-on-returns needs a model that takes returns-to-go "
-                         f"(--model action); {cls.__name__} (--model {config.model_type}) "
-                         "does not")
-
-
-def build_model(config: TrainConfig, *, state_dim: int, action_dim: int, num_agents: int = 1,
-                num_options: int = 1) -> nn.Module:
-    args = model_constructor_args(config, state_dim=state_dim, action_dim=action_dim,
-                                  num_agents=num_agents, num_options=num_options)
-    return policy_class(config.model_type)(**args)
-
 
 # The visibility settings moved to agentfast.visibility (one home for agent visibility).
 __getattr__ = moved_names(__name__, {
@@ -62,38 +26,50 @@ __getattr__ = moved_names(__name__, {
 })
 
 
+def data_sizes(*, state_dim: int, action_dim: int, num_agents: int = 1, num_options: int = 1) -> dict[str, int]:
+    """The sizes a policy takes from its data (``agentfast.models.config.DATA_SIZES``)."""
+    return {"state_dim": state_dim, "action_dim": action_dim,
+            "num_agents": max(1, num_agents), "num_options": max(1, num_options)}
+
+
+def build_model(config: TrainConfig, *, state_dim: int, action_dim: int, num_agents: int = 1,
+                num_options: int = 1) -> nn.Module:
+    """The policy of ``config`` (its settings over the trainer defaults) for data of these
+    sizes; ``action_dim`` is the number of known actions for discrete actions."""
+    entry = policy_entry(config.model_type)
+    sizes = data_sizes(state_dim=state_dim, action_dim=action_dim, num_agents=num_agents,
+                       num_options=num_options)
+    return entry.policy_class(config=entry.config_class.for_data(config.model, sizes))
+
+
 def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Tensors to ``device``; lists (task types) stay as they are."""
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v)
             for k, v in batch.items()}
 
 
-def model_actions(batch: dict[str, Any], discrete: bool) -> Tensor:
-    """The action input: embeddings, or ids with padding (-100) mapped to a valid id."""
-    if discrete:
-        return batch["action_ids"].clamp_min(0)
-    return batch["actions"]
-
-
 def forward_batch(model: nn.Module, model_type: str, batch: dict[str, Any], *, discrete: bool,
                   agent_mask: Tensor | None = None, condition_on_returns: bool = False,
-                  visibility_from_data: bool = False) -> ModelOutputs:
-    """Run ``model`` (possibly DDP-wrapped) on a collated batch; name its outputs uniformly."""
-    actions = model_actions(batch, discrete)
-    if model_type == "action":
-        returns = batch["returns_to_go"] if condition_on_returns else None
-        action_preds, values = model(batch["states"], actions, seq_lens=batch["seq_lens"],
-                                     returns_to_go=returns)
-        return ModelOutputs(action_preds=action_preds, values=values)
-    if model_type == "multi_agent":
-        if agent_mask is None and visibility_from_data:
-            agent_mask = batch.get("agent_mask")
-        action_preds, values, hidden = model(batch["states"], batch["agent_ids"], actions,
-                                             seq_lens=batch["seq_lens"], agent_mask=agent_mask)
-        return ModelOutputs(action_preds=action_preds, values=values, hidden_states=hidden)
-    if model_type == "hierarchical":
-        option_preds, action_preds, term_preds = model(batch["states"], actions, batch["options"],
-                                                       seq_lens=batch["seq_lens"])
-        return ModelOutputs(action_preds=action_preds, option_logits=option_preds,
-                            term_logits=term_preds)
-    raise ValueError(f"unknown model type {model_type!r}")
+                  visibility_from_data: bool = False) -> PolicyOutputs:
+    """Deprecated: ``model.forward_batch(batch)``, where the policy's config decides what the
+    keyword arguments here used to say. They must agree with it."""
+    warnings.warn("agentfast.training.forward_batch(model, model_type, batch, ...) is deprecated: "
+                  "call the policy's own model.forward_batch(batch)", DeprecationWarning, stacklevel=2)
+    policy = unwrap(model)
+    config = policy.config
+    disagreements = [name for name, given, own in [
+        ("discrete", discrete, config.discrete_actions),
+        ("condition_on_returns", condition_on_returns, config.get("condition_on_returns", False)),
+    ] if bool(given) != bool(own)]
+    if policy.uses_agents:
+        from_data = config.visibility == FROM_DATA
+        implied = None if from_data else setting_visibility(config.visibility, config.max_num_agents)
+        if bool(visibility_from_data) != from_data:
+            disagreements.append("visibility_from_data")
+        if (agent_mask is None) != (implied is None) or (
+                implied is not None and not torch.equal(agent_mask.cpu(), implied)):
+            disagreements.append("agent_mask")
+    if disagreements:
+        raise ValueError(f"forward_batch: {', '.join(disagreements)} disagree with the {model_type} "
+                         "policy's own config, which now decides them")
+    return policy.forward_batch(batch, module=model)

@@ -8,6 +8,7 @@ baselines. ``evaluate_policies`` does the evaluation part for saved policies.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,8 +34,7 @@ from .evaluation import (
     predict_steps,
     seen_action_fraction,
 )
-from ..visibility import setting_visibility
-from .modeling import build_model, check_model_options
+from .modeling import build_model
 from .precision import seed_everything
 from .trainer import JsonlLogger, Trainer, TrainResult
 
@@ -140,7 +140,6 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     """
     context = context or DistributedContext()
     output_dir = Path(output_dir)
-    check_model_options(config)
     old_run: list[str] = []
     checkpoint = None
     if resume:
@@ -162,18 +161,19 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     settings = run_settings(data, episodes, encoder)
     if checkpoint is not None:  # before the embedding, the slow part
         _check_resume(checkpoint, config, settings)
-    prepared = prepare_data(episodes, encoder, data, config.max_seq_len, progress=progress,
+    policy_settings = config.policy_settings()
+    prepared = prepare_data(episodes, encoder, data, policy_settings["max_seq_len"], progress=progress,
                             context=context)
     if context.is_main:
         print(_describe_split(prepared.summary))
     seed_everything(config.seed)  # identical initial weights on every rank
-    action_dim = len(prepared.vocab["action"]) if config.discrete_actions else prepared.action_dim
+    action_dim = len(prepared.vocab["action"]) if policy_settings["discrete_actions"] else prepared.action_dim
     model = build_model(config, state_dim=prepared.state_dim, action_dim=action_dim,
                         num_agents=prepared.num_agents, num_options=max(1, prepared.num_options))
     trainer = Trainer(model, config, prepared.train, prepared.val, output_dir=output_dir,
                       device=torch_device, context=context,
                       log_path=log_path, progress=progress,
-                      stop_after_step=stop_after_step, num_agents=prepared.num_agents,
+                      stop_after_step=stop_after_step,
                       run_settings=settings)
     # Everything that can refuse the run has run by now; only then may the old one go.
     if old_run:
@@ -255,7 +255,7 @@ def _describe_split(summary: dict[str, Any]) -> str:
 
 def policy_label(policy: PretrainedPolicy) -> str:
     label = type(policy.model).__name__
-    if policy.config.get("model_config", {}).get("discrete_actions"):
+    if policy.model.config.discrete_actions:
         label += " (discrete)"
     return label
 
@@ -281,35 +281,30 @@ def evaluate_prepared(policies: Sequence[PretrainedPolicy], prepared: PreparedDa
 
 def evaluate_policy(policy: PretrainedPolicy, dataset: Any, bank: torch.Tensor, *,
                     device: torch.device | str = "cpu", batch_size: int = 64) -> dict[str, Any]:
-    train_config = policy.config.get("train_config", {})
-    discrete = bool(policy.config["model_config"].get("discrete_actions", False))
-    visibility = train_config.get("visibility", "data")
-    agent_mask = None
-    if policy.model_type == "multi_agent":
-        agent_mask = setting_visibility(visibility, policy.config["model_config"]["max_num_agents"], device)
+    model = policy.model.to(device)
     _check_dataset_fits(policy, dataset)
-    records, predictions = predict_steps(
-        policy.model.to(device), policy.model_type, dataset, discrete=discrete, device=device,
-        batch_size=batch_size, agent_mask=agent_mask, visibility_from_data=visibility == "data",
-        condition_on_returns=bool(train_config.get("condition_on_returns", False)))
-    agent_labels = dataset.agent_vocab.labels if policy.model_type == "multi_agent" else None
-    return model_metrics(records, predictions, bank, discrete=discrete, agent_labels=agent_labels)
+    records, predictions = predict_steps(model, dataset, device=device, batch_size=batch_size)
+    agent_labels = dataset.agent_vocab.labels if model.uses_agents else None
+    return model_metrics(records, predictions, bank, discrete=model.discrete_actions,
+                         agent_labels=agent_labels)
 
 
 def _check_dataset_fits(policy: PretrainedPolicy, dataset: Any) -> None:
-    config = policy.config["model_config"]
-    if dataset.state_dim != config["state_dim"]:
-        raise CheckpointError(
-            f"policy {policy.directory} expects {config['state_dim']}-dim states but the encoder "
-            f"gives {dataset.state_dim}; evaluate with the encoder it was trained with")
-    if policy.model_type == "multi_agent" and dataset.num_agents > config["max_num_agents"]:
-        raise CheckpointError(
-            f"the data has {dataset.num_agents} agents but policy {policy.directory} knows "
-            f"{config['max_num_agents']}")
-    if policy.model_type == "hierarchical" and dataset.num_options > config["num_options"]:
-        raise CheckpointError(
-            f"the data has {dataset.num_options} options but policy {policy.directory} knows "
-            f"{config['num_options']}")
+    """The data's sizes must fit the policy's: the same state width, and no more agents or
+    options than it knows."""
+    config = policy.model.config
+    sizes = {"state_dim": dataset.state_dim, "num_agents": dataset.num_agents,
+             "num_options": dataset.num_options}
+    for f in dataclasses.fields(config):
+        source, known = f.metadata.get("from_data"), config[f.name]
+        if source == "state_dim" and sizes[source] != known:
+            raise CheckpointError(
+                f"policy {policy.directory} expects {known}-dim states but the encoder "
+                f"gives {sizes[source]}; evaluate with the encoder it was trained with")
+        if source in ("num_agents", "num_options") and sizes[source] > known:
+            raise CheckpointError(
+                f"the data has {sizes[source]} {source.removeprefix('num_')} but policy "
+                f"{policy.directory} knows {known}")
 
 
 def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: str | None = None,

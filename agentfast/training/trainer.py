@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.policy_files import load_state_dict_checked, unwrap
-from ..visibility import setting_visibility
 from .checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -36,7 +35,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
 from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
-from .modeling import forward_batch, move_batch
+from .modeling import move_batch
 from .precision import autocast_context, make_grad_scaler, resolve_precision, set_deterministic
 from .schedules import build_optimizer, warmup_cosine_schedule
 
@@ -120,8 +119,9 @@ class Trainer:
     """Trains ``model`` on ``train_dataset`` with held-out loss on ``val_dataset``.
 
     Args:
-        model: an ActionTransformer, MultiAgentTransformer or HierarchicalTransformer.
-        config: the TrainConfig (model_type must match the model).
+        model: a registered policy (``agentfast.models``); its own configuration decides
+            how it reads a batch (discrete actions, returns, visibility).
+        config: the TrainConfig (its policy settings built the model).
         train_dataset / val_dataset: map-style datasets whose items ``collate_fn`` batches
             into the dict of ``agentfast.data.collate_episodes``.
         output_dir: where ``checkpoints/`` go (None: no checkpoints, no resume).
@@ -131,7 +131,7 @@ class Trainer:
         progress: show a tqdm bar on rank 0.
         stop_after_step: end the run right after this step, saving a checkpoint first (a
             controlled stand-in for a kill; used by the resume test).
-        num_agents: agents in the data, for the multi-agent visibility preset.
+        num_agents: deprecated and unused (a multi-agent policy knows its own agents).
         run_settings: what else decides the run (data split, encoder, ...), saved in every
             checkpoint so a resume can refuse to continue with other settings.
     """
@@ -141,9 +141,12 @@ class Trainer:
                  device: str | torch.device = "cpu", context: DistributedContext | None = None,
                  log_path: str | os.PathLike | None = None, progress: bool = True,
                  collate_fn: Callable | None = None, stop_after_step: int | None = None,
-                 num_agents: int = 1, run_settings: dict[str, Any] | None = None) -> None:
+                 num_agents: int | None = None, run_settings: dict[str, Any] | None = None) -> None:
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
+        if num_agents is not None:
+            warnings.warn("Trainer(num_agents=...) is deprecated and unused: the policy's config "
+                          "holds its agents and visibility", DeprecationWarning, stacklevel=2)
         self.config = config
         self.device = torch.device(device)
         self.context = context or DistributedContext()
@@ -162,10 +165,7 @@ class Trainer:
         if config.deterministic:  # False leaves the process-wide setting alone
             set_deterministic(True)
         self.model = model.to(self.device)
-        self.agent_mask = None
-        if config.model_type == "multi_agent":
-            num = int(getattr(unwrap(model), "config", {}).get("max_num_agents", num_agents))
-            self.agent_mask = setting_visibility(config.visibility, num, self.device)
+        self.policy = unwrap(model)  # the policy's own hooks read its batches
         self.train_model = self._wrap_for_ddp(self.model)
         self.optimizer = build_optimizer(self.model, config.learning_rate, config.weight_decay,
                                          tuple(config.betas))
@@ -256,12 +256,8 @@ class Trainer:
 
     def _loss(self, model: nn.Module, batch: dict[str, Any], with_outputs: bool = False):
         with autocast_context(self.precision, self.device):
-            outputs = forward_batch(model, self.config.model_type, batch,
-                                    discrete=self.config.discrete_actions,
-                                    agent_mask=self.agent_mask,
-                                    condition_on_returns=self.config.condition_on_returns,
-                                    visibility_from_data=self.config.visibility == "data")
-        losses = compute_losses(outputs, batch, discrete=self.config.discrete_actions,
+            outputs = self.policy.forward_batch(batch, module=model)
+        losses = compute_losses(outputs, batch, discrete=self.policy.discrete_actions,
                                 weights=self.weights)
         return (losses, outputs) if with_outputs else losses
 
@@ -320,7 +316,7 @@ class Trainer:
             for name, value in losses.as_floats().items():
                 totals[name] = totals.get(name, 0.0) + value * weight
             weight_sum += weight
-            if self.config.model_type == "multi_agent":
+            if self.policy.uses_agents:
                 self._add_per_agent(per_agent, outputs, batch, mask)
         model.train(was_training)
         metrics = {name: value / max(weight_sum, 1.0) for name, value in totals.items()}
@@ -331,7 +327,7 @@ class Trainer:
     def _add_per_agent(self, per_agent: dict[int, list[float]], outputs, batch: dict[str, Any],
                        mask: torch.Tensor) -> None:
         """Accumulate (loss sum, step count) of the action loss per acting agent."""
-        steps = per_step_action_loss(outputs.action_preds, batch, self.config.discrete_actions,
+        steps = per_step_action_loss(outputs.action_preds, batch, self.policy.discrete_actions,
                                      self.config.mse_weight)
         for agent in batch["agent_ids"][mask].unique().tolist():
             rows = mask & (batch["agent_ids"] == agent)
