@@ -35,10 +35,11 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("models", ("agentfast.models",), ("base", "attention", "nn")),
     ("data", ("agentfast.data",), ("base",)),
     ("training", ("agentfast.training",), ("base", "attention", "nn", "models", "data")),
+    ("integrations", ("agentfast.integrations",), ("base", "attention", "nn", "models", "data")),
     ("decoders", ("agentfast.decoders",), ("base", "attention", "nn", "models", "data")),
     ("pipeline", ("agentfast.pipeline",), ("base", "attention", "nn", "models", "data", "decoders")),
     ("cli", ("agentfast.cli", "agentfast.info", "agentfast.__main__", "agentfast"),
-     ("base", "attention", "nn", "models", "data", "training", "decoders", "pipeline")),
+     ("base", "attention", "nn", "models", "data", "integrations", "training", "decoders", "pipeline")),
 ]
 LAYER_NAMES = [name for name, _, _ in LAYERS]
 _MODULE_STRING = re.compile(r"agentfast(\.\w+)+(:\w+)?")

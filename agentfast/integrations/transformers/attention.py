@@ -39,7 +39,7 @@ from torch import Tensor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ...attention import attention as _agentfast_attention
-from ...attention.mask import MAX_AGENTS
+from ...visibility import MAX_AGENTS
 from .masks import AgentfastMask
 
 

@@ -33,8 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ...attention.mask import MAX_AGENTS
 from ...data.schema import Episode
+from ...visibility import MAX_AGENTS, visibility_from_map, visibility_preset
 
 IGNORE_INDEX = -100
 SHARED = "<shared>"  # name of agent 0, the context everyone sees
@@ -133,24 +133,14 @@ def _replace_agent(message: _Message, agent: str) -> _Message:
 
 
 def _visibility_matrix(names: Sequence[str], declared: Mapping[str, Sequence[str]] | str | None) -> Tensor:
-    """bool [A, A] over ``names`` (names[0] is the shared context)."""
-    count = len(names)
-    matrix = torch.ones(count, count, dtype=torch.bool)
-    if declared == "private":
-        matrix = torch.eye(count, dtype=torch.bool)
-    elif isinstance(declared, Mapping):
-        index = {name: i for i, name in enumerate(names)}
-        for viewer, seen in declared.items():
-            if str(viewer) in index:
-                row = index[str(viewer)]
-                matrix[row] = False
-                for other in seen:
-                    if str(other) in index:
-                        matrix[row, index[str(other)]] = True
-    elif declared not in (None, "full"):
+    """bool [A, A] over ``names`` (names[0] is the shared context, which everyone sees)."""
+    if declared is None or isinstance(declared, Mapping):
+        matrix = visibility_from_map(declared, names, len(names))
+    elif declared in ("full", "private"):
+        matrix = visibility_preset(declared, len(names))
+    else:
         raise ValueError(f"visibility must be 'full', 'private' or a mapping agent -> agents it sees, got {declared!r}")
-    matrix[:, 0] = True  # everyone sees the shared context
-    matrix |= torch.eye(count, dtype=torch.bool)
+    matrix[:, 0] = True
     return matrix
 
 
