@@ -1,8 +1,9 @@
 """Shared test material for every attention backend: random cases and the numerics rule.
 
-The numerics rule (SPEC section 6, the FlashAttention rule): a kernel's error against the
-fp32 reference must be at most 2x the error of the reference computed in the low precision
-dtype, plus a small floor; for the output and for dq, dk, dv.
+The numerics rule (the FlashAttention rule; docs/attention-contract.md, "How the backends
+are tested"): a kernel's error against the fp32 reference must be at most 2x the error of
+the reference computed in the low precision dtype, plus a small floor; for the output and
+for dq, dk, dv.
 """
 
 from __future__ import annotations

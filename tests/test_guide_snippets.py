@@ -1,9 +1,11 @@
-"""Every model snippet of seed/agentic-training-guide.md, run with the guide's arguments.
+"""The model snippets of the user guide whose classes and signatures this package
+implements, run with that guide's arguments.
 
-The guide imports from ``src.models...``; the package is ``agentfast``, so the imports are
-the only lines changed. Batches are small (B=2, T=4) to keep the suite fast; dimensions are
-the guide's (768-d GPT-2 embeddings). ``compute_embedding_loss`` is left undefined by the
-guide; an MSE stands in for it.
+The guide builds each model with keyword arguments sized for 768-d GPT-2 embeddings and
+calls it with ``states``, ``actions`` (and ``agent_ids``, ``agent_mask``, ``options``)
+and ``seq_lens``, importing from ``src.models...``; the package is ``agentfast``, so the
+imports are the only lines changed. Batches are small (B=2, T=4) to keep the suite fast.
+The guide leaves ``compute_embedding_loss`` undefined; an MSE stands in for it.
 """
 
 import pytest

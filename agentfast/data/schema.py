@@ -1,6 +1,6 @@
 """The episode record: states, actions and optional rewards, agents, options and metadata.
 
-An episode is the dict of the guide::
+An episode is one dict (the record the user guide's models are trained on)::
 
     {"states": [...], "actions": [...], "rewards": [...], "agent_ids": [...],
      "options": [...], "metadata": {"task_type": "debugging", ...}}
