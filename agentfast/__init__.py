@@ -1,38 +1,22 @@
 """agentfast: transformer policies trained on LLM agent logs, with fused masked attention.
 
-Importing agentfast is cheap: it does not initialise CUDA, load the compiled extension or
-import triton/transformers. Models, data and training load on first attribute access.
+Importing agentfast is cheap: it imports no torch, does not initialise CUDA, load the
+compiled extension or import triton/transformers. Models, data and training load on first
+attribute access; ``agentfast.attention(...)`` loads torch and the backends at its first call.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ._lazy import lazy_exports
 from ._version import __version__
 from .attention import attention
 
-
-_LAZY = {
+# Subpackages (nn, models, data, training, pipeline, kernels, ...) load on first access too.
+_EXPORTS = {
     "ActionTransformer": "agentfast.models",
     "MultiAgentTransformer": "agentfast.models",
     "HierarchicalTransformer": "agentfast.models",
     "AgentPipeline": "agentfast.pipeline",
-    "nn": "agentfast.nn",
-    "models": "agentfast.models",
-    "data": "agentfast.data",
-    "training": "agentfast.training",
-    "kernels": "agentfast.kernels",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'agentfast' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name])
-    value = module if module.__name__.endswith(name) else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-__all__ = ["attention", "__version__", *_LAZY]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["attention", "__version__", *_EXPORTS, "nn", "models", "data", "training", "kernels"]

@@ -14,8 +14,8 @@ The rule (docs/attention-contract.md): a token of agent ``a`` may attend a token
 * a policy's **visibility setting**: a preset, or ``"data"`` (each episode's own map).
 
 The public arguments that carry a visibility keep their names: ``agent_mask`` (models and
-the pipeline, as the guide to the models names it) and ``agent_visibility`` (the attention
-contract). Everything else here says "visibility".
+the pipeline: ``model(..., agent_mask=batch["agent_mask"])``) and ``agent_visibility``
+(the attention contract). Everything else here says "visibility".
 
 Importing this module does not import torch (the command line reads the preset names while
 it builds its parsers); the functions that make tensors import it when first called.

@@ -364,7 +364,7 @@ def test_config_is_json_and_rebuilds_the_model(kind):
 
 
 def test_the_config_dataclass_is_the_constructor():
-    """Arguments by position (the guide's order), by name or as ``config=`` build the same
+    """Arguments by position (the original API's order), by name or as ``config=`` build the same
     model; the signature lists the config's fields; a bad field is refused by name."""
     import inspect
 

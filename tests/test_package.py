@@ -132,3 +132,36 @@ def test_readme_python_blocks_run():
                  "visibility": torch.rand(3, 3) > 0.3, "x": torch.randn(2, 10, 256)}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_help_and_parsers_load_no_torch():
+    """``agentfast --help`` and every ``agentfast COMMAND --help`` build their parsers from
+    modules that import no torch (or anything heavier): the CLI starts in a fraction of a
+    second and loads what a command needs when it runs."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from agentfast.cli import main\n"
+        "for argv in ([], ['convert'], ['embed'], ['train'], ['evaluate'], ['predict'], ['bench'], ['info']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            main([*argv, '--help'])\n"
+        "        except SystemExit as exit_:\n"
+        "            assert exit_.code == 0, argv\n"
+        "    assert 'usage: agentfast' in out.getvalue(), argv\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'triton', 'transformers', 'safetensors') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    assert run_python(code).strip().splitlines()[-1] == "[]"
+
+
+def test_the_package_facade_is_the_attention_function():
+    import importlib
+    import inspect
+
+    import agentfast
+
+    api = importlib.import_module("agentfast.attention.api")
+    assert inspect.signature(agentfast.attention) == inspect.signature(api.attention)
+    case_q = __import__("torch").randn(1, 2, 5, 8)
+    assert agentfast.attention(case_q, case_q, case_q, backend="reference").equal(
+        api.attention(case_q, case_q, case_q, backend="reference"))

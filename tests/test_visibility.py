@@ -84,3 +84,12 @@ def test_bitmasks_round_trip_and_put_agent_63_in_the_sign_bit():
     expected = sum(1 << c for c in range(MAX_AGENTS) if visibility[0, 5, c])
     assert int(bits[0, 5]) == (expected - (1 << 64) if expected >= 1 << 63 else expected)
 
+
+
+def test_importing_the_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, agentfast.visibility as v; print(v.SETTINGS, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "('data', 'full', 'private', 'hub') False", result.stderr

@@ -1,6 +1,6 @@
 """``agentfast.attention``: validate a call, then hand it to a backend.
 
-The contract (SPEC section 2): q ``[B, H, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` with ``Nq <= Nk``
+The contract (docs/attention-contract.md): q ``[B, H, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` with ``Nq <= Nk``
 and H a multiple of Hkv (grouped-query attention: query head h reads kv head
 ``h // (H // Hkv)``); queries are the last Nq key positions. Query ``i`` (position ``p = Nk - Nq + i``) attends key
 ``j`` iff ``(not causal or j <= p)``, ``j < seq_lens[b]`` and, with agents,
@@ -170,27 +170,8 @@ def attention(
     scale: float | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """Masked multi-head attention under the agentfast contract.
-
-    Args:
-        q: ``[B, H, Nq, D]`` queries, the last Nq positions of the key sequence.
-        k, v: ``[B, Hkv, Nk, D]`` with H a multiple of Hkv (grouped-query / multi-query
-            attention: query head h reads kv head ``h // (H // Hkv)``; no copies are made).
-            Strided views (a fused qkv split) are fine.
-        causal: query at position p sees keys ``j <= p``.
-        seq_lens: int ``[B]``, keys at ``j >= seq_lens[b]`` are padding.
-        agent_ids: int ``[B, Nk]`` in ``[0, A)``, the agent of each position.
-        agent_visibility: bool ``[A, A]`` or ``[B, A, A]``; row = attending agent. A <= 64.
-        scale: softmax scale, default ``D ** -0.5``.
-        backend: ``auto``, ``reference``, ``sdpa``, ``flex``, ``triton``, ``cuda`` or ``cpp``.
-
-    Returns:
-        ``[B, H, Nq, D]`` in q's dtype; rows with no allowed key are exactly 0.
-
-    Raises:
-        AttentionInputError: an argument breaks the contract.
-        BackendUnavailableError: a named backend cannot serve the call (message says why).
-    """
+    """The implementation of ``agentfast.attention.attention`` (documented there): validate
+    the call, then run it on the chosen backend."""
     call = make_call(
         q, k, v, causal=causal, seq_lens=seq_lens, agent_ids=agent_ids,
         agent_visibility=agent_visibility, scale=scale,

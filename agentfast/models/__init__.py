@@ -12,22 +12,33 @@ and step methods for KV-cache inference, and ``save_pretrained`` / ``from_pretra
 import warnings
 from typing import Any
 
-from ..visibility import visibility_preset
-from .action_transformer import ActionTransformer
-from .backbone import SequencePolicy, TransformerBackbone, TransformerBlock
-from .config import (
-    ActionTransformerConfig,
-    HierarchicalTransformerConfig,
-    MultiAgentTransformerConfig,
-    PolicyConfig,
-)
-from .hierarchical import HierarchicalTransformer
-from .kv_cache import KVCache
-from .multi_agent import MultiAgentTransformer
-from .outputs import PolicyOutputs
-from .policy_files import CheckpointError, read_pretrained_config
-from .pretrained import PretrainedPolicy, load_pretrained, save_pretrained
-from .registry import POLICIES, policy_class, register_policy
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "visibility_preset": "agentfast.visibility",
+    "ActionTransformer": ".action_transformer",
+    "SequencePolicy": ".backbone",
+    "TransformerBackbone": ".backbone",
+    "TransformerBlock": ".backbone",
+    "ActionTransformerConfig": ".config",
+    "HierarchicalTransformerConfig": ".config",
+    "MultiAgentTransformerConfig": ".config",
+    "PolicyConfig": ".config",
+    "HierarchicalTransformer": ".hierarchical",
+    "KVCache": ".kv_cache",
+    "MultiAgentTransformer": ".multi_agent",
+    "PolicyOutputs": ".outputs",
+    "CheckpointError": ".policy_files",
+    "read_pretrained_config": ".policy_files",
+    "PretrainedPolicy": ".pretrained",
+    "load_pretrained": ".pretrained",
+    "save_pretrained": ".pretrained",
+    "POLICIES": ".registry",
+    "policy_class": ".registry",
+    "register_policy": ".registry",
+}
+__all__ = sorted(_EXPORTS)
+_exported = lazy_exports(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -35,31 +46,12 @@ def __getattr__(name: str) -> Any:
         warnings.warn("agentfast.models.MODEL_CLASSES is replaced by agentfast.models.POLICIES "
                       "(model type -> config class and policy class); the old name will be removed",
                       DeprecationWarning, stacklevel=2)
+        from .registry import POLICIES
+
         classes = [entry.policy_class for entry in POLICIES.values()]
         return {cls.__name__: cls for cls in classes}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _exported(name)
 
 
-__all__ = [
-    "POLICIES",
-    "ActionTransformer",
-    "ActionTransformerConfig",
-    "CheckpointError",
-    "HierarchicalTransformer",
-    "HierarchicalTransformerConfig",
-    "KVCache",
-    "MultiAgentTransformer",
-    "MultiAgentTransformerConfig",
-    "PolicyConfig",
-    "PolicyOutputs",
-    "PretrainedPolicy",
-    "SequencePolicy",
-    "TransformerBackbone",
-    "TransformerBlock",
-    "load_pretrained",
-    "policy_class",
-    "read_pretrained_config",
-    "register_policy",
-    "save_pretrained",
-    "visibility_preset",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -31,7 +31,7 @@ class ActionTransformer(SequencePolicy):
     """Predicts the next action (and the value) of an agent from its history.
 
     Args: the fields of ``ActionTransformerConfig`` (``state_dim`` and ``action_dim`` first,
-    as in the guide; see ``agentfast.models.config`` for each one's meaning), or
+    as in the original model API; see ``agentfast.models.config`` for each one's meaning), or
     ``config=``. With ``condition_on_returns`` its batches feed the returns-to-go, and
     inference asks for a target return.
     """

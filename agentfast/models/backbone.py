@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import attention
+from ..attention.api import attention
 from .config import PolicyConfig
 from .kv_cache import KVCache
 from .outputs import PolicyOutputs
@@ -291,7 +291,7 @@ class SequencePolicy(nn.Module):
 
     A policy class sets ``config_class`` (its configuration dataclass, whose fields are the
     constructor's arguments) and ``positional_args`` (which of them may be passed by
-    position, in the guide's order). ``Policy(...)`` takes those arguments, or
+    position, in the order of the original model API: ``state_dim``, ``action_dim``, ...). ``Policy(...)`` takes those arguments, or
     ``Policy(config=...)``; ``model.config`` is the configuration.
 
     Hooks each policy implements:

@@ -6,8 +6,8 @@ Field metadata:
 
 * ``help``: one line for ``--help`` and the docs;
 * ``trainer_default``: what ``agentfast train`` uses when the field differs from the
-  constructor's default (the constructor keeps the guide's sizes for 768-d GPT-2
-  embeddings; the trainer's defaults are small models for agent logs);
+  constructor's default (the constructor keeps the original model API's sizes, meant
+  for 768-d GPT-2 embeddings; the trainer's defaults are small models for agent logs);
 * ``choices``: the values allowed (a tuple, or a function that lists them);
 * ``from_data``: the field is not a setting but a size the data decides, named as in
   ``DATA_SIZES``; the trainer fills it in from the prepared data.

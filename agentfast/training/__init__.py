@@ -7,70 +7,48 @@ behind ``agentfast train`` / ``agentfast evaluate``. Saved policies are read and
 prepared by ``agentfast.data``.
 """
 
-from typing import Any
+from .._lazy import lazy_exports
 
-from .._lazy import moved_names
-from ..models.policy_files import CheckpointError
-from .checkpoint import latest_checkpoint
-from . import config as _config
-from .config import TrainConfig
-from .distributed import DistributedContext, ResumableSampler, init_distributed
-from .evaluation import EvaluationReport, format_table
-from .losses import (
-    compute_losses,
-    discrete_action_loss,
-    embedding_loss,
-    option_loss,
-    termination_labels,
-    termination_loss,
-    value_loss,
-)
-from .modeling import build_model, forward_batch
-from .run import evaluate_policies, train_policy
-from .schedules import build_optimizer, warmup_cosine_factor, warmup_cosine_schedule
-from .trainer import EarlyStopping, Trainer, TrainResult
-
+_EXPORTS = {
+    "CheckpointError": "agentfast.models.policy_files",
+    "latest_checkpoint": ".checkpoint",
+    "TrainConfig": ".config",
+    "DistributedContext": ".distributed",
+    "ResumableSampler": ".distributed",
+    "init_distributed": ".distributed",
+    "EvaluationReport": ".evaluation",
+    "format_table": ".evaluation",
+    "compute_losses": ".losses",
+    "discrete_action_loss": ".losses",
+    "embedding_loss": ".losses",
+    "option_loss": ".losses",
+    "termination_labels": ".losses",
+    "termination_loss": ".losses",
+    "value_loss": ".losses",
+    "build_model": ".modeling",
+    "forward_batch": ".modeling",
+    "evaluate_policies": ".run",
+    "train_policy": ".run",
+    "build_optimizer": ".schedules",
+    "warmup_cosine_factor": ".schedules",
+    "warmup_cosine_schedule": ".schedules",
+    "EarlyStopping": ".trainer",
+    "Trainer": ".trainer",
+    "TrainResult": ".trainer",
+    "MODEL_TYPES": ".config",
+}
 # Policy files and data preparation moved down a layer; the old names still resolve.
-_moved = moved_names(__name__, {
+_MOVED = {
     "save_pretrained": "agentfast.models.pretrained",
     "load_pretrained": "agentfast.models.pretrained",
     "PretrainedPolicy": "agentfast.models.pretrained",
     "DataSettings": "agentfast.data.settings",
     "EncoderSettings": "agentfast.data.settings",
     "prepare_data": "agentfast.data.preparation",
-})
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS, moved=_MOVED)
+__all__ = sorted(name for name in _EXPORTS if name != "MODEL_TYPES")
 
 
-def __getattr__(name: str) -> Any:
-    if name == "MODEL_TYPES":
-        return getattr(_config, name)
-    return _moved(name)
-
-
-__all__ = [
-    "CheckpointError",
-    "DistributedContext",
-    "EarlyStopping",
-    "EvaluationReport",
-    "ResumableSampler",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "build_model",
-    "build_optimizer",
-    "compute_losses",
-    "discrete_action_loss",
-    "embedding_loss",
-    "evaluate_policies",
-    "format_table",
-    "forward_batch",
-    "init_distributed",
-    "latest_checkpoint",
-    "option_loss",
-    "termination_labels",
-    "termination_loss",
-    "train_policy",
-    "value_loss",
-    "warmup_cosine_factor",
-    "warmup_cosine_schedule",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -2,14 +2,20 @@
 
 Each backend lives in its own module and is imported on first use, so that importing
 agentfast never pulls in triton or loads the compiled extension. A backend whose module
-cannot be imported is still listed, with the import error as its reason.
+cannot be imported is still listed, with the import error as its reason. Listing the
+names imports nothing (not even torch).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .base import AttentionBackend, AttentionCall
+from ..._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .base import AttentionBackend
+
+__getattr__ = lazy_exports(__name__, {"AttentionBackend": ".base", "AttentionCall": ".base"})
 
 # name -> loader. Order is the order `agentfast info` lists them in. Plain import statements
 # rather than importlib: torch.compile can trace these when a call is compiled first.
@@ -54,15 +60,6 @@ _LOADERS: dict[str, Callable[[], AttentionBackend]] = {
 _loaded: dict[str, AttentionBackend] = {}
 
 
-class _Unimportable(AttentionBackend):
-    def __init__(self, name: str, error: BaseException) -> None:
-        self.name = name
-        self._error = error
-
-    def unavailable_reason(self) -> str | None:
-        return f"its module failed to import: {type(self._error).__name__}: {self._error}"
-
-
 def backend_names() -> list[str]:
     return list(_LOADERS)
 
@@ -75,7 +72,9 @@ def get_backend(name: str) -> AttentionBackend:
         try:
             _loaded[name] = _LOADERS[name]()
         except Exception as exc:  # a broken optional backend must not break the others
-            _loaded[name] = _Unimportable(name, exc)
+            from .base import UnimportableBackend
+
+            _loaded[name] = UnimportableBackend(name, exc)
     return _loaded[name]
 
 

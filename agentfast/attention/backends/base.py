@@ -98,3 +98,14 @@ class AttentionBackend:
 
     def __repr__(self) -> str:
         return f"<attention backend {self.name!r}>"
+
+
+class UnimportableBackend(AttentionBackend):
+    """A backend whose module failed to import: listed, and never usable, with the reason."""
+
+    def __init__(self, name: str, error: BaseException) -> None:
+        self.name = name
+        self._error = error
+
+    def unavailable_reason(self) -> str | None:
+        return f"its module failed to import: {type(self._error).__name__}: {self._error}"
