@@ -24,6 +24,8 @@ from typing import Protocol, Sequence
 
 import torch
 
+from ..atomic_files import atomic_write, atomic_write_text
+
 SHARD_GLOB = "shard-*.safetensors"
 FORMAT_VERSION = "1"
 CACHE_ENV = "AGENTFAST_CACHE"
@@ -90,7 +92,7 @@ class EmbeddingCache:
         path = self._encoder_record(signature)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"signature": signature, "identity": identity, "dim": int(dim)}
-        _atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
     def _encoder_record(self, signature: str) -> Path:
         return self.directory / "encoders" / f"{hashlib.sha256(signature.encode()).hexdigest()[:32]}.json"
@@ -114,27 +116,23 @@ class EmbeddingCache:
         return merged
 
     def _write_shard(self, identity: str, keys: list[bytes], embeddings: torch.Tensor) -> Path:
-        """Write one shard atomically: a temporary file, fsync, then rename into place."""
+        """Write one shard atomically (``agentfast.atomic_files``)."""
         from safetensors.torch import save_file
 
         folder = self.identity_dir(identity)
         folder.mkdir(parents=True, exist_ok=True)
         label = folder / "identity.txt"
         if not label.exists():
-            _atomic_write_text(label, identity + "\n")
+            atomic_write_text(label, identity + "\n")
         tensors = {
             "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), 32),
             "embeddings": embeddings.contiguous(),
         }
-        name = f"shard-{uuid.uuid4().hex}.safetensors"
-        temporary = folder / f".{name}.tmp"
-        try:
-            save_file(tensors, str(temporary), metadata={"identity": identity, "format": FORMAT_VERSION})
-            _fsync(temporary)
-            os.replace(temporary, folder / name)  # readers see the whole shard or none of it
-        finally:
-            temporary.unlink(missing_ok=True)
-        return folder / name
+        shard = folder / f"shard-{uuid.uuid4().hex}.safetensors"
+        # Readers see the whole shard or none of it.
+        atomic_write(shard, lambda tmp: save_file(tensors, tmp, metadata={"identity": identity,
+                                                                          "format": FORMAT_VERSION}))
+        return shard
 
     def _refresh(self, identity: str) -> dict[bytes, torch.Tensor]:
         """Load shards that appeared since the last look (other runs may have added some)."""
@@ -243,14 +241,3 @@ class CachedEncoder:
 
     def __repr__(self) -> str:
         return f"CachedEncoder({self.encoder!r}, cache_dir={str(self.cache.directory)!r})"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

@@ -44,10 +44,8 @@ class ActionTransformer(SequencePolicy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        embed_dim = self.config.embed_dim
-        self.return_embed = nn.Linear(1, embed_dim)
-        self.action_head = nn.Linear(embed_dim, self.config.action_dim)
-        self.value_head = nn.Linear(embed_dim, 1)
+        self.return_embed = nn.Linear(1, self.embed_dim)
+        self._add_action_and_value_heads()
         self._init_weights()
 
     def forward(

@@ -372,6 +372,11 @@ class SequencePolicy(nn.Module):
             return batch["action_ids"].clamp_min(0)
         return batch["actions"]
 
+    def _add_action_and_value_heads(self) -> None:
+        """The heads read from the state tokens: the action, and the value of the state."""
+        self.action_head = nn.Linear(self.embed_dim, self.config.action_dim)
+        self.value_head = nn.Linear(self.embed_dim, 1)
+
     def _init_weights(self) -> None:
         """GPT-style init: N(0, 0.02) weights, zero biases, unit LayerNorms."""
         for module in self.modules():

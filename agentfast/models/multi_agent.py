@@ -41,11 +41,9 @@ class MultiAgentTransformer(SequencePolicy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        embed_dim = self.config.embed_dim
         self.max_num_agents = self.config.max_num_agents
-        self.agent_embed = nn.Embedding(self.max_num_agents, embed_dim)
-        self.action_head = nn.Linear(embed_dim, self.config.action_dim)
-        self.value_head = nn.Linear(embed_dim, 1)
+        self.agent_embed = nn.Embedding(self.max_num_agents, self.embed_dim)
+        self._add_action_and_value_heads()
         self._init_weights()
 
     def forward(
