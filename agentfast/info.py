@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from ._version import __version__
 from ._extension import build_info, has_cuda_kernels, load_error, runtime_info
+from ._version import __version__
 from .attention import backend_names, get_backend, make_call
 
 

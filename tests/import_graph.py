@@ -231,23 +231,26 @@ def lines_of_code(path: Path) -> int:
 
 
 def report() -> str:
+    """Modules and lines per layer, module-to-module edges between layers, refusals, cycles."""
     modules = module_files()
     graph_edges = edges(modules)
-    out = [f"{len(modules)} modules, {len({(e.source, e.target) for e in graph_edges})} edges "
-           f"({sum(e.lazy for e in graph_edges)} lazy imports)"]
+    pairs = {(e.source, e.target) for e in graph_edges}
+    eager = {(e.source, e.target) for e in graph_edges if not e.lazy}
+    out = [f"{len(modules)} modules, {len(pairs)} module-to-module edges "
+           f"({len(eager)} imported at module level, {len(pairs - eager)} only when used)"]
     for index, name in enumerate(LAYER_NAMES):
         members = [m for m in modules if layer_of(m) == index]
-        out.append(f"  {name:<10} {len(members):3d} modules {sum(lines_of_code(modules[m]) for m in members):6d} lines")
-    packages: dict[tuple[str, str], int] = {}
-    for edge in graph_edges:
-        key = (LAYER_NAMES[layer_of(edge.source)], LAYER_NAMES[layer_of(edge.target)])
-        packages[key] = packages.get(key, 0) + 1
-    out.append("imports between layers (count):")
-    out.extend(f"  {a} -> {b}: {n}" for (a, b), n in sorted(packages.items()) if a != b)
+        out.append(f"  {name:<12} {len(members):3d} modules {sum(lines_of_code(modules[m]) for m in members):6d} lines")
+    between: dict[tuple[str, str], int] = {}
+    for source, target in pairs:
+        key = (LAYER_NAMES[layer_of(source)], LAYER_NAMES[layer_of(target)])
+        if key[0] != key[1]:
+            between[key] = between.get(key, 0) + 1
+    out.append("edges between layers:")
+    out.extend(f"  {a} -> {b}: {n}" for (a, b), n in sorted(between.items()))
     refused = sorted({f"{e.source} -> {e.target}" for e in graph_edges if not may_import(e.source, e.target)})
     out.append(f"imports the layering refuses: {refused or 'none'}")
-    found = cycles(graph_edges)
-    out.append(f"cycles: {found or 'none'}")
+    out.append(f"cycles: {cycles(graph_edges) or 'none'}")
     return "\n".join(out)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..atomic_files import atomic_write, atomic_write_json
 
 FORMAT_NAME = "agentfast-policy"
@@ -130,8 +131,6 @@ def write_policy(directory: str | os.PathLike, model: nn.Module, *, model_type: 
                  metadata: dict[str, Any] | None = None, vocab: dict[str, Any] | None = None,
                  action_bank: torch.Tensor | None = None) -> Path:
     """Write a policy directory (weights first, config last, each atomic)."""
-    from .._version import __version__
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)

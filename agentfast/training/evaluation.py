@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.dataset import collate_episodes
 from .losses import batch_termination_labels, target_mask
 from .modeling import move_batch
 
@@ -88,8 +89,6 @@ def _concat(parts: list[dict[str, Any]]) -> StepRecords:
 
 
 def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    from ..data import collate_episodes
-
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_episodes,
                       generator=torch.Generator().manual_seed(0))
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.dataset import collate_episodes
 from ..models.policy_files import load_state_dict_checked, unwrap
 from .checkpoint import (
     capture_rng_state,
@@ -36,7 +37,13 @@ from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
 from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
 from .modeling import move_batch
-from .precision import autocast_context, make_grad_scaler, resolve_precision, set_deterministic
+from .precision import (
+    autocast_context,
+    make_grad_scaler,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+)
 from .schedules import build_optimizer, warmup_cosine_schedule
 
 
@@ -153,7 +160,7 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset if val_dataset is not None and len(val_dataset) else None
-        self.collate_fn = collate_fn or _default_collate()
+        self.collate_fn = collate_fn or collate_episodes
         self.progress = progress and self.context.is_main
         self.stop_after_step = stop_after_step
         self.run_settings = dict(run_settings or {})
@@ -217,8 +224,6 @@ class Trainer:
 
     def _fresh_rng(self) -> None:
         """Different dropout streams per rank, reproducible from the seed."""
-        from .precision import seed_everything
-
         seed_everything(self.config.seed + 1 + 1000 * self.context.rank)
 
     # ------------------------------------------------------------------ checkpoints
@@ -486,9 +491,3 @@ def _private_generator() -> torch.Generator:
     creates its loader at a different moment) would shift every later dropout mask.
     """
     return torch.Generator().manual_seed(0)
-
-
-def _default_collate() -> Callable:
-    from ..data import collate_episodes
-
-    return collate_episodes
