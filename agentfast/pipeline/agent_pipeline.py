@@ -223,7 +223,7 @@ class AgentPipeline:
 
     def _agent_label(self, agent_id: int) -> str | None:
         """The acting agent as the decoder's prompt names it (multi-agent policies only)."""
-        if self.kind != "multi_agent":
+        if not self.model.uses_agents:
             return None
         return self.agent_names[agent_id] if agent_id < len(self.agent_names) else str(agent_id)
 
