@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import agentfast.nn.multihead_attention as mha_module
+from mha_helpers import one_thread  # noqa: F401  (autouse fixture)
 from agentfast.attention import reference_attention
 from agentfast.nn import MultiheadAttention
 
@@ -198,8 +199,9 @@ def test_agent_visibility_and_seq_lens_extras(backend):
     fast, _ = ours(query, query, query, need_weights=False, is_causal=True, **extras)
     dense, weights = ours(query, query, query, need_weights=True, is_causal=True, **extras)
     torch.testing.assert_close(fast, dense, atol=ATOL, rtol=1e-5)
-    # Independent expectation: the reference oracle on the module's own projections.
-    q, k, v = ours._project(query, query, query)
+    # Independent expectation: the reference oracle on projections made here from the weights.
+    qkv = torch.nn.functional.linear(query, ours.in_proj_weight, ours.in_proj_bias)
+    q, k, v = qkv.view(BATCH, LEN, 3, HEADS, EMBED // HEADS).permute(2, 0, 3, 1, 4)
     expected = reference_attention(
         q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agent_ids,
         visibility=visibility.expand(BATCH, -1, -1),
@@ -235,11 +237,89 @@ def test_bad_inputs_raise_clear_errors():
         ours(query, query, query, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(10, 3)
-    with pytest.raises(ValueError, match=r"2-D attn_mask has shape \(4, 5\), but should be \(5, 5\)"):
+    with pytest.raises(ValueError, match=r"2-D attn_mask has shape \[4, 5\], but should be \[5, 5\]"):
         ours(query, query, query, attn_mask=torch.zeros(4, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"3-D attn_mask has shape \(2, 5, 5\), but should be \(8, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"3-D attn_mask has shape \[2, 5, 5\], but should be \[8, 5, 5\]"):
         ours(query, query, query, attn_mask=torch.zeros(2, 5, 5))
     with pytest.raises(ValueError, match="2-D .* or 3-D"):
         ours(query, query, query, attn_mask=torch.zeros(5))
     with pytest.raises(ValueError, match="agent_ids"):
         ours(query, query, query, agent_visibility=torch.ones(2, 2, dtype=torch.bool))
+
+
+# -- a true drop-in: what code written for torch's class sees -----------------------------------
+
+
+def test_is_a_torch_multihead_attention_with_torchs_initialisation():
+    """isinstance checks (torch's TransformerEncoder/-Layer fast paths make them) recognise it,
+    and the same seed gives the same initial weights as torch's class."""
+    torch.manual_seed(7)
+    theirs = torch.nn.MultiheadAttention(EMBED, HEADS, kdim=6, vdim=10, add_bias_kv=True)
+    torch.manual_seed(7)
+    ours = MultiheadAttention(EMBED, HEADS, kdim=6, vdim=10, add_bias_kv=True)
+    assert isinstance(ours, torch.nn.MultiheadAttention)
+    for (name, expected), (other_name, got) in zip(theirs.state_dict().items(), ours.state_dict().items()):
+        assert name == other_name
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("patch", ["torch.nn", "torch.nn.modules.transformer"])
+@pytest.mark.parametrize("mode", ["train", "eval", "inference"])
+def test_patched_in_as_torch_nn_multihead_attention(monkeypatch, patch, mode):
+    """Code that patches the class into torch (so torch's Transformer modules build it) works in
+    every mode: no recursion through merge_masks in eval without gradients, torch's encoder
+    still takes its nested-tensor fast path, and outputs match torch's unpatched modules."""
+    torch.manual_seed(3)
+    theirs = torch.nn.Transformer(EMBED, HEADS, 1, 1, 32, dropout=0.0, batch_first=True)
+    module = torch.nn if patch == "torch.nn" else torch.nn.modules.transformer
+    monkeypatch.setattr(module, "MultiheadAttention", MultiheadAttention)
+    monkeypatch.setattr(torch.nn.modules.transformer, "MultiheadAttention", MultiheadAttention)
+    ours = torch.nn.Transformer(EMBED, HEADS, 1, 1, 32, dropout=0.0, batch_first=True)
+    ours.load_state_dict(theirs.state_dict())
+    attentions = [m for m in ours.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert len(attentions) == 3 and all(isinstance(m, MultiheadAttention) for m in attentions)
+    assert ours.encoder.use_nested_tensor  # the encoder's own checks accepted the drop-in
+    src, _, _ = inputs(True)
+    tgt = torch.randn(BATCH, 4, EMBED)
+    padding = right_padding([7, 5, 2])
+    for model in (theirs, ours):
+        model.train(mode == "train")
+    with torch.inference_mode(mode == "inference"):
+        expected = theirs(src, tgt, src_key_padding_mask=padding, memory_key_padding_mask=padding,
+                          tgt_mask=causal_float_mask(4), tgt_is_causal=True)
+        got = ours(src, tgt, src_key_padding_mask=padding, memory_key_padding_mask=padding,
+                   tgt_mask=causal_float_mask(4), tgt_is_causal=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_output_is_contiguous_in_the_callers_layout(layout, need_weights):
+    """torch returns a contiguous output, so callers .view() it; the drop-in does too."""
+    theirs, ours = make_pair("auto", batch_first=layout == "batch_first")
+    query, _, _ = inputs(layout == "batch_first")
+    if layout == "unbatched":
+        query = query[:, 0]
+    expected, _ = theirs(query, query, query, need_weights=need_weights)
+    got, _ = ours(query, query, query, need_weights=need_weights)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got.view(-1, EMBED), expected.reshape(-1, EMBED), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_float64_modules_compute_in_float64(need_weights):
+    """A float64 module with torch's default need_weights=True stays in float64: it agrees with
+    torch far below float32's resolution (float32 arithmetic would be ~1e-8 off)."""
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(EMBED, HEADS, dtype=torch.float64)
+    ours = MultiheadAttention(EMBED, HEADS, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    query = torch.randn(LEN, BATCH, EMBED, dtype=torch.float64)
+    padding = right_padding([7, 5, 2])
+    expected, expected_weights = theirs(query, query, query, key_padding_mask=padding, need_weights=need_weights)
+    got, got_weights = ours(query, query, query, key_padding_mask=padding, need_weights=need_weights)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, atol=1e-13, rtol=1e-12)
+    if need_weights:
+        assert got_weights.dtype == torch.float64
+        torch.testing.assert_close(got_weights, expected_weights, atol=1e-13, rtol=1e-12)

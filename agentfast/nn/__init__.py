@@ -1,5 +1,5 @@
 """Drop-in ``torch.nn`` modules backed by ``agentfast.attention``."""
 
-from .multihead_attention import MultiheadAttention
+from .multihead_attention import MultiheadAttention, MultiheadAttentionError
 
-__all__ = ["MultiheadAttention"]
+__all__ = ["MultiheadAttention", "MultiheadAttentionError"]
