@@ -54,11 +54,23 @@ def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
     return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "agentfast::masked_attention (backends cpp and cuda) has first-order gradients only; "
+        "double backward (e.g. a gradient penalty) needs backend='reference'"
+    )
+
+
 if _EXTENSION is not None:
     torch.library.register_fake("agentfast::masked_attention")(_fake_forward)
     torch.library.register_fake("agentfast::masked_attention_backward")(_fake_backward)
     torch.library.register_autograd(
         "agentfast::masked_attention", _backward, setup_context=_setup_context
+    )
+    # Without an autograd kernel torch would differentiate the backward op as a constant and
+    # give silently wrong second-order gradients; this makes double backward an error instead.
+    torch.library.register_autograd(
+        "agentfast::masked_attention_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
     )
 
 
