@@ -79,7 +79,7 @@ class MultiheadAttention(_TorchMultiheadAttention):
     Deliberate differences from torch:
 
     - A query that may attend no key at all (fully masked row) returns 0, with zero gradient;
-      torch returns NaN.
+      torch returns NaN (always with weights; its SDPA path depends on the kernel).
     - ``is_causal=True`` without ``attn_mask`` applies the causal mask (queries are the last L
       of the S key positions); torch raises RuntimeError.
     - ``is_causal=True`` with an ``attn_mask`` [L, L] trusts the hint on the fast path and
