@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import agentfast.nn.multihead_attention as mha_module
-from mha_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.mha_helpers import one_thread  # noqa: F401  (autouse fixture)
 from agentfast.attention import reference_attention
 from agentfast.nn import MultiheadAttention
 

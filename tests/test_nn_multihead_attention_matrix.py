@@ -15,7 +15,7 @@ import itertools
 import pytest
 import torch
 
-from mha_helpers import (
+from tests.mha_helpers import (
     ATTN_MASKS,
     KEY_PADDING_MASKS,
     TorchMultiheadAttention,

@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from mha_helpers import (
+from tests.mha_helpers import (
     TorchMultiheadAttention,
     compare_grads,
     make_pair,

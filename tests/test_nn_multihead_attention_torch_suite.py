@@ -20,7 +20,7 @@ import io
 import pytest
 import torch
 
-from mha_helpers import TorchMultiheadAttention, one_thread  # noqa: F401  (autouse fixture)
+from tests.mha_helpers import TorchMultiheadAttention, one_thread  # noqa: F401  (autouse fixture)
 
 from agentfast.nn import MultiheadAttention
 
