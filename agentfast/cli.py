@@ -650,12 +650,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="benchmarks: attention kernels, training throughput, embedding, or a quick check",
-        description="attention, triton_attention, training, embedding: benchmarks/bench_<name>.py "
+        description="attention, triton_attention, training, embedding, multihead_attention: benchmarks/bench_<name>.py "
                     "from the source tree (the arguments after the name go to the script, e.g. "
                     "`agentfast bench training --threads 1`); quick: built-in forward timing of "
                     "every usable attention backend (works from an installed package; takes --device).")
     bench.add_argument("which", nargs="?", default="attention",
-                       choices=("attention", "triton_attention", "training", "embedding", "quick"))
+                       choices=("attention", "triton_attention", "training", "embedding", "multihead_attention",
+                                "quick"))
     bench.add_argument("args", nargs=argparse.REMAINDER,
                        help="passed to the benchmark script (quick takes --device)")
 

@@ -263,6 +263,7 @@ def test_is_a_torch_multihead_attention_with_torchs_initialisation():
         torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
 @pytest.mark.parametrize("patch", ["torch.nn", "torch.nn.modules.transformer"])
 @pytest.mark.parametrize("mode", ["train", "eval", "inference"])
 def test_patched_in_as_torch_nn_multihead_attention(monkeypatch, patch, mode):
