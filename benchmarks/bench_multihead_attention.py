@@ -18,8 +18,10 @@ training sends the drop-in to its dense path (its kernels have no dropout), so
 
 Both models train round-robin (``--rounds`` rounds; each round times --steps steps of each
 model after they have all warmed up), so load from other processes hits them alike; the
-median round is reported, with the ratio torch / drop-in (> 1: the drop-in is faster). The
-first forward of each configuration also compares the two models' outputs.
+median round is reported, with the ratio torch / drop-in (> 1: the drop-in is faster), and
+the process CPU time per step beside the wall clock (the work done, which other processes
+on a shared machine disturb less). The first forward of each configuration also compares
+the two models' outputs.
 
 Writes ``multihead_attention.json`` and ``.md`` (``--name``) to --out, by default
 ``benchmarks/results/<device slug>/`` (named as bench_attention.py names it).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,7 +60,9 @@ class Row:
     n: int
     torch_ms: float
     agentfast_ms: float
-    speedup: float  # torch / agentfast
+    speedup: float  # torch / agentfast, wall clock
+    torch_cpu_ms: float  # process CPU time per step: the work, less sensitive to other load
+    agentfast_cpu_ms: float
     max_output_diff: float
     valid_fraction: float
 
@@ -87,7 +92,8 @@ def make_batch(args: argparse.Namespace, n: int, masks: str) -> dict:
     else:
         padding = torch.zeros_like(padding)
     if "causal" in masks:
-        kwargs["mask"] = nn.Transformer.generate_square_subsequent_mask(n)
+        # bool like the padding mask (torch warns when the two differ)
+        kwargs["mask"] = torch.ones(n, n, dtype=torch.bool).triu(1)
         kwargs["is_causal"] = True
     return dict(x=x, target=target, valid=~padding, kwargs=kwargs)
 
@@ -115,19 +121,21 @@ def measure(args: argparse.Namespace, masks: str, dropout: float, n: int) -> Row
     for name in IMPLEMENTATIONS:
         for _ in range(args.warmup):
             train_step(models[name], optimizers[name], batch)
-    per_round: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+    wall: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+    cpu: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     for round_index in range(args.rounds):
         # Alternate the order so neither model always runs right after the other's steps.
         order = IMPLEMENTATIONS if round_index % 2 == 0 else IMPLEMENTATIONS[::-1]
         for name in order:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 train_step(models[name], optimizers[name], batch)
-            per_round[name].append((time.perf_counter() - started) / args.steps)
-    torch_ms = statistics.median(per_round["torch"]) * 1e3
-    ours_ms = statistics.median(per_round["agentfast"]) * 1e3
+            wall[name].append((time.perf_counter() - started) / args.steps * 1e3)
+            cpu[name].append((time.process_time() - started_cpu) / args.steps * 1e3)
+    torch_ms, ours_ms = statistics.median(wall["torch"]), statistics.median(wall["agentfast"])
     config = masks if dropout == 0 else f"{masks}@{dropout:g}"
-    return Row(config, n, torch_ms, ours_ms, torch_ms / ours_ms, diff, float(valid.float().mean()))
+    return Row(config, n, torch_ms, ours_ms, torch_ms / ours_ms, statistics.median(cpu["torch"]),
+               statistics.median(cpu["agentfast"]), diff, float(valid.float().mean()))
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -136,15 +144,19 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "",
         f"{meta['layers']} layers, d_model {meta['d_model']}, {meta['heads']} heads, dim_feedforward "
         f"{meta['dim_feedforward']}, B={meta['batch']}, float32, torch {meta['torch']}, "
-        f"{meta['threads']} threads. Median of {meta['rounds']} round-robin rounds of {meta['steps']} step(s). "
-        "speedup = torch ms / agentfast ms.",
+        f"{meta['threads']} threads. Median of {meta['rounds']} round-robin rounds of {meta['steps']} step(s) per "
+        "step; speedup = torch ms / agentfast ms (wall clock). CPU ms is the process's CPU time per step, "
+        f"the work done. Load average (1 min) at start and end: {meta['load_start']} and {meta['load_end']}.",
         "",
     ]
     for config in dict.fromkeys(r.config for r in rows):
-        lines += [f"## {config}", "", "| N | torch ms | agentfast ms | speedup | max output diff |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {config}", "",
+                  "| N | torch ms | agentfast ms | speedup | torch CPU ms | agentfast CPU ms | CPU ratio | max output diff |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r.config == config):
-            lines.append(f"| {r.n} | {r.torch_ms:.1f} | {r.agentfast_ms:.1f} | {r.speedup:.2f}x | {r.max_output_diff:.1e} |")
+            lines.append(f"| {r.n} | {r.torch_ms:.1f} | {r.agentfast_ms:.1f} | {r.speedup:.2f}x | {r.torch_cpu_ms:.1f} "
+                         f"| {r.agentfast_cpu_ms:.1f} | {r.torch_cpu_ms / r.agentfast_cpu_ms:.2f}x "
+                         f"| {r.max_output_diff:.1e} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name, slug = device_label("cpu")
     out_dir = args.out or ROOT / "benchmarks" / "results" / slug
     rows = []
+    load_start = os.getloadavg()[0]
     for config in args.configs.split(","):
         masks, _, dropout = config.partition("@")
         if masks not in ("causal+padding", "causal", "padding", "none"):
@@ -184,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(v) for v in args.n.split(",")):
             row = measure(args, masks, float(dropout) if dropout else args.dropout, n)
             print(f"{row.config:20s} N={n:<5d} torch {row.torch_ms:9.1f} ms  agentfast {row.agentfast_ms:9.1f} ms  "
-                  f"speedup {row.speedup:5.2f}x  max diff {row.max_output_diff:.1e}", flush=True)
+                  f"speedup {row.speedup:5.2f}x  (CPU {row.torch_cpu_ms:9.1f} / {row.agentfast_cpu_ms:9.1f} ms)  "
+                  f"max diff {row.max_output_diff:.1e}", flush=True)
             rows.append(row)
     meta = dict(device=device_name, torch=torch.__version__, threads=torch.get_num_threads(), batch=args.batch,
                 d_model=args.d_model, heads=args.heads, layers=args.layers, dim_feedforward=args.dim_feedforward,
-                steps=args.steps, rounds=args.rounds)
+                steps=args.steps, rounds=args.rounds, load_start=round(load_start, 1),
+                load_end=round(os.getloadavg()[0], 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
     (out_dir / f"{args.name}.md").write_text(markdown(rows, meta) + "\n")
