@@ -557,7 +557,8 @@ def _merged_bias(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Optional[Tensor]:
-    """All masks as one additive bias broadcastable to ``[B, H, L, S]``, or None for none."""
+    """All masks as one additive bias broadcastable to ``[B, H, L, S]`` (no larger than the
+    masks need: ``[1, 1, L, S]`` for a 2-D attn_mask alone), or None for none."""
     bias: Optional[Tensor] = None
     if attn_mask is not None:
         if attn_mask.dim() == 3:
@@ -574,8 +575,6 @@ def _merged_bias(
         if bias is None:
             bias = torch.zeros(batch, 1, num_queries, num_keys, dtype=dtype, device=device)
         bias = bias.masked_fill(~contract, float("-inf"))
-    if bias is not None and bias.shape[0] != batch:
-        bias = bias.expand(batch, -1, -1, -1)
     return bias
 
 
