@@ -46,9 +46,10 @@ def module_infos():
     try:
         from torch.testing._internal.common_modules import module_db
     finally:
-        if not frozen_before:
-            setattr(torch.backends, "__allow_nonbracketed_mutation_flag", True)
+        if not frozen_before:  # torch has disable_global_flags() but no way back: set its module global
+            torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
         torch._C.ScriptFunction.__call__, torch._C.ScriptMethod.__call__ = script_calls
+    assert torch.backends.flags_frozen() == frozen_before
     infos = {info.module_cls.__name__: info for info in module_db if info.module_cls.__name__ in MODULES}
     assert sorted(infos) == sorted(MODULES)
     assert infos["MultiheadAttention"].module_cls is TorchMultiheadAttention
