@@ -154,6 +154,17 @@ def test_train_config_validates_and_round_trips():
         TrainConfig(model={"embed_dim": 30, "num_heads": 4})
     with pytest.raises(ValueError, match="has no field condition_on_returns"):
         TrainConfig(model_type="hierarchical", model={"condition_on_returns": True})
+
+
+def test_flat_policy_settings_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="pass the policy's settings as TrainConfig"):
+        flat = TrainConfig(model_type="multi_agent", embed_dim=32, num_heads=4, visibility="hub", max_steps=7)
+    assert flat == TrainConfig(model_type="multi_agent", model={"embed_dim": 32, "num_heads": 4,
+                                                               "visibility": "hub"}, max_steps=7)
+    with pytest.warns(DeprecationWarning, match="policy_settings"):
+        assert flat.visibility == "hub"
+    with pytest.raises(TypeError, match="unknown settings: colour"):
+        TrainConfig(colour="red")
     with pytest.raises(ValueError, match="model_type"):
         TrainConfig(model_type="transformer")
     with pytest.raises(ValueError, match="unknown training config fields: colour"):
