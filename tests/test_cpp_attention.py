@@ -228,7 +228,7 @@ def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
 
     def call(dtype, head_dim, needs_grad=True):
         return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, head_dim=head_dim,
-                                     needs_grad=needs_grad)
+                                     needs_grad=needs_grad, group_size=1)
 
     def gpu(name, major, minor, kib):
         properties = types.SimpleNamespace(name=name, major=major, minor=minor,

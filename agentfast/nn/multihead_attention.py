@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.nn.modules import activation as _torch_activation
 
 from ..attention import attention, backend_names
-from ..attention.mask import MAX_AGENTS, dense_mask
+from ..attention.mask import dense_mask
+from ..visibility import MAX_AGENTS
 
 # torch's class as defined, bound once: code that patches ``torch.nn.MultiheadAttention`` (or
 # ``torch.nn.modules.transformer.MultiheadAttention``) with this class never reaches here.
