@@ -478,7 +478,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick = argparse.ArgumentParser(prog="agentfast bench quick")
         quick.add_argument("--device", default="auto", help="auto, cpu or cuda")
         return _quick_attention_bench(quick.parse_args(args.args).device)
-    script = _benchmarks_dir() / f"bench_{args.which}.py"
+    script = _benchmarks_dir() / (f"{args.which}.py" if args.which == "static_sm90" else f"bench_{args.which}.py")
     if not script.is_file():
         raise CLIError(f"{script} is not here (benchmarks ship with the source tree, not the "
                        "installed package); run `agentfast bench quick` for a built-in check")
@@ -650,13 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="benchmarks: attention kernels, training throughput, embedding, or a quick check",
-        description="attention, triton_attention, training, embedding, multihead_attention: benchmarks/bench_<name>.py "
-                    "from the source tree (the arguments after the name go to the script, e.g. "
-                    "`agentfast bench training --threads 1`); quick: built-in forward timing of "
-                    "every usable attention backend (works from an installed package; takes --device).")
+        description="attention, triton_attention, training, embedding, multihead_attention "
+                    "(benchmarks/bench_<name>.py) and static_sm90 (benchmarks/static_sm90.py: the kernels "
+                    "compiled for sm_90/sm_80 and read without a GPU) from the source tree (the arguments "
+                    "after the name go to the script, e.g. `agentfast bench training --threads 1`); quick: "
+                    "built-in forward timing of every usable attention backend (works from an installed "
+                    "package; takes --device).")
     bench.add_argument("which", nargs="?", default="attention",
                        choices=("attention", "triton_attention", "training", "embedding", "multihead_attention",
-                                "quick"))
+                                "static_sm90", "quick"))
     bench.add_argument("args", nargs=argparse.REMAINDER,
                        help="passed to the benchmark script (quick takes --device)")
 

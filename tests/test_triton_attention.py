@@ -293,11 +293,12 @@ def test_importing_agentfast_does_not_import_triton():
 
 
 def test_kernels_compile_for_sm90_without_a_gpu():
-    """The interpreter never runs the GPU compiler: lower every kernel to an sm_90 cubin (bf16,
-    an odd head dim, each mask combination) so compiler errors fail CI on CPU machines too."""
+    """The interpreter never runs the GPU compiler: lower every kernel launch of a forward and
+    backward call to an sm_90 cubin (bf16, an odd head dim; causal, causal + seq_lens, causal +
+    agents, seq_lens + 40 agents) so compiler errors fail CI on CPU machines too."""
     code = ("from agentfast.attention.backends.triton_fused import load_kernels; load_kernels();"
             "from agentfast.kernels.compile_check import main; main(['--arch', '90', '--dtypes', 'bf16',"
-            " '--head-dims', '40'])")
+            " '--head-dims', '40', '--masks', 'causal,padding,agents,padding+agents'])")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             cwd=str(Path(__file__).parents[1]), timeout=600)
