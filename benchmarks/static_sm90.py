@@ -247,23 +247,23 @@ def _path_names(job: CompileJob, loops: int) -> list[str] | None:
     return names
 
 
-# Loop order of the kernels: forward and dQ walk the position-full key tiles, then the tiles
-# on the causal diagonal / seq_len edge; dK/dV walks the query tiles across the diagonal
-# first. With agents, the position-full loop holds both full and agent-partial tiles behind a
-# branch (two paths, cheapest first).
+# Loop order of the kernels. Causal / seq_lens only: forward and dQ walk the key tiles every
+# query sees by position, then the tiles on the diagonal or seq_len edge; dK/dV walks the
+# query tiles across the diagonal first. With agents each walks its tile lists: full,
+# partial (agent rule), then diagonal (causal and agent rules).
 _TRITON_LOOP_NAMES = {
     ("forward", False, True): ["full", "diagonal"],
     ("forward", False, False): ["full", "edge"],
-    ("forward", True, True): ["full|partial", "diagonal"],
-    ("forward", True, False): ["full|partial", "edge"],
+    ("forward", True, True): ["full", "partial", "diagonal"],
+    ("forward", True, False): ["full", "partial"],
     ("dq", False, True): ["full", "diagonal"],
     ("dq", False, False): ["full", "edge"],
-    ("dq", True, True): ["full|partial", "diagonal"],
-    ("dq", True, False): ["full|partial", "edge"],
+    ("dq", True, True): ["full", "partial", "diagonal"],
+    ("dq", True, False): ["full", "partial"],
     ("dkdv", False, True): ["diagonal", "full"],
     ("dkdv", False, False): ["edge", "full"],
-    ("dkdv", True, True): ["diagonal", "full|partial"],
-    ("dkdv", True, False): ["edge", "full|partial"],
+    ("dkdv", True, True): ["full", "partial", "diagonal"],
+    ("dkdv", True, False): ["full", "partial"],
 }
 
 

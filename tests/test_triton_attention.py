@@ -22,14 +22,16 @@ import agentfast  # noqa: E402
 from agentfast.attention import get_backend, make_call, visibility_to_bitmask  # noqa: E402
 from agentfast.attention.backends import triton_fused  # noqa: E402
 from agentfast.attention.backends.base import AttentionCall  # noqa: E402
-from attention_cases import MASK_FEATURES, Case, check_backend, make_case, reference_outputs  # noqa: E402
+from tests.attention_cases import MASK_FEATURES, Case, check_backend, make_case, reference_outputs  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
-# Under the interpreter every tile is 16 x 16; on GPU tiles are at most 128 x 128. Features
-# laid out in blocks of this many positions start and end on tile boundaries either way.
-TILE_ALIGNED = 128 if ON_GPU else 16
+# Under the interpreter every kernel tile is 16 x 16; on GPU tiles are at most 128 x 128.
+TILE = 128 if ON_GPU else 16
+# Agent masks are classified per block of LIST_BLOCK positions (32 under the interpreter, 128
+# on GPU): features laid out in runs of this many positions start and end on list blocks.
+TILE_ALIGNED = triton_fused.load_kernels().flash_attention.LIST_BLOCK if triton_fused._TRITON_FOUND else 128
 
 pytestmark = [pytest.mark.gpu] if ON_GPU else [pytest.mark.triton_interpret]
 if not ON_GPU and not triton_fused.interpreter_active():
@@ -135,10 +137,10 @@ def test_fully_masked_rows_are_zero_with_zero_gradient():
 
 
 def test_every_alignment_of_the_causal_diagonal_with_the_tiles():
-    # Query offsets Nk - Nq = 0..TILE_ALIGNED + 1 put the diagonal at every position within
-    # the key tiles, where a tile flips between "fully visible" and "needs the mask".
-    num_queries = TILE_ALIGNED + 2
-    for offset in range(TILE_ALIGNED + 2):
+    # Query offsets Nk - Nq = 0..TILE + 1 put the diagonal at every position within the key
+    # tiles, where a tile flips between "fully visible" and "needs the mask".
+    num_queries = TILE + 2
+    for offset in range(TILE + 2):
         case = make_case(1, 1, num_queries, num_queries + offset, 16, device=DEVICE, causal=True, seed=offset)
         case.label += f"-offset{offset}"
         check_backend(case, run_triton)
@@ -172,24 +174,98 @@ def test_skipped_tiles_are_never_loaded():
     assert torch.isfinite(out[:, :, first_block]).all()
 
 
-def test_agent_tile_summaries_match_torch():
-    """The per-block agent summaries (present / seen by any / seen by all) against torch."""
+def _tile_list_case(num_queries, num_keys, num_agents, causal, padded, seed):
+    generator = torch.Generator().manual_seed(seed)
+    # Agents speak in turns of random lengths (a few positions interleave), everyone sees
+    # agent 0 and itself, others at random; in batch 0 agent 1 sees nobody and speaks at
+    # positions 8-23, agent 2 at 24-39.
+    turns = torch.randint(3, 20, (2, num_keys), generator=generator).cumsum(1)
+    ids = torch.searchsorted(turns, torch.arange(num_keys).expand(2, -1).contiguous()) % num_agents
+    ids[:, ::13] = torch.randint(0, num_agents, ids[:, ::13].shape, generator=generator)
+    ids[0, 8:24], ids[0, 24:40] = 1, 2
+    visibility = torch.rand(2, num_agents, num_agents, generator=generator) < 0.3
+    visibility |= torch.eye(num_agents, dtype=torch.bool)
+    visibility[:, :, 0] = True
+    visibility[0, 1] = False
+    seq_lens = torch.randint(0, num_keys + 1, (2,), generator=generator) if padded else None
+    return ids.to(torch.int32).to(DEVICE), visibility.to(DEVICE), seq_lens
+
+
+@pytest.mark.parametrize("num_agents", [3, 40])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("padded", [False, True], ids=["", "padded"])
+@pytest.mark.parametrize("sizes", [(37, 37), (5, 61), (64, 64)], ids=lambda s: f"Nq{s[0]}-Nk{s[1]}")
+def test_tile_lists_against_the_dense_mask(sizes, padded, causal, num_agents):
+    """Every allowed (query, key) pair lies in a listed tile; full tiles are entirely allowed;
+    skipped tiles entirely masked; partial tiles need no causal mask (only diagonal ones do);
+    the lists and transposed lists hold exactly the classified blocks, in class order; the
+    32-bit agent words give the agent rule and the seq_len cut."""
+    from agentfast.attention import dense_mask
     from agentfast.kernels import flash_attention as fa
 
-    num_agents, num_positions, start = 64, 75, 9
-    ids = torch.randint(0, num_agents, (2, 90), device=DEVICE, dtype=torch.int32)
-    ids[0, start:start + 16] = 63
-    visibility = torch.rand(2, num_agents, num_agents, device=DEVICE) < 0.3
+    num_queries, num_keys = sizes
+    ids, visibility, seq_lens = _tile_list_case(num_queries, num_keys, num_agents, causal, padded,
+                                                seed=num_queries + num_agents)
     bitmask = visibility_to_bitmask(visibility)
-    entries = -(-num_positions // fa.SUMMARY_BLOCK)
-    present, sees_any, sees_all = fa._agent_summaries(ids, bitmask, start, num_positions, entries, 2)
-    one_hot = torch.nn.functional.one_hot(ids[:, start:start + num_positions].long(), num_agents).bool()
-    sees = torch.gather(visibility, 1, ids[:, start:start + num_positions, None].long().expand(-1, -1, num_agents))
-    for entry in range(entries):
-        block = slice(entry * fa.SUMMARY_BLOCK, (entry + 1) * fa.SUMMARY_BLOCK)
-        for bits, expected in ((present, one_hot[:, block].any(1)), (sees_any, sees[:, block].any(1)),
-                               (sees_all, sees[:, block].all(1))):
-            torch.testing.assert_close(bits[:, entry], visibility_to_bitmask(expected[:, None])[:, 0])
+    block = 8
+    lists = fa.tile_lists(ids, bitmask, seq_lens.to(DEVICE) if padded else None, num_queries, causal, block=block)
+    allowed = dense_mask(2, num_queries, num_keys, torch.device(DEVICE), causal=causal,
+                         seq_lens=seq_lens.to(DEVICE) if padded else None, agent_ids=ids,
+                         visibility=visibility)[:, 0].cpu()
+    position_ok = dense_mask(1, num_queries, num_keys, torch.device("cpu"), causal=causal)[0, 0]
+    classes = lists.classes.cpu()
+    assert classes.shape == (2, -(-num_queries // block), -(-num_keys // block))
+    for b in range(2):
+        for qb in range(classes.shape[1]):
+            for kb in range(classes.shape[2]):
+                tile = (slice(qb * block, (qb + 1) * block), slice(kb * block, (kb + 1) * block))
+                kind = int(classes[b, qb, kb])
+                if kind == fa.EMPTY:
+                    assert not allowed[b][tile].any(), (b, qb, kb)
+                if kind == fa.FULL:  # loaded unmasked: every key of the block must exist and be valid
+                    assert allowed[b][tile].all() and (kb + 1) * block <= num_keys, (b, qb, kb)
+                    assert not padded or (kb + 1) * block <= seq_lens[b], (b, qb, kb)
+                if kind in (fa.FULL, fa.PARTIAL):
+                    assert position_ok[tile].all(), f"tile {(qb, kb)} needs the causal mask but is not diagonal"
+                if kind == fa.DIAGONAL:
+                    assert causal and not position_ok[tile].all() and position_ok[tile].any()
+    if num_queries == num_keys and not padded:  # the layout above makes both kinds in batch 0
+        assert (classes[0] == fa.FULL).any() and (classes[0] == fa.EMPTY).any()
+
+    for counts, indices, grid in ((lists.counts, lists.indices, classes),
+                                  (lists.counts_t, lists.indices_t, classes.transpose(1, 2))):
+        counts, indices = counts.cpu().long(), indices.cpu().long()
+        for b in range(2):
+            for row in range(grid.shape[1]):
+                start = 0
+                for kind in (fa.FULL, fa.PARTIAL, fa.DIAGONAL):
+                    listed = indices[b, row, start:start + counts[b, row, kind]].tolist()
+                    expected = torch.nonzero(grid[b, row] == kind).flatten().tolist()
+                    assert listed == expected, (b, row, kind)
+                    start += counts[b, row, kind]
+
+    words = lists.query_words.shape[1]
+    assert words == (1 if num_agents <= 32 else 2)
+    query_words, key_words = lists.query_words.cpu().long(), lists.key_words.cpu().long()
+    agent_rule = torch.zeros(2, num_queries, num_keys, dtype=torch.bool)
+    for w in range(words):
+        agent_rule |= (query_words[:, w, :, None] & key_words[:, w, None, :]) != 0
+    expected = dense_mask(2, num_queries, num_keys, torch.device(DEVICE), causal=False,
+                          seq_lens=seq_lens.to(DEVICE) if padded else None, agent_ids=ids,
+                          visibility=visibility)[:, 0].cpu()
+    assert torch.equal(agent_rule, expected)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 15, 16, 17, TILE_ALIGNED - 1, TILE_ALIGNED + 1])
+def test_agent_lists_at_every_alignment_of_the_diagonal(offset):
+    """Queries end at Nk (Nk - Nq = offset), so the causal diagonal crosses the list blocks and
+    the kernel sub-tiles at different places; agents change every few positions."""
+    num_queries = TILE_ALIGNED + 5
+    case = make_case(1, 1, num_queries, num_queries + offset, 16, device=DEVICE, causal=True, padding=True,
+                     agents=4, seed=offset)
+    case.agent_ids = ((torch.arange(num_queries + offset) // 6) % 4)[None].to(DEVICE)
+    case.label += f"-offset{offset}"
+    check_backend(case, run_triton)
 
 
 # --------------------------------------------------------------------------- layout, determinism
@@ -253,7 +329,7 @@ def test_autotune_pruning_reads_keyword_launch_arguments(monkeypatch):
     def launch_args(num_queries, head_dim):
         q = torch.zeros(1, 1, num_queries, head_dim)
         k = torch.zeros(1, 1, 300, head_dim)
-        return fa._static_args(q, k, True, fa._MaskArgs(q, k, None, None, None))
+        return fa._static_args(q, k, True, fa._MaskArgs(q, k, None, None, None, True))
 
     decode = launch_args(1, 256)
     kept = fa._prune(configs, {}, **decode)
