@@ -297,6 +297,11 @@ class Loop:
     back_edge: int  # address of the backward branch
     paths: list[LoopPath]
     truncated: bool = False  # more paths than were enumerated
+    # When this loop sits inside another (a loop nest: its figures cover one inner iteration,
+    # not a whole tile): the enclosing loop's instructions (static count, inner loops once)
+    # and how many loops that enclosing loop holds. None when not nested.
+    enclosing_instructions: int | None = None
+    enclosing_loops: int | None = None
 
     @property
     def compute_paths(self) -> list[LoopPath]:
@@ -349,7 +354,17 @@ def innermost_loops(code: Code, max_paths: int = 256) -> list[Loop]:
     spans = {head: max(backs) for head, backs in heads.items()}
     innermost = [head for head, end in spans.items()
                  if not any(other != head and head <= other and spans[other] <= end for other in spans)]
-    return [_loop_paths(code, head, heads[head], max_paths) for head in sorted(innermost)]
+    loops = []
+    for head in sorted(innermost):
+        loop = _loop_paths(code, head, heads[head], max_paths)
+        enclosing = [(h, e) for h, e in spans.items() if h != head and h <= head and spans[head] <= e]
+        if enclosing:
+            outer_head, outer_end = min(enclosing, key=lambda span: span[1] - span[0])
+            loop.enclosing_instructions = sum(1 for ins in code.instructions
+                                              if outer_head <= ins.address <= outer_end and ins.base != "NOP")
+            loop.enclosing_loops = sum(1 for h, e in spans.items() if outer_head <= h and e <= outer_end) - 1
+        loops.append(loop)
+    return loops
 
 
 def _loop_paths(code: Code, head: int, back_edges: list[int], max_paths: int) -> Loop:

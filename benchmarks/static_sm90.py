@@ -23,6 +23,11 @@ barriers, and warp-instructions per tensor-core MFLOP:
     2*16*8*K FLOPs per warp; an HGMMA 64xNxK is shared by the 4 warps of a warpgroup, 2*64*N*K/4
     per warp. All warps of a block run the same body, so this is also the block's ratio.
 
+Loop nests: where a tensor-core loop sits inside another loop (inner loops the compiler did not
+unroll, or the dK/dV kernel's walk over a query-head group), the figures are those of the
+inner loop; the report names the enclosing loop's size, so an inner loop covering part of a
+tile is not mistaken for a whole tile.
+
 Paths: "full" tiles need no mask, "partial" tiles apply the agent rule (and the seq_len edge),
 "diagonal" tiles the causal rule (and the agent rule when agents are on). A row's
 ``flops_check`` compares the tensor-core FLOPs found in the loop with the FLOPs of the tile the
@@ -47,6 +52,7 @@ import argparse
 import concurrent.futures
 import importlib
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -88,30 +94,28 @@ def _config_label(config) -> str:
 
 
 def triton_jobs(archs, dtypes, head_dims, masks, shapes, primary_only: bool,
-                kernels: set[str] | None = None) -> list[CompileJob]:
+                kernels: set[str] | None = None, groups: tuple[int, ...] = (1,)) -> list[CompileJob]:
     """Compile jobs for every kernel launch the launchers make for these settings (``kernels``:
-    only these, by short name: forward, dq, dkdv, delta, ...)."""
+    only these, by short name: forward, dq, dkdv, delta, ...). ``groups`` > 1 adds grouped-query
+    launches (query heads per kv head), in the first kept config only."""
     jobs: dict[tuple, CompileJob] = {}
-    for arch in archs:
-        for dtype in dtypes:
-            for head_dim in head_dims:
-                for mask in masks:
-                    for shape in shapes:
-                        launches = cc.record_launches(dtype, head_dim, mask, shape, backward=shape == "prefill")
-                        for name, (kernel, calls) in launches.items():
-                            if kernels and _short_name(name) not in kernels:
-                                continue
-                            for args, kwargs in calls:
-                                configs = cc.kept_configs(kernel, args, kwargs)
-                                for rank, config in enumerate(configs[:1] if primary_only else configs):
-                                    labels = dict(source="triton", kernel=_short_name(name),
-                                                  dtype=dtype, head_dim=head_dim, mask=mask, shape=shape,
-                                                  config=_config_label(config), primary=rank == 0)
-                                    job = cc.job_from_launch(KERNELS_MODULE, name, kernel, args, kwargs, config,
-                                                             arch, labels)
-                                    if _uses_only_launch_constants(labels["kernel"]):
-                                        labels.update(dtype="-", head_dim="-", mask="-")
-                                    jobs.setdefault(job.key(), job)
+    for arch, dtype, head_dim, mask, shape, group in itertools.product(archs, dtypes, head_dims, masks, shapes,
+                                                                        groups):
+        launches = cc.record_launches(dtype, head_dim, mask, shape, backward=shape == "prefill",
+                                      heads=2 * group, kv_heads=2)
+        for name, (kernel, calls) in launches.items():
+            if kernels and _short_name(name) not in kernels:
+                continue
+            for args, kwargs in calls:
+                configs = cc.kept_configs(kernel, args, kwargs)
+                for rank, config in enumerate(configs[:1] if primary_only or group > 1 else configs):
+                    labels = dict(source="triton", kernel=_short_name(name), dtype=dtype, head_dim=head_dim,
+                                  mask=mask + (f" gqa{group}" if group > 1 else ""), shape=shape,
+                                  config=_config_label(config), primary=rank == 0 and group == 1)
+                    job = cc.job_from_launch(KERNELS_MODULE, name, kernel, args, kwargs, config, arch, labels)
+                    if _uses_only_launch_constants(labels["kernel"]):
+                        labels.update(dtype="-", head_dim="-", mask="-")
+                    jobs.setdefault(job.key(), job)
     return list(jobs.values())
 
 
@@ -278,6 +282,8 @@ def _label_paths(code: sa.Code, job: CompileJob, expected_flops: int | None) -> 
         for name, path in _name_paths(loop_name, loop.compute_paths):
             entry = dict(path=name, loop=i + 1, **path.summary())
             entry["skip_paths"] = sum(1 for p in loop.paths if not p.mma)
+            if loop.enclosing_instructions is not None:
+                entry["nested_in"] = dict(instructions=loop.enclosing_instructions, loops=loop.enclosing_loops)
             if expected_flops is not None:
                 entry["flops_check"] = path.flops_per_warp * job.num_warps == expected_flops
             rows.append(entry)
@@ -443,7 +449,8 @@ _TABLE_HEAD = ("| kernel | mask | D | config | path | instr/iter | MMA/iter | wa
 def _table_rows(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
-        base = (f"| {row['kernel']} | {row.get('mask', '-')} | {row.get('head_dim', '-')} | {row.get('config', '-')} ")
+        mask = row.get("mask", "-") + (f" ({row['shape']})" if row.get("shape") not in ("prefill", "-", None) else "")
+        base = f"| {row['kernel']} | {mask} | {row.get('head_dim', '-')} | {row.get('config', '-')} "
         if "error" in row:
             lines.append(base + f"| error: {row['error'][:80]} |" + " |" * 11)
             continue
@@ -453,7 +460,11 @@ def _table_rows(rows: list[dict]) -> list[str]:
         if not row["paths"]:
             lines.append(base + "| (no tensor-core loop) | | | " + common + "| | | | |")
         for path in row["paths"]:
-            lines.append(base + f"| {path['path']} | {path['instructions']} | {path['tensor_core_instructions']} | "
+            name = path["path"]
+            if "nested_in" in path:  # an inner loop: its figures cover part of a tile
+                outer = path["nested_in"]
+                name += f" (inside a {outer['instructions']}-instruction loop with {outer['loops']} inner loops)"
+            lines.append(base + f"| {name} | {path['instructions']} | {path['tensor_core_instructions']} | "
                          f"{_fmt(path['warp_instructions_per_mflop'])} " + common +
                          f"| {path['load_mode']} | {path['shared_loads']} | {path['shared_stores']} | "
                          f"{path['barriers'] + path['mbarrier_ops']} |")
@@ -475,9 +486,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         ("Tutorial baseline (Triton 06-fused-attention, fp16, causal)",
          lambda r: r["source"] == "tutorial" and r.get("primary")),
         ("Triton kernels, primary configs", lambda r: r["source"] == "triton" and r.get("primary")),
-        ("Triton kernels, every kept config", lambda r: r["source"] == "triton" and not r.get("primary")),
+        ("Triton kernels, grouped-query attention (query heads per kv head: gqaG), first kept config",
+         lambda r: r["source"] == "triton" and "gqa" in str(r.get("mask"))),
+        ("Triton kernels, the other kept configs",
+         lambda r: r["source"] == "triton" and not r.get("primary") and "gqa" not in str(r.get("mask"))),
         ("CUDA kernels (csrc/cuda)", lambda r: r["source"] == "cuda"),
     ]
+    lines += _agent_ratios(rows)
     for title, keep in groups:
         chosen = [r for r in rows if keep(r)]
         if not chosen:
@@ -488,6 +503,39 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 subset = [r for r in chosen if r["arch"] == arch and str(r.get("dtype")) == dtype]
                 lines += [f"### {arch}, {dtype}", "", _TABLE_HEAD, *_table_rows(subset), ""]
     return "\n".join(lines) + "\n"
+
+
+def _agent_ratios(rows: list[dict]) -> list[str]:
+    """Agent-masked against causal-only warp-instructions per MFLOP, primary configs: full
+    tiles against full tiles; partial and diagonal tiles against causal's diagonal tiles."""
+    def paths(row):
+        return {p["path"]: p["warp_instructions_per_mflop"] for p in row.get("paths", [])}
+
+    lines = []
+    for row in rows:
+        if row["source"] != "triton" or not row.get("primary") or row.get("mask") != "agents" or "error" in row:
+            continue
+        causal = next((r for r in rows if r["source"] == "triton" and r.get("primary") and r.get("mask") == "causal"
+                       and all(r.get(k) == row.get(k) for k in ("kernel", "arch", "dtype", "head_dim"))), None)
+        if causal is None or "error" in causal:
+            continue
+        mine, base = paths(row), paths(causal)
+        cells = []
+        for path, reference in (("full", "full"), ("partial", "diagonal"), ("diagonal", "diagonal")):
+            if mine.get(path) and base.get(reference):
+                cells.append(f"{mine[path]:.0f} / {base[reference]:.0f} = {mine[path] / base[reference]:.2f}")
+            else:
+                cells.append("-")
+        lines.append(f"| {row['kernel']} | {row['arch']} | {row['dtype']} | {row['head_dim']} | " + " | ".join(cells)
+                     + f" | {causal['registers']} / {row['registers']} | {causal['shared_bytes'] // 1024} / "
+                     f"{row['shared_bytes'] // 1024} |")
+    if not lines:
+        return []
+    return ["## Agent-masked against causal-only (primary configs)", "",
+            "Warp-instructions per tensor-core MFLOP, agents / causal. Agents' partial and diagonal tiles "
+            "are compared with causal's diagonal tiles (its only masked ones).", "",
+            "| kernel | arch | dtype | D | full | partial | diagonal | regs causal / agents | "
+            "smem KB causal / agents |", "|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -538,18 +586,22 @@ def parse_args(argv):
                         help="every autotune config the pruner keeps, or the first one only")
     parser.add_argument("--parts", default="triton,cuda", help="triton and/or cuda")
     parser.add_argument("--kernels", help="only these Triton kernels (forward, dq, dkdv, delta, ...)")
+    parser.add_argument("--groups", default="1,4", help="query heads per kv head (grouped-query attention; "
+                        "groups past 1 in the first kept config only)")
     parser.add_argument("--cuda-sources", type=Path, nargs="*",
                         help="CUDA files to compile (default csrc/cuda/*.cu)")
     parser.add_argument("--tutorial", type=Path, help="a file with the Triton tutorial's kernels (_attn_fwd, "
                         "_attn_bwd, optionally _attn_fwd_tma), importable without a GPU, for the baseline")
-    parser.add_argument("--quick", action="store_true", help="fp16, D=64, sm_90, prefill, primary configs")
+    parser.add_argument("--quick", action="store_true", help="fp16, D=64, sm_90, prefill, primary configs, no GQA")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--dry-run", action="store_true", help="list the Triton compiles and stop")
+    parser.add_argument("--from-json", type=Path, help="only write the markdown and plot of an earlier NAME.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default="static", help="file stem of the results")
     args = parser.parse_args(argv)
     if args.quick:
         args.archs, args.dtypes, args.head_dims, args.shapes, args.configs = "90", "fp16", "64", "prefill", "primary"
+        args.groups = "1"
     return args
 
 
@@ -562,13 +614,19 @@ def main(argv: list[str] | None = None) -> int:
     for mask in masks:
         if mask not in MASKS:
             raise SystemExit(f"unknown mask {mask!r}; choose from {', '.join(MASKS)}")
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.name}.md").write_text(markdown(report["rows"], report["meta"]))
+        plot(report["rows"], args.out / f"{args.name}.png")
+        return 0
     started = time.time()
     rows: list[dict] = []
     jobs: list[CompileJob] = []
     if "triton" in parts:
         kernels = set(args.kernels.split(",")) if args.kernels else None
-        jobs += triton_jobs(archs, dtypes, head_dims, masks, shapes,
-                            args.configs == "primary", kernels)
+        jobs += triton_jobs(archs, dtypes, head_dims, masks, shapes, args.configs == "primary", kernels,
+                            tuple(int(g) for g in args.groups.split(",")))
     if args.tutorial is not None:
         jobs += tutorial_jobs(args.tutorial.resolve(), archs, head_dims, primary_only=True)
     print(f"{len(jobs)} Triton compiles on {args.jobs} workers", flush=True)

@@ -121,7 +121,7 @@ def test_report_on_one_small_configuration(tmp_path):
     out = tmp_path / "report"
     command = [sys.executable, str(ROOT / "benchmarks" / "static_sm90.py"), "--archs", "90,80", "--dtypes", "fp16",
                "--head-dims", "64", "--masks", "agents", "--shapes", "prefill", "--configs", "primary",
-               "--kernels", "forward", "--cuda-sources", str(source), "--jobs", "2", "--out", str(out)]
+               "--kernels", "forward", "--groups", "1", "--cuda-sources", str(source), "--jobs", "2", "--out", str(out)]
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
