@@ -111,6 +111,33 @@ def test_sixty_four_agents_use_the_sign_bit():
     check_backend(case, run_triton)
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("feature", ["causal", "causal+padding+agents", "empty-rows"])
+def test_grouped_query_heads_match_reference(feature, dtype, kv_heads):
+    """Four query heads over 1 (multi-query), 2 (grouped) or 4 kv heads: outputs, dq, and dk/dv
+    summed over each group's query heads, against the reference."""
+    case = make_case(2, 4, 21, 37, 40, dtype=dtype, device=DEVICE, kv_heads=kv_heads, seed=kv_heads,
+                     **MASK_FEATURES[feature])
+    check_backend(case, run_triton)
+
+
+def test_grouped_query_rerun_is_bitwise_identical():
+    """The dk/dv program of a kv head sums its group's query heads in a fixed order: two runs
+    give the same bits, and dk/dv come back with k/v's head count."""
+    case = make_case(1, 6, 33, 33, 24, device=DEVICE, kv_heads=2, padding=True, agents=3, seed=4)
+
+    def once():
+        q, k, v = (t.clone().requires_grad_() for t in (case.q, case.k, case.v))
+        out = run_triton(q, k, v, **case.mask_kwargs())
+        return (out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
+
+    first, second = once(), once()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert first[2].shape == case.k.shape and first[3].shape == case.v.shape
+
+
 # --------------------------------------------------------------------------- mask semantics
 
 
@@ -382,7 +409,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 
 
 def _op_inputs(dtype=torch.float32):
-    case = make_case(1, 2, 19, 24, 24, dtype=dtype, device=DEVICE, padding=True, agents=3, seed=2)
+    case = make_case(1, 2, 19, 24, 24, dtype=dtype, device=DEVICE, padding=True, agents=3, seed=2, kv_heads=1)
     call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
     q, k, v = (t.requires_grad_() for t in (case.q, case.k, case.v))
     return (q, k, v, call.seq_lens.int(), call.agent_ids.int(), call.agent_bitmask, True, call.scale)
@@ -401,7 +428,7 @@ def test_opcheck_forward_and_backward():
 
 def test_compile_fullgraph_matches_eager():
     get_backend("triton")  # the backend registry imports modules with importlib: load it eagerly
-    case = make_case(1, 2, 21, 21, 32, device=DEVICE, padding=True, agents=3, seed=4)
+    case = make_case(1, 2, 21, 21, 32, device=DEVICE, padding=True, agents=3, seed=4, kv_heads=1)
 
     def attend(q, k, v):
         return agentfast.attention(q, k, v, backend="triton", **case.mask_kwargs()) * 2.0
@@ -428,6 +455,15 @@ def test_large_shapes_on_gpu(shape, dtype):
     check_backend(make_case(2, 3, num_queries, num_keys, head_dim, dtype=dtype, device="cuda",
                             padding=True, agents=6, seed=9), run_triton)
     check_backend(make_case(2, 3, num_queries, num_keys, head_dim, dtype=dtype, device="cuda"), run_triton)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_large_on_gpu(kv_heads):
+    check_backend(make_case(2, 8, 1025, 1025, 64, dtype=torch.bfloat16, device="cuda", kv_heads=kv_heads,
+                            padding=True, agents=6, seed=10), run_triton)
+    check_backend(make_case(1, 8, 4, 2049, 128, dtype=torch.float16, device="cuda", kv_heads=kv_heads, seed=11),
+                  run_triton)
 
 
 @pytest.mark.gpu

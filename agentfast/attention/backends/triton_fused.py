@@ -1,6 +1,7 @@
 """The ``triton`` backend: the fused FlashAttention-2 style kernels of ``agentfast.kernels``.
 
-Fast path on GPU for every mask of the contract (causal, padding, agents). On CPU it runs
+Fast path on GPU for every mask of the contract (causal, padding, agents), with grouped-query
+and multi-query attention (k/v with fewer heads than q, read in place, never repeated). On CPU it runs
 only under the Triton interpreter (``TRITON_INTERPRET=1``, set before the kernels are first
 imported), which is how the CPU test tier checks it. Triton is imported on first use only.
 """
@@ -75,6 +76,7 @@ class TritonBackend(AttentionBackend):
     devices = ("cuda", "cpu")
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     max_head_dim = 256
+    supports_grouped_query = True  # the kernels index the kv head of each query head
 
     def unavailable_reason(self) -> str | None:
         if not _TRITON_FOUND:
