@@ -140,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     # Tokenize once; the collator pads encoded records as they come.
     train = [collator.encode(e, where=f"training episode {i}") for i, e in enumerate(train)]
     val = [collator.encode(e, where=f"validation episode {i}") for i, e in enumerate(val)]
+    # Episodes where no chosen agent acts carry no loss: leave them out (and say so).
+    kept = [e for e in train if e.trained_tokens], [e for e in val if e.trained_tokens]
+    if len(kept[0]) < len(train) or len(kept[1]) < len(val):
+        print(f"left out {len(train) - len(kept[0])} training and {len(val) - len(kept[1])} validation "
+              f"episodes in which {args.train_on} never acts")
+    train, val = kept
+    if not train or not val:
+        raise SystemExit(f"--train-on {args.train_on}: no episode left to train or validate on")
     longest = max(len(e.input_ids) for e in train + val)
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size,

@@ -136,6 +136,8 @@ def test_bad_records_are_refused_by_name(tokenizer):
         AgentChatCollator(tokenizer)([{"text": "hello"}])
     with pytest.raises(ValueError, match="message 0: each message needs a string 'role'"):
         AgentChatCollator(tokenizer)([{"messages": [{"content": "hi"}]}])
+    with pytest.raises(ValueError, match=r"no token of this batch carries loss: train_on=\['tester'\]"):
+        AgentChatCollator(tokenizer, train_on="tester")([TEAM])
     crowd = {"messages": [{"role": "assistant", "name": f"a{i}", "content": "ok"} for i in range(64)]}
     with pytest.raises(ValueError, match="64 agents; at most 63"):
         AgentChatCollator(tokenizer)([crowd])

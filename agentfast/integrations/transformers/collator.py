@@ -18,10 +18,11 @@ argument or an episode's ``metadata["visibility"]`` ({agent: [agents it sees]});
 listed see everyone; every agent sees itself and the shared context.
 
 Loss: labels are the token ids on the chosen agents' turns (``train_on``) and -100
-elsewhere; a message with OpenAI's ``"weight": 0`` is never trained. With a chat template the
+elsewhere (a batch with no such token is refused: its loss would be NaN); a message with OpenAI's ``"weight": 0`` is never trained. With a chat template the
 role header of a turn (what ``add_generation_prompt`` adds) is not trained, its content and
 end-of-turn tokens are. Without a template each message is rendered ``"<speaker>: <content>"``
-and ends with the EOS token (assistant turns) or a newline.
+and ends with the EOS token (assistant turns) or a newline. Text a chat template puts
+before the first message (a default system prompt) belongs to that message's agent.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class EncodedRecord:
     agent_ids: list[int]
     agent_names: list[str]  # agent_names[i] is local id i; [0] is the shared context
     visibility: Tensor  # bool [A, A], A = len(agent_names)
+
+    @property
+    def trained_tokens(self) -> int:
+        """How many tokens carry loss (0: the record is context only)."""
+        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 def _text(content: Any, where: str) -> str:
@@ -175,7 +181,9 @@ class AgentChatCollator:
         pad_to_multiple_of: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.train_on = "all" if train_on == "all" else frozenset(str(a) for a in ([train_on] if isinstance(train_on, str) else train_on))
+        self.train_on = "all" if train_on == "all" else frozenset(
+            str(a) for a in ([train_on] if isinstance(train_on, str) else train_on))
+        self.train_on_label = "all" if self.train_on == "all" else sorted(self.train_on)
         self.visibility = visibility
         self.system_prompt = system_prompt
         self.max_length = max_length
@@ -269,6 +277,12 @@ class AgentChatCollator:
         if not records:
             raise ValueError("AgentChatCollator needs at least one record")
         encoded = [self.encode(r, where=f"record {i}") for i, r in enumerate(records)]
+        if not any(e.trained_tokens for e in encoded):
+            # Every label -100 would make the loss NaN and poison the weights; stop here instead.
+            agents = sorted({name for e in encoded for name in e.agent_names[1:]})
+            raise ValueError(f"no token of this batch carries loss: train_on={self.train_on_label} matches no "
+                             f"turn of its records (agents: {', '.join(agents)}); drop records whose "
+                             "encode(record).trained_tokens is 0")
         longest = max(len(e.input_ids) for e in encoded)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
