@@ -221,6 +221,18 @@ def visibility_to_bitmask(visibility: Tensor) -> Tensor:
     return (visibility.to(torch.int64) * bits).sum(dim=-1)
 
 
+def visibility_between(visibility: Tensor, query_agents: Tensor, key_agents: Tensor) -> Tensor:
+    """Bool ``[B, Nq, Nk]``: whether the agent of each query sees the agent of each key.
+
+    ``visibility`` is ``[B, A, A]``; ``query_agents`` ``[B, Nq]`` and ``key_agents``
+    ``[B, Nk]`` hold agent ids (the same tokens when queries are keys too).
+    """
+    import torch
+
+    rows = torch.gather(visibility, 1, query_agents.long()[:, :, None].expand(-1, -1, visibility.shape[-1]))
+    return torch.gather(rows, 2, key_agents.long()[:, None, :].expand(-1, query_agents.shape[1], -1))
+
+
 def bitmask_to_visibility(bitmask: Tensor, num_agents: int) -> Tensor:
     """Inverse of ``visibility_to_bitmask``: int64 ``[B, A]`` to bool ``[B, A, A]``."""
     import torch

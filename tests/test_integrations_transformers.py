@@ -338,14 +338,19 @@ def test_agents_and_packed_sequences_combine_block_diagonally(agentfast_calls):
     assert agentfast_calls[-1]["agent_visibility"].shape[-1] == 4  # 2 sequences x 2 agents
 
 
-def test_agent_ids_that_miss_tokens_are_refused():
+def test_agent_arguments_that_do_not_fit_are_refused():
     model = variant(build("llama"), "agentfast")
     inputs = padded_batch("none")
+    agent_ids = torch.zeros(3, SEQ, dtype=torch.long)
     with pytest.raises(ValueError, match="agent_ids covers 8 positions"):
         model(input_ids=inputs["input_ids"], agent_ids=torch.zeros(3, 8, dtype=torch.long),
               agent_visibility=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="without agent_ids"):
         model(input_ids=inputs["input_ids"], agent_visibility=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"agent_visibility must be \[A, A\] or \[B=3, A, A\], got \[2, 2, 2\]"):
+        model(input_ids=inputs["input_ids"], agent_ids=agent_ids, agent_visibility=torch.ones(2, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at most 64 agents are supported, agent_visibility has 65"):
+        model(input_ids=inputs["input_ids"], agent_ids=agent_ids, agent_visibility=torch.ones(65, 65, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------ fallbacks

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .._lazy import moved_names
+from ..visibility import visibility_between
 
 # Agent visibility (its bitmasks and the agent limit) lives in agentfast.visibility.
 __getattr__ = moved_names(__name__, {
@@ -48,10 +49,5 @@ def dense_mask(
         allowed = allowed & (key_pos[None, None, :] < seq_lens.to(device)[:, None, None])
     if visibility is not None:
         assert agent_ids is not None
-        ids = agent_ids.long()
-        query_agents = ids[:, num_keys - num_queries :]  # [B, Nq]
-        rows = torch.gather(
-            visibility, 1, query_agents[:, :, None].expand(-1, -1, visibility.shape[-1])
-        )  # [B, Nq, A]: what each query's agent sees
-        allowed = allowed & torch.gather(rows, 2, ids[:, None, :].expand(-1, num_queries, -1))
+        allowed = allowed & visibility_between(visibility, agent_ids[:, num_keys - num_queries :], agent_ids)
     return allowed.unsqueeze(1)

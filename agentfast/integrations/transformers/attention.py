@@ -39,7 +39,8 @@ from torch import Tensor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ...attention import attention as _agentfast_attention
-from ...visibility import MAX_AGENTS
+from ...attention.mask import dense_mask
+from ...visibility import MAX_AGENTS, check_visibility_shape, visibility_between
 from .masks import AgentfastMask
 
 
@@ -113,10 +114,9 @@ def _agent_arguments(kwargs: dict, batch: int, device: torch.device) -> tuple[Te
                          f"{tuple(agent_ids.shape) if isinstance(agent_ids, Tensor) else type(agent_ids).__name__}")
     if not isinstance(visibility, Tensor) or visibility.dtype != torch.bool:
         raise ValueError("agent_visibility must be a bool tensor [A, A] or [batch, A, A] (row = the attending agent)")
+    check_visibility_shape(visibility, batch, name="agent_visibility")
     if visibility.dim() == 2:
-        visibility = visibility.unsqueeze(0).expand(batch, -1, -1)
-    if visibility.dim() != 3 or visibility.shape[0] != batch or visibility.shape[1] != visibility.shape[2]:
-        raise ValueError(f"agent_visibility must be [A, A] or [batch={batch}, A, A], got {list(kwargs['agent_visibility'].shape)}")
+        visibility = visibility.expand(batch, -1, -1)
     return agent_ids.to(device), visibility.to(device)
 
 
@@ -237,20 +237,16 @@ def _dense_mask(
     first_query = mask.q_offset if mask is not None else num_keys - num_queries
     first_key = mask.kv_offset if mask is not None else 0
     if dense is None and (agents is not None or (causal and num_queries > 1)):
-        query_pos = torch.arange(num_queries, device=query.device) + first_query
-        key_pos = torch.arange(num_keys, device=query.device) + first_key
-        allowed = (key_pos[None, :] <= query_pos[:, None]) if causal else torch.ones(
-            num_queries, num_keys, dtype=torch.bool, device=query.device)
-        dense = allowed.expand(batch, 1, num_queries, num_keys)
+        # No mask from transformers: the queries are the last of the keys, as the contract has them.
+        dense = dense_mask(batch, num_queries, num_keys, query.device, causal=causal)
     if agents is not None:
         agent_ids, visibility = agents
         if agent_ids.shape[1] < first_query + num_queries:
             raise ValueError(f"agent_ids covers {agent_ids.shape[1]} positions but the queries reach position "
                              f"{first_query + num_queries - 1}; pass the agent of every token, cached ones included")
-        query_agents = _columns(agent_ids.long(), first_query, num_queries, 0)
-        key_agents = _columns(agent_ids.long(), first_key, num_keys, 0)  # keys past the ids are cache slack
-        rows = torch.gather(visibility, 1, query_agents[:, :, None].expand(-1, -1, visibility.shape[-1]))
-        seen = torch.gather(rows, 2, key_agents[:, None, :].expand(-1, num_queries, -1)).unsqueeze(1)
+        query_agents = _columns(agent_ids, first_query, num_queries, 0)
+        key_agents = _columns(agent_ids, first_key, num_keys, 0)  # keys past the ids are cache slack
+        seen = visibility_between(visibility, query_agents, key_agents).unsqueeze(1)
         if dense.dtype == torch.bool:
             dense = dense & seen
         else:
