@@ -650,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="benchmarks: attention kernels, training throughput, embedding, or a quick check",
-        description="attention, triton_attention, training, embedding, multihead_attention "
+        description="attention, triton_attention, training, embedding, multihead_attention, hf_attention "
                     "(benchmarks/bench_<name>.py) and static_sm90 (benchmarks/static_sm90.py: the kernels "
                     "compiled for sm_90/sm_80 and read without a GPU) from the source tree (the arguments "
                     "after the name go to the script, e.g. `agentfast bench training --threads 1`); quick: "
@@ -658,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "package; takes --device).")
     bench.add_argument("which", nargs="?", default="attention",
                        choices=("attention", "triton_attention", "training", "embedding", "multihead_attention",
-                                "static_sm90", "quick"))
+                                "hf_attention", "static_sm90", "quick"))
     bench.add_argument("args", nargs=argparse.REMAINDER,
                        help="passed to the benchmark script (quick takes --device)")
 

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 import agentfast.integrations.transformers  # noqa: E402,F401  (registers "agentfast")
+from agentfast.attention.mask import dense_mask  # noqa: E402
 from agentfast.integrations.transformers import AttentionFallbackWarning  # noqa: E402
 
 NUM_AGENTS = 3
@@ -98,13 +99,11 @@ def make_batches(args: argparse.Namespace, seq_len: int, count: int, generator: 
 def four_d_mask(batch: dict, dtype: torch.dtype) -> torch.Tensor:
     """The agentfast rule (causal, padding, agents) as the additive mask eager and sdpa take."""
     valid = batch["attention_mask"].bool()
-    n = valid.shape[1]
-    allowed = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()[None] & valid[:, None, :]
-    ids, visibility = batch["agent_ids"], batch["agent_visibility"]
-    rows = torch.gather(visibility, 1, ids[:, :, None].expand(-1, -1, NUM_AGENTS))
-    allowed &= torch.gather(rows, 2, ids[:, None, :].expand(-1, n, -1))
+    size, n = valid.shape
+    allowed = dense_mask(size, n, n, valid.device, causal=True, agent_ids=batch["agent_ids"],
+                         visibility=batch["agent_visibility"]) & valid[:, None, None, :]
     zero = torch.zeros((), dtype=dtype, device=valid.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
 def model_inputs(batch: dict, implementation: str, dtype: torch.dtype) -> dict:

@@ -34,7 +34,8 @@ def device_slug() -> str:
 
 def steps(out_dir: Path, quick: bool) -> list[tuple[str, list[str]]]:
     """The steps, most important first: correctness, then the D=64 sweep the targets are
-    stated for, then model throughput, autotuning, and the other head dims."""
+    stated for, then model throughput (agentfast's models, then a transformers Llama-style
+    model), autotuning, and the other head dims."""
     python = sys.executable
     lengths = ["--n", "512,2048,8192"] if quick else []
     attention = [python, "benchmarks/bench_attention.py", "--device", "cuda", "--out", str(out_dir), *lengths]
@@ -46,6 +47,8 @@ def steps(out_dir: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ("bench_attention_d64", [*attention, "--d", "64", "--budget", "0.3", "--name", "attention_d64"]),
         ("bench_training", [python, "benchmarks/bench_training.py", "--device", "cuda",
                             "--models", "action,multi_agent,hierarchical", "--out", str(out_dir)]),
+        ("bench_hf_attention", [python, "benchmarks/bench_hf_attention.py", "--device", "cuda",
+                                "--out", str(out_dir)]),
         ("bench_triton_attention", [python, "benchmarks/bench_triton_attention.py", "--out", str(out_dir)]),
         ("bench_attention_d32_d128", [*attention, "--d", "32,128", "--budget", "0.2",
                                       "--name", "attention_d32_d128"]),

@@ -182,6 +182,18 @@ def test_info_and_the_built_in_quick_benchmark(capsys):
     assert "texts: 8 distinct" in out and "speed-up of the cached pass" in out
 
 
+def test_bench_hf_attention_trains_every_implementation_on_agent_masks(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--heads", "4", "--kv-heads", "2",
+            "--vocab", "64", "--seq-lens", "48", "--tokens", "96", "--steps", "1", "--rounds", "1"]
+    assert main(["bench", "hf_attention", *tiny, "--mask", "agents", "--padding", "left", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "hf_attention_agents.json").read_text())
+    assert report["skipped"] == {}  # agentfast served grouped-query heads, left padding and agents without a fallback
+    assert [row["implementation"] for row in report["rows"]] == ["agentfast", "sdpa", "eager"]
+    assert all(row["seq_len"] == 48 and row["batch_size"] == 2 and row["tokens_per_s"] > 0 for row in report["rows"])
+    assert "| 48 | 2 |" in (tmp_path / "hf_attention_agents.md").read_text()
+
+
 def _with_bad_records(path, count):
     """The synthetic log with ``count`` broken records (one action short) after the good ones."""
     bad = [{"states": [f"s{i}", f"t{i}"], "actions": [f"a{i}"]} for i in range(count)]
