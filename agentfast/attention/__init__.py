@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AttentionInputError": ".api",
     "BackendUnavailableError": ".api",
+    "attention_with_weights": ".api",
     "explain": ".api",
     "make_call": ".api",
     "select_backend": ".api",
@@ -27,6 +28,7 @@ _EXPORTS = {
     "get_backend": ".backends",
     "dense_mask": ".mask",
     "reference_attention": ".reference",
+    "reference_attention_weights": ".reference",
     "bitmask_to_visibility": "agentfast.visibility",
     "visibility_to_bitmask": "agentfast.visibility",
 }

@@ -177,3 +177,28 @@ def attention(
         agent_visibility=agent_visibility, scale=scale,
     )
     return select_backend(call, backend).forward(call)
+
+
+def attention_with_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    seq_lens: Tensor | None = None,
+    agent_ids: Tensor | None = None,
+    agent_visibility: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``attention`` (same arguments, no ``backend``) that also returns its weights.
+
+    Fused kernels never materialise the attention probabilities, so this always runs the
+    reference backend: ``(output [B, H, Nq, D] in q's dtype, weights [B, H, Nq, Nk]
+    float32)``, the weights exactly 0 at keys the rule forbids. It holds an Nq x Nk matrix
+    per head; use it to look at a model, not to train one.
+    """
+    call = make_call(
+        q, k, v, causal=causal, seq_lens=seq_lens, agent_ids=agent_ids,
+        agent_visibility=agent_visibility, scale=scale,
+    )
+    return get_backend("reference").forward_with_weights(call)

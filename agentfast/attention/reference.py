@@ -34,12 +34,57 @@ def reference_attention(
     ``compute_dtype`` exists for the numerics rule: the error of the reference computed in
     a low precision is the yardstick a kernel's error is measured against.
     """
+    out, _ = reference_attention_and_weights(
+        q, k, v, causal=causal, seq_lens=seq_lens, agent_ids=agent_ids, visibility=visibility,
+        scale=scale, compute_dtype=compute_dtype,
+    )
+    return out
+
+
+def reference_attention_and_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    seq_lens: Tensor | None = None,
+    agent_ids: Tensor | None = None,
+    visibility: Tensor | None = None,
+    scale: float | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """``reference_attention``'s output and the probabilities it multiplies v by:
+    ``[B, H, Nq, Nk]`` in ``compute_dtype``, exactly 0 wherever the rule forbids a key (so
+    a fully masked row is all zeros)."""
+    group_size = q.shape[1] // k.shape[1]
+    probs = reference_attention_weights(
+        q, k, causal=causal, seq_lens=seq_lens, agent_ids=agent_ids, visibility=visibility,
+        scale=scale, compute_dtype=compute_dtype,
+    )
+    if group_size > 1:
+        v = v.repeat_interleave(group_size, dim=1)
+    out = torch.matmul(probs, v.to(compute_dtype))
+    return out.to(q.dtype), probs
+
+
+def reference_attention_weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    causal: bool = True,
+    seq_lens: Tensor | None = None,
+    agent_ids: Tensor | None = None,
+    visibility: Tensor | None = None,
+    scale: float | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The attention probabilities of ``reference_attention`` (arguments as there):
+    ``[B, H, Nq, Nk]`` in ``compute_dtype``."""
     batch, heads, num_queries, head_dim = q.shape
     num_keys = k.shape[2]
     group_size = heads // k.shape[1]
     if group_size > 1:
         k = k.repeat_interleave(group_size, dim=1)
-        v = v.repeat_interleave(group_size, dim=1)
     scale = head_dim**-0.5 if scale is None else scale
     allowed = dense_mask(
         batch, num_queries, num_keys, q.device,
@@ -51,6 +96,4 @@ def reference_attention(
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
     weights = torch.exp(scores - row_max) * allowed
     denominator = weights.sum(dim=-1, keepdim=True)
-    probs = weights / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    out = torch.matmul(probs, v.to(compute_dtype))
-    return out.to(q.dtype)
+    return weights / torch.where(denominator > 0, denominator, torch.ones_like(denominator))

@@ -9,19 +9,20 @@ kernel serves the call, and a ``KVCache`` turns the same code into incremental i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention.api import attention
+from ..attention.api import attention, attention_with_weights
 from .config import PolicyConfig
 from .kv_cache import KVCache
 from .outputs import PolicyOutputs
@@ -165,6 +166,10 @@ class TransformerBlock(nn.Module):
         self.mlp_in = nn.Linear(embed_dim, hidden_dim)
         self.mlp_out = nn.Linear(hidden_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)
+        # A list while TransformerBackbone.capture_attention() runs: this layer then computes
+        # attention with the reference backend and appends its weights. A plain attribute
+        # (no hook), so the normal path costs one None check and compiles as before.
+        self.captured_attention: list[Tensor] | None = None
 
     def forward(
         self,
@@ -194,10 +199,12 @@ class TransformerBlock(nn.Module):
         if cache is not None:
             k, v = cache.write(layer_index, k, v)
             q = q.to(k.dtype)  # under autocast the cache keeps its own dtype
-        out = attention(
-            q, k, v, causal=True, seq_lens=seq_lens, agent_ids=agent_ids,
-            agent_visibility=agent_visibility, backend=self.attn_backend,
-        )
+        rule = dict(causal=True, seq_lens=seq_lens, agent_ids=agent_ids, agent_visibility=agent_visibility)
+        if self.captured_attention is None:
+            out = attention(q, k, v, **rule, backend=self.attn_backend)
+        else:
+            out, weights = attention_with_weights(q, k, v, **rule)
+            self.captured_attention.append(weights.detach())
         return self.attn_out(out.to(x.dtype).transpose(1, 2).reshape(batch, num_tokens, embed_dim))
 
 
@@ -243,6 +250,31 @@ class TransformerBackbone(nn.Module):
         for block in self.blocks:
             block.attn_backend = name
 
+    @contextlib.contextmanager
+    def capture_attention(self) -> Iterator[list[Tensor]]:
+        """Record the attention weights of every layer during the forwards inside the block.
+
+        Inside the block each layer attends with the reference backend (fused kernels never
+        materialise the probabilities; outputs equal those of ``attn_backend="reference"``)
+        and appends its weights, float32 ``[B, H, Nq, Nk]``, to the yielded list: one
+        forward adds ``num_layers`` tensors, first layer first. Gradient checkpointing
+        pauses meanwhile (its recomputation would record a layer twice). On leaving the
+        block every layer goes back to its own backend::
+
+            with model.backbone.capture_attention() as weights:
+                model(states, actions)
+        """
+        if any(block.captured_attention is not None for block in self.blocks):
+            raise RuntimeError("capture_attention() is already active on this backbone")
+        record: list[Tensor] = []
+        for block in self.blocks:
+            block.captured_attention = record
+        try:
+            yield record
+        finally:
+            for block in self.blocks:
+                block.captured_attention = None
+
     def forward(
         self,
         tokens: Tensor,
@@ -273,7 +305,8 @@ class TransformerBackbone(nn.Module):
             tokens = torch.where((positions[None, :] < seq_lens[:, None])[..., None], tokens, torch.zeros_like(tokens))
         x = tokens + self.timestep_embed(positions // self.tokens_per_step)
         x = self.embed_dropout(self.embed_norm(x))
-        use_checkpoint = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
+        capturing = len(self.blocks) > 0 and self.blocks[0].captured_attention is not None
+        use_checkpoint = self.gradient_checkpointing and cache is None and torch.is_grad_enabled() and not capturing
         for index, block in enumerate(self.blocks):
             if use_checkpoint:
                 # Recompute activations in backward; RNG state is replayed so dropout matches.
