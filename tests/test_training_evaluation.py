@@ -7,6 +7,8 @@ from agentfast.training.evaluation import (
     StepPredictions,
     StepRecords,
     binary_f1,
+    binary_precision_recall,
+    confusion_matrix,
     format_table,
     majority_baseline,
     model_metrics,
@@ -68,6 +70,21 @@ def test_nearest_neighbour_baseline_copies_the_most_similar_state():
     metrics = nearest_neighbour_baseline(train, held, BANK)
     assert metrics["top1"] == pytest.approx(2 / 3)
     assert metrics["top5"] == pytest.approx(1.0)
+
+
+def test_option_confusion_and_termination_precision_recall():
+    held = _records([[0, 0]] * 5, [0, 1, 2, 3, 4], options=[0, 0, 1, 2, 2])
+    held.term_labels = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    option_logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2, 0]), 3).float()
+    term_logits = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.0])  # predicted ends: steps 0, 1, 4
+    metrics = model_metrics(held, StepPredictions(actions=BANK[[0, 1, 2, 3, 4]], option_logits=option_logits,
+                                                  term_logits=term_logits), BANK, discrete=False)
+    assert metrics["option_confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]  # row: logged option
+    assert metrics["term_precision"] == pytest.approx(2 / 3)  # steps 1, 4 of the predicted 0, 1, 4
+    assert metrics["term_recall"] == pytest.approx(2 / 3)  # steps 1, 4 of the real ends 1, 2, 4
+    assert metrics["steps_by_task_type"] == {"a": 4, "b": 1}
+    assert binary_precision_recall(torch.tensor([0, 0]), torch.tensor([0, 1])) == (None, 0.0)
+    assert confusion_matrix(torch.tensor([1]), torch.tensor([0]), 2) == [[0, 0], [1, 0]]
 
 
 def test_binary_f1_and_the_table():

@@ -145,6 +145,22 @@ def binary_f1(predicted: Tensor, labels: Tensor) -> float:
     return 2.0 * true_pos / denom if denom else 1.0
 
 
+def binary_precision_recall(predicted: Tensor, labels: Tensor) -> tuple[float | None, float | None]:
+    """Precision and recall of boolean predictions; None where undefined (nothing was
+    predicted positive, or nothing is positive)."""
+    predicted, labels = predicted.bool(), labels.bool()
+    true_pos = float((predicted & labels).sum())
+    predicted_pos, actual_pos = float(predicted.sum()), float(labels.sum())
+    return (true_pos / predicted_pos if predicted_pos else None,
+            true_pos / actual_pos if actual_pos else None)
+
+
+def confusion_matrix(truth: Tensor, predicted: Tensor, size: int) -> list[list[int]]:
+    """Counts ``[size, size]``: row = the true class, column = the predicted one."""
+    flat = truth.long() * size + predicted.long()
+    return torch.bincount(flat, minlength=size * size).reshape(size, size).tolist()
+
+
 def _mean_cosine(a: Tensor, b: Tensor) -> float:
     return float(F.cosine_similarity(a.float(), b.float(), dim=-1).mean())
 
@@ -161,10 +177,18 @@ def score(records: StepRecords, top_ids: Tensor, *, cosine_to: Tensor,
                              if option_pred is not None and bool(opt.any()) else None)
     metrics["term_f1"] = (binary_f1(term_pred[opt], records.term_labels[opt])
                           if term_pred is not None and bool(opt.any()) else None)
+    metrics["term_precision"], metrics["term_recall"] = (
+        binary_precision_recall(term_pred[opt], records.term_labels[opt])
+        if term_pred is not None and bool(opt.any()) else (None, None))
+    metrics["option_confusion"] = (
+        confusion_matrix(records.options[opt], option_pred[opt],
+                         1 + max(int(records.options[opt].max()), int(option_pred[opt].max())))
+        if option_pred is not None and bool(opt.any()) else None)
     rew = records.has_rewards
     metrics["value_mae"] = (float((value_pred[rew] - records.returns_to_go[rew]).abs().mean())
                             if value_pred is not None and bool(rew.any()) else None)
     metrics["top1_by_task_type"] = _grouped_top1(top_ids, records.action_ids, records.task_types)
+    metrics["steps_by_task_type"] = dict(sorted(Counter(map(str, records.task_types)).items()))
     return metrics
 
 
