@@ -164,8 +164,8 @@ def draw_layer(maps: AttentionMaps, layer: int, path: str | os.PathLike[str], *,
               else [("", maps.layer_mean(layer))])
     columns = min(len(panels), 4)
     rows = -(-len(panels) // columns)
-    size = float(np.clip(0.09 * len(maps.tokens) + 3.0, 4.5, 9.0))
-    figure = new_figure(size * columns + 1.2, size * rows + 1.6)
+    size = float(np.clip(0.09 * len(maps.tokens) + 3.0, 5.0, 9.0))
+    figure = new_figure(max(size * columns + 1.2, 8.0), size * rows + 2.0)
     grid = figure.add_gridspec(rows + 1, columns + 1, height_ratios=[*([1.0] * rows), 0.08],
                                width_ratios=[*([1.0] * columns), 0.04])
     image = None
@@ -176,7 +176,7 @@ def draw_layer(maps: AttentionMaps, layer: int, path: str | os.PathLike[str], *,
                     label="attention weight (square-root colour scale)")
     _legend_row(figure, grid[rows, :], maps)
     what = "each head" if heads else f"mean over {maps.num_heads} heads"
-    figure.suptitle(f"{maps.title}\nlayer {layer} ({layer + 1} of {maps.num_layers}), {what}: "
+    figure.suptitle(f"{maps.title}\nlayer {layer} ({layer + 1} of {maps.num_layers}), {what}\n"
                     "attention of each token (row) to earlier tokens (column)", fontsize=10)
     data = {"title": maps.title, "note": maps.note, "layer": layer, "num_layers": maps.num_layers,
             "tokens": maps.token_dicts(), "allowed": maps.allowed.tolist(),
@@ -263,7 +263,7 @@ def _legend_row(figure: Any, cell: Any, maps: AttentionMaps) -> None:
                     for agent, colour in zip(maps.agents, _agent_colours(len(maps.agents)))]
     handles.append(Patch(facecolor=NOT_ALLOWED_COLOUR, edgecolor="#999999",
                          label="blank: not allowed (causal order or visibility)"))
-    axes.legend(handles=handles, loc="center", ncol=min(len(handles), 4), frameon=False,
+    axes.legend(handles=handles, loc="center", ncol=min(len(handles), 3), frameon=False,
                 fontsize=9, title="strips: token kind" + (" and agent" if len(maps.agents) > 1 else ""),
                 title_fontsize=9)
 
