@@ -2,35 +2,15 @@
 ``capture_attention``, checked against softmax(q k^T) computed here from the layers' own
 q and k under the mask rule written out element by element."""
 
-import math
-
 import pytest
 import torch
 
 from agentfast.attention import attention, attention_with_weights
 from agentfast.models import ActionTransformer, HierarchicalTransformer, MultiAgentTransformer
+from tests.attention_weights import layer_qk, rule_mask, softmax_weights
 
 SMALL = dict(embed_dim=16, num_layers=2, num_heads=2, hidden_dim=32, max_seq_len=10, dropout=0.0)
 STATE_DIM, ACTION_DIM, AGENTS, OPTIONS, STEPS = 5, 3, 3, 4, 6
-
-
-def rule_mask(num_tokens, token_agents=None, visibility=None, valid=None):
-    """bool [N, N]: query i may attend key j (causal, padding, agent visibility), one entry at a time."""
-    allowed = torch.zeros(num_tokens, num_tokens, dtype=torch.bool)
-    for i in range(num_tokens):
-        for j in range(i + 1):
-            ok = valid is None or j < valid
-            if visibility is not None:
-                ok = ok and bool(visibility[token_agents[i], token_agents[j]])
-            allowed[i, j] = ok
-    return allowed
-
-
-def softmax_weights(q, k, allowed):
-    """softmax of scaled scores over allowed keys; rows with no allowed key are 0."""
-    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    return torch.nan_to_num(probs, nan=0.0)
 
 
 def test_attention_with_weights_matches_softmax_of_the_rule():
@@ -89,25 +69,6 @@ def forward(model, data, visibility=None, seq_lens=None):
         return model(data["states"], data["agent_ids"], data["actions"], seq_lens=seq_lens,
                      agent_mask=visibility)
     return model(data["states"], data["actions"], data["options"], seq_lens=seq_lens)
-
-
-def layer_qk(model, run):
-    """Each layer's q and k, split from its own qkv projection during ``run()``."""
-    seen = []
-    hooks = [block.qkv.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
-             for block in model.backbone.blocks]
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    heads = model.backbone.blocks[0].num_heads
-    pairs = []
-    for qkv in seen:
-        batch, tokens, width = qkv.shape
-        q, k, _ = qkv.view(batch, tokens, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4)
-        pairs.append((q, k))
-    return pairs
 
 
 @pytest.mark.parametrize("kind", ["action", "multi_agent", "hierarchical"])
@@ -183,3 +144,13 @@ def test_capture_does_not_nest_and_ends_on_error():
         with model.backbone.capture_attention():
             1 / 0
     assert all(block.captured_attention is None for block in model.backbone.blocks)
+
+
+def test_token_kinds_name_each_policys_stream():
+    assert make("action").token_kinds() == ("state", "action")
+    assert make("action", condition_on_returns=True).token_kinds() == ("state+return", "action")
+    assert make("multi_agent").token_kinds() == ("state", "action")
+    assert make("hierarchical").token_kinds() == ("state", "option", "action")
+    for kind in ("action", "multi_agent", "hierarchical"):
+        model = make(kind)
+        assert len(model.token_kinds()) == model.tokens_per_step

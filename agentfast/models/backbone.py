@@ -334,7 +334,8 @@ class SequencePolicy(nn.Module):
     * ``predict_next(cache, state, prev_action, ...)``: one turn of incremental inference.
 
     ``uses_agents`` / ``uses_returns`` say whether the policy takes acting agents and
-    their visibility, or returns-to-go.
+    their visibility, or returns-to-go. ``token_kinds()`` names the tokens of one step in
+    stream order (what ``agentfast inspect`` marks on its attention maps).
     """
 
     config_class: ClassVar[type[PolicyConfig]]
@@ -342,6 +343,7 @@ class SequencePolicy(nn.Module):
     tokens_per_step: ClassVar[int] = 2
     uses_agents: ClassVar[bool] = False
     uses_returns: ClassVar[bool] = False
+    step_tokens: ClassVar[tuple[str, ...]] = ("state", "action")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -397,6 +399,13 @@ class SequencePolicy(nn.Module):
         ``return_to_go`` to those that ``uses_returns``.
         """
         raise NotImplementedError
+
+    def token_kinds(self) -> tuple[str, ...]:
+        """The kind of each token of one step, in stream order: ``state``, ``option``,
+        ``action``; ``state+return`` where a return-to-go is added to the state token."""
+        if self.uses_returns and getattr(self.config, "condition_on_returns", False):
+            return tuple("state+return" if kind == "state" else kind for kind in self.step_tokens)
+        return self.step_tokens
 
     def batch_actions(self, batch: Mapping[str, Any]) -> Tensor:
         """The action input of a batch: embeddings, or ids with padding (-100) mapped to a

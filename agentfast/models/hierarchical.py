@@ -32,6 +32,7 @@ class HierarchicalTransformer(SequencePolicy):
                        "hidden_dim", "max_seq_len", "discrete_actions", "dropout", "attn_backend",
                        "gradient_checkpointing")
     tokens_per_step = 3
+    step_tokens = ("state", "option", "action")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -135,15 +135,17 @@ class MultiAgentTransformer(SequencePolicy):
         return action_pred, value, hidden
 
     def forward_batch(self, batch: Mapping[str, Any], *, module: nn.Module | None = None) -> PolicyOutputs:
-        """Each batch sees with the policy's ``visibility`` setting: ``data`` takes the
-        batch's own ``agent_mask`` (from the episodes' metadata), a preset its matrix."""
-        if self.config.visibility == FROM_DATA:
-            agent_mask = batch.get("agent_mask")
-        else:
-            agent_mask = setting_visibility(self.config.visibility, self.max_num_agents, batch["states"].device)
+        """Each batch sees with the policy's ``visibility`` setting (``batch_visibility``)."""
         action_preds, values, hidden = (module or self)(batch["states"], batch["agent_ids"], self.batch_actions(batch),
-                                                        seq_lens=batch["seq_lens"], agent_mask=agent_mask)
+                                                        seq_lens=batch["seq_lens"], agent_mask=self.batch_visibility(batch))
         return PolicyOutputs(action_preds=action_preds, values=values, hidden_states=hidden)
+
+    def batch_visibility(self, batch: Mapping[str, Any]) -> Tensor | None:
+        """The visibility ``forward_batch`` uses: with the ``data`` setting the batch's own
+        ``agent_mask`` (from the episodes' metadata), else the preset's matrix (None: full)."""
+        if self.config.visibility == FROM_DATA:
+            return batch.get("agent_mask")
+        return setting_visibility(self.config.visibility, self.max_num_agents, batch["states"].device)
 
     def predict_next(self, cache: KVCache, state: Tensor, prev_action: Tensor | None = None, *,
                      agent_id: Tensor | None = None, agent_mask: Any = None,
