@@ -1,9 +1,11 @@
-"""The ``agentfast`` command: convert, embed, train, evaluate, predict, bench, info.
+"""The ``agentfast`` command: convert, embed, train, evaluate, inspect, predict, bench, info.
 
     agentfast convert logs.jsonl episodes.jsonl          # any supported log -> episode JSONL
     agentfast embed episodes.jsonl                       # fill the embedding cache
     agentfast train episodes.jsonl --output runs/action --held-out-task-types refactor
     agentfast evaluate runs/action runs/multi            # held-out table with baselines
+    agentfast evaluate runs/multi --plots plots/         # ... and pictures of it
+    agentfast inspect runs/multi episodes.jsonl --episode 3   # attention maps of one episode
     agentfast predict runs/action "Something is broken: ..."
     agentfast bench                                      # attention kernel benchmark
     agentfast info                                       # build info and backends
@@ -201,6 +203,17 @@ def _policy_settings() -> dict[str, tuple[dataclasses.Field, list[str]]]:
     return settings
 
 
+TRAIN_MONITORING_HELP = """\
+monitoring:
+  Every log_every steps the losses per head, learning rate, gradient norm and throughput, and
+  at every evaluation the validation losses, go to OUTPUT/train_log.jsonl and, with
+  agentfast[tensorboard] installed, to TensorBoard event files in OUTPUT (with the run's
+  configuration as text). Watch a run, or compare several, with
+      tensorboard --logdir OUTPUT        (or the directory that holds several runs)
+  and draw the curves of a finished run with `agentfast evaluate OUTPUT --plots DIR`.
+"""
+
+
 # The record formats of `convert` (agentfast.data.FORMATS; kept here so --help imports no torch).
 CONVERT_FORMATS = ("episodes", "openai_chat", "openai_preference", "sharegpt", "chatgpt_export")
 CONVERT_FORMATS_HELP = """\
@@ -296,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                resume=args.resume, device=args.device, context=context,
                                progress=not args.no_progress, log_path=args.log,
                                stop_after_step=args.stop_after_step, evaluate=not args.no_eval,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, tensorboard=not args.no_tensorboard)
         if context is not None:
             context.barrier()  # all ranks done before any tears down: gloo aborts a peer mid-call
     finally:
@@ -352,6 +365,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _show_report(report, args.log)
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.plots:
+        _draw_evaluation(report, args.checkpoints, Path(args.plots))
+    return 0
+
+
+def _draw_evaluation(report: Any, runs: Sequence[str], directory: Path) -> None:
+    """The report's pictures and each run's training curves into ``directory``."""
+    from .visualize.curves import draw_run_curves
+    from .visualize.evaluation_plots import draw_evaluation
+
+    try:
+        written = draw_evaluation(report, directory) + draw_run_curves(runs, directory)
+    except ImportError as error:  # matplotlib, an optional extra
+        raise CLIError(str(error)) from None
+    print(f"\nwrote {len(written)} pictures (PNG, with their numbers as JSON beside each) to {directory}:")
+    for path in written:
+        print(f"  {path.name}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .data.settings import EncoderSettings
+    from .models.policy_files import read_pretrained_config
+    from .visualize.attention_maps import write_attention_maps
+    from .visualize.inspect_episode import episode_attention
+    from .training.run import resolve_device
+
+    config = read_pretrained_config(args.run)  # a clear error before any work
+    _require_file(args.episodes)
+    settings = _encoder_settings(args, EncoderSettings.from_policy(config))
+    maps = episode_attention(args.run, args.episodes, args.episode, start=args.start, steps=args.steps,
+                             data_format=args.format, encoder_settings=settings,
+                             device=resolve_device(args.device), progress=not args.no_progress)
+    output = Path(args.output or Path(args.run) / "inspect" / f"episode_{args.episode}")
+    try:
+        written = write_attention_maps(maps, output, heads=args.heads)
+    except ImportError as error:  # matplotlib, an optional extra
+        raise CLIError(str(error)) from None
+    print(f"{maps.title}: {len(maps.tokens)} tokens, {maps.num_layers} layers x {maps.num_heads} heads")
+    print(f"note: {maps.note}")
+    if len(maps.agents) > 1:
+        print("share of attention each agent (row) gives each agent (column), mean over layers and heads:")
+        summary = maps.agent_summary()
+        width = max(len(a) for a in maps.agents)
+        print(" " * (width + 2) + "  ".join(f"{a:>{max(width, 5)}}" for a in maps.agents))
+        for agent, row in zip(maps.agents, summary):
+            print(f"  {agent:<{width}}" + "".join(f"  {v:>{max(width, 5)}.3f}" for v in row))
+    print(f"wrote {len(written)} pictures (PNG, with their numbers as JSON beside each) to {output}:")
+    for path in written:
+        print(f"  {path.name}")
     return 0
 
 
@@ -585,7 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy (BC / multi-agent / hierarchical)",
                                 description="Train a policy on a log file, save it with "
-                                            "save_pretrained, and evaluate it on held-out task types.")
+                                            "save_pretrained, and evaluate it on held-out task types.",
+                                epilog=TRAIN_MONITORING_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("data", help="log file (any supported format)")
     train.add_argument("--output", required=True, help="directory for the policy, checkpoints and log")
     train.add_argument("--resume", action="store_true",
@@ -601,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log", default=None, help="JSONL metrics file (default: OUTPUT/train_log.jsonl)")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard event files (see below)")
     train.add_argument("--stop-after-step", type=int, default=None,
                        help="save a checkpoint and stop after this step (as if killed; resume later)")
     _add_data_args(train)
@@ -618,8 +684,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
     evaluate.add_argument("--log", default=None, help="append the metrics as JSONL here")
     evaluate.add_argument("--json", default=None, help="write the report as JSON here")
+    evaluate.add_argument("--plots", default=None, metavar="DIR",
+                          help="draw the evaluation into DIR (needs agentfast[plot]): top-1 accuracy "
+                               "per task type next to the baselines, option confusion and "
+                               "termination precision/recall of hierarchical policies, value "
+                               "against return, and each run's training curves; a JSON of the "
+                               "numbers beside every PNG")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_encoder_args(evaluate, defaults_from_policy=True)
+
+    inspect = commands.add_parser(
+        "inspect", help="draw a policy's attention maps on one episode",
+        description="Run a trained policy over one episode and draw which tokens each token "
+                    "attends to: one map per layer (and per head with --heads) over the token "
+                    "stream, steps on the axes and strips for token kind (state, option, action; "
+                    "state+return for a return-conditioned policy) and agent; for episodes with "
+                    "several agents, how much attention each agent gives each agent, beside the "
+                    "visibility matrix of multi-agent policies. The weights come from the "
+                    "reference attention backend for this one forward (fused kernels do not "
+                    "return weights; the outputs are the same). Needs agentfast[plot].")
+    inspect.add_argument("run", help="policy directory written by `agentfast train`")
+    inspect.add_argument("episodes", help="log file holding the episode (any supported format)")
+    inspect.add_argument("--episode", type=int, required=True, metavar="N",
+                         help="which episode: its place in the file, counting from 0")
+    inspect.add_argument("--start", type=int, default=0, metavar="STEP",
+                         help="first step to draw (default: 0)")
+    inspect.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                         help="steps to draw (default and most: the policy's max-seq-len)")
+    inspect.add_argument("--heads", action="store_true", help="also draw every head of every layer")
+    inspect.add_argument("--output", default=None, metavar="DIR",
+                         help="where the PNG and JSON files go (default: RUN/inspect/episode_N)")
+    inspect.add_argument("--format", default="auto", help="input format (default: detect)")
+    inspect.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    inspect.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_encoder_args(inspect, defaults_from_policy=True)
 
     predict = commands.add_parser("predict", help="reply to inputs with a trained policy",
                                   description="Each TEXT is one turn of a conversation; the reply is "
@@ -668,8 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"convert": cmd_convert, "embed": cmd_embed, "train": cmd_train,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
+COMMANDS = {"convert": cmd_convert, "embed": cmd_embed, "train": cmd_train, "evaluate": cmd_evaluate,
+            "inspect": cmd_inspect, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,8 +38,11 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("integrations", ("agentfast.integrations",), ("base", "attention", "nn", "models", "data")),
     ("decoders", ("agentfast.decoders",), ("base", "attention", "nn", "models", "data")),
     ("pipeline", ("agentfast.pipeline",), ("base", "attention", "nn", "models", "data", "decoders")),
+    # Pictures of policies and runs: they read saved policies and logs, never the trainer.
+    ("visualize", ("agentfast.visualize",), ("base", "attention", "nn", "models", "data")),
     ("cli", ("agentfast.cli", "agentfast.info", "agentfast.__main__", "agentfast"),
-     ("base", "attention", "nn", "models", "data", "integrations", "training", "decoders", "pipeline")),
+     ("base", "attention", "nn", "models", "data", "integrations", "training", "decoders", "pipeline",
+      "visualize")),
 ]
 LAYER_NAMES = [name for name, _, _ in LAYERS]
 _MODULE_STRING = re.compile(r"agentfast(\.\w+)+(:\w+)?")

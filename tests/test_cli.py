@@ -42,7 +42,7 @@ def trained(workspace):
 
 
 def test_every_command_has_help(capsys):
-    for command in ("convert", "embed", "train", "evaluate", "predict", "bench", "info"):
+    for command in ("convert", "embed", "train", "evaluate", "inspect", "predict", "bench", "info"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0

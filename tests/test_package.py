@@ -141,7 +141,7 @@ def test_help_and_parsers_load_no_torch():
     code = (
         "import contextlib, io, sys\n"
         "from agentfast.cli import main\n"
-        "for argv in ([], ['convert'], ['embed'], ['train'], ['evaluate'], ['predict'], ['bench'], ['info']):\n"
+        "for argv in ([], ['convert'], ['embed'], ['train'], ['evaluate'], ['inspect'], ['predict'], ['bench'], ['info']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            main([*argv, '--help'])\n"

@@ -219,6 +219,15 @@ def model_metrics(records: StepRecords, predictions: StepPredictions, bank: Tens
     return metrics
 
 
+def value_pairs(records: StepRecords, predictions: StepPredictions) -> tuple[list[float], list[float]] | None:
+    """(predicted values, logged returns-to-go) at the steps of episodes with rewards; None
+    without a value head or rewards."""
+    rewarded = records.has_rewards
+    if predictions.values is None or not bool(rewarded.any()):
+        return None
+    return predictions.values[rewarded].tolist(), records.returns_to_go[rewarded].tolist()
+
+
 def majority_baseline(train: StepRecords, held_out: StepRecords, bank: Tensor) -> dict[str, Any]:
     """Always predict the training set's most frequent actions / option / termination / mean return."""
     counts = Counter(train.action_ids.tolist())
@@ -281,9 +290,21 @@ class EvaluationReport:
     held_out_steps: int = 0
     seen_action_fraction: float = 0.0
     bank_size: int = 0
+    baselines: list[str] = field(default_factory=list)  # names of the rows that are baselines
+    option_labels: list[str] = field(default_factory=list)  # option ids' names (confusion matrices)
+    # Per policy with a value head: (predicted values, logged returns-to-go) of the held-out
+    # steps with rewards; drawn by `evaluate --plots`, left out of to_dict (one pair a step).
+    value_pairs: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
-    def add(self, name: str, metrics: dict[str, Any]) -> None:
+    def add(self, name: str, metrics: dict[str, Any], *, baseline: bool = False,
+            value_pairs: tuple[list[float], list[float]] | None = None) -> None:
+        if any(name == existing for existing, _ in self.rows):
+            raise ValueError(f"the report already has a row named {name!r}")
         self.rows.append((name, metrics))
+        if baseline:
+            self.baselines.append(name)
+        if value_pairs is not None:
+            self.value_pairs[name] = value_pairs
 
     def table(self) -> str:
         return format_table(self.rows)
@@ -292,7 +313,8 @@ class EvaluationReport:
         return {"held_out_task_types": self.held_out_task_types,
                 "held_out_steps": self.held_out_steps,
                 "seen_action_fraction": self.seen_action_fraction,
-                "bank_size": self.bank_size,
+                "bank_size": self.bank_size, "baselines": list(self.baselines),
+                "option_labels": list(self.option_labels),
                 "rows": [{"name": n, **m} for n, m in self.rows]}
 
 

@@ -33,6 +33,7 @@ from .evaluation import (
     nearest_neighbour_baseline,
     predict_steps,
     seen_action_fraction,
+    value_pairs,
 )
 from .modeling import build_model
 from .precision import seed_everything
@@ -131,12 +132,14 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                  context: DistributedContext | None = None, progress: bool = True,
                  log_path: str | os.PathLike | None = None, stop_after_step: int | None = None,
                  evaluate: bool = True, episodes: Sequence[Any] | None = None,
-                 encoder: Any | None = None, overwrite: bool = False) -> TrainOutcome:
+                 encoder: Any | None = None, overwrite: bool = False,
+                 tensorboard: bool = True) -> TrainOutcome:
     """Train one policy on a log file and save it to ``output_dir`` (see module docstring).
 
     ``resume`` continues from the latest checkpoint in ``output_dir`` if the TrainConfig,
     data settings, episodes and encoder are the ones it was written with (``run_settings``);
-    with no checkpoint there it says so and starts a fresh run.
+    with no checkpoint there it says so and starts a fresh run. ``tensorboard``: TensorBoard
+    event files in ``output_dir`` too (when the tensorboard package is installed).
     """
     context = context or DistributedContext()
     output_dir = Path(output_dir)
@@ -174,7 +177,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
                       device=torch_device, context=context,
                       log_path=log_path, progress=progress,
                       stop_after_step=stop_after_step,
-                      run_settings=settings)
+                      run_settings=settings, tensorboard_dir=output_dir if tensorboard else None)
     # Everything that can refuse the run has run by now; only then may the old one go.
     if old_run:
         _delete_old_run(output_dir, context)
@@ -210,10 +213,13 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
 
 _RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "action_bank.safetensors",
               "train_log.jsonl")
+_EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's
 
 
 def _old_run_files(output_dir: Path) -> list[str]:
     existing = [name for name in _RUN_FILES if (output_dir / name).exists()]
+    if any(output_dir.glob(_EVENT_FILES)):
+        existing.append("TensorBoard event files")
     if checkpoint_root(output_dir).exists():
         existing.append("checkpoints/")
     return existing
@@ -241,6 +247,8 @@ def _delete_old_run(output_dir: Path, context: DistributedContext) -> None:
         shutil.rmtree(checkpoint_root(output_dir), ignore_errors=True)
         for name in _RUN_FILES:
             (output_dir / name).unlink(missing_ok=True)
+        for path in output_dir.glob(_EVENT_FILES):
+            path.unlink()
     context.barrier()
 
 
@@ -260,6 +268,13 @@ def policy_label(policy: PretrainedPolicy) -> str:
     return label
 
 
+def policy_labels(policies: Sequence[PretrainedPolicy]) -> list[str]:
+    """``policy_label`` of each, followed by its directory where two would share a label."""
+    labels = [policy_label(p) for p in policies]
+    return [f"{label} ({policy.directory})" if labels.count(label) > 1 else label
+            for label, policy in zip(labels, policies)]
+
+
 def evaluate_prepared(policies: Sequence[PretrainedPolicy], prepared: PreparedData, *,
                       device: torch.device | str = "cpu", batch_size: int = 64) -> EvaluationReport:
     """Baselines and every policy on ``prepared.held_out``, in one report."""
@@ -270,23 +285,32 @@ def evaluate_prepared(policies: Sequence[PretrainedPolicy], prepared: PreparedDa
     bank = prepared.action_bank
     report = EvaluationReport(held_out_task_types=sorted(set(held_steps.task_types)),
                               held_out_steps=len(held_steps), bank_size=int(bank.shape[0]),
-                              seen_action_fraction=seen_action_fraction(train_steps, held_steps))
-    report.add("majority baseline", majority_baseline(train_steps, held_steps, bank))
-    report.add("nearest-neighbour baseline", nearest_neighbour_baseline(train_steps, held_steps, bank))
-    for policy in policies:
-        report.add(policy_label(policy), evaluate_policy(policy, prepared.held_out, bank,
-                                                         device=device, batch_size=batch_size))
+                              seen_action_fraction=seen_action_fraction(train_steps, held_steps),
+                              option_labels=list(prepared.vocab.get("option", [])))
+    report.add("majority baseline", majority_baseline(train_steps, held_steps, bank), baseline=True)
+    report.add("nearest-neighbour baseline", nearest_neighbour_baseline(train_steps, held_steps, bank),
+               baseline=True)
+    for label, policy in zip(policy_labels(policies), policies):
+        metrics, pairs = _evaluate(policy, prepared.held_out, bank, device=device, batch_size=batch_size)
+        report.add(label, metrics, value_pairs=pairs)
     return report
 
 
 def evaluate_policy(policy: PretrainedPolicy, dataset: Any, bank: torch.Tensor, *,
                     device: torch.device | str = "cpu", batch_size: int = 64) -> dict[str, Any]:
+    return _evaluate(policy, dataset, bank, device=device, batch_size=batch_size)[0]
+
+
+def _evaluate(policy: PretrainedPolicy, dataset: Any, bank: torch.Tensor, *, device: torch.device | str,
+              batch_size: int) -> tuple[dict[str, Any], tuple[list[float], list[float]] | None]:
+    """The policy's metrics and its (value, return) pairs."""
     model = policy.model.to(device)
     _check_dataset_fits(policy, dataset)
     records, predictions = predict_steps(model, dataset, device=device, batch_size=batch_size)
     agent_labels = dataset.agent_vocab.labels if model.uses_agents else None
-    return model_metrics(records, predictions, bank, discrete=model.discrete_actions,
-                         agent_labels=agent_labels)
+    metrics = model_metrics(records, predictions, bank, discrete=model.discrete_actions,
+                            agent_labels=agent_labels)
+    return metrics, value_pairs(records, predictions)
 
 
 def _check_dataset_fits(policy: PretrainedPolicy, dataset: Any) -> None:

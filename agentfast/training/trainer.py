@@ -45,6 +45,7 @@ from .precision import (
     set_deterministic,
 )
 from .schedules import build_optimizer, warmup_cosine_schedule
+from .tensorboard import TensorBoardLogger, open_tensorboard
 
 
 @dataclass
@@ -141,6 +142,9 @@ class Trainer:
         num_agents: deprecated and unused (a multi-agent policy knows its own agents).
         run_settings: what else decides the run (data split, encoder, ...), saved in every
             checkpoint so a resume can refuse to continue with other settings.
+        tensorboard_dir: where rank 0 writes TensorBoard event files of the records it logs
+            (``training.tensorboard``; None: none). Needs the tensorboard package; without it
+            the run goes on with a warning.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_dataset: Dataset,
@@ -148,7 +152,8 @@ class Trainer:
                  device: str | torch.device = "cpu", context: DistributedContext | None = None,
                  log_path: str | os.PathLike | None = None, progress: bool = True,
                  collate_fn: Callable | None = None, stop_after_step: int | None = None,
-                 num_agents: int | None = None, run_settings: dict[str, Any] | None = None) -> None:
+                 num_agents: int | None = None, run_settings: dict[str, Any] | None = None,
+                 tensorboard_dir: str | os.PathLike | None = None) -> None:
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
         if num_agents is not None:
@@ -164,6 +169,8 @@ class Trainer:
         self.progress = progress and self.context.is_main
         self.stop_after_step = stop_after_step
         self.run_settings = dict(run_settings or {})
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir and self.context.is_main else None
+        self.tensorboard: TensorBoardLogger | None = None
         self.logger = JsonlLogger(log_path, enabled=self.context.is_main)
         self.precision = resolve_precision(config.precision, self.device)
         self.weights = LossWeights(mse=config.mse_weight, value=config.value_weight,
@@ -354,7 +361,7 @@ class Trainer:
                   **{f"val_{k}": round(v, 6) for k, v in metrics.items()},
                   "best_val_loss": round(self.early_stopping.best, 6), "improved": improved}
         self.history.append(record)
-        self.logger.log(record)
+        self._log(record)
         self._write(f"step {self.step}: val loss {metrics['loss']:.4f}"
                     f"{' (best)' if improved else ''}")
 
@@ -380,6 +387,34 @@ class Trainer:
             self.logger.log({"event": "resume", "step": self.step, "path": str(checkpoint)})
         else:
             self._fresh_rng()
+        self._open_tensorboard()
+        try:
+            return self._train_steps()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
+
+    def _open_tensorboard(self) -> None:
+        """Event files from the step after the current one (a resumed run hides the steps
+        an interrupted one wrote past its checkpoint), with the configuration as text."""
+        if self.tensorboard_dir is None:
+            return
+        self.tensorboard = open_tensorboard(self.tensorboard_dir, purge_step=self.step + 1 if self.step else None)
+        if self.tensorboard is not None:
+            policy_config = getattr(self.policy, "config", None)
+            sections = {"run_settings": self.run_settings}
+            if hasattr(policy_config, "to_dict"):
+                sections["policy"] = policy_config.to_dict()
+            self.tensorboard.log_config(self.config.to_dict(), **sections)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """A train or eval record to the JSONL log and the event files."""
+        self.logger.log(record)
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
+
+    def _train_steps(self) -> TrainResult:
         config = self.config
         bar = self._progress_bar()
         timesteps, train_seconds, last_loss = 0, 0.0, None
@@ -478,7 +513,7 @@ class Trainer:
                       "lr": self.scheduler.get_last_lr()[0],
                       "timesteps_per_s": round(timesteps / seconds, 1) if seconds else None,
                       **{k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)}}
-            self.logger.log(record)
+            self._log(record)
 
     def _sum_over_ranks(self, value: int) -> int:
         return int(sum(self.context.all_gather_object(value)))

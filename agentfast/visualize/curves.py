@@ -18,9 +18,9 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .figures import new_figure, save_figure
+from .figures import new_figure, save_figure, slug
 
 TRAIN_PANELS = {"lr": "learning rate", "grad_norm": "gradient norm (before clipping)",
                 "timesteps_per_s": "throughput (timesteps/s, mean since start)"}
@@ -160,3 +160,19 @@ def _draw_lines(axes: Any, series: dict[str, Series], title: str, *, marker: str
     axes.grid(True, alpha=0.3)
     if legend:
         axes.legend(fontsize=8)
+
+
+def draw_run_curves(runs: Sequence[str | os.PathLike[str]], directory: str | os.PathLike[str]) -> list[Path]:
+    """``training_curves_<run>.png`` in ``directory`` for each run directory holding a
+    ``train_log.jsonl``; returns the PNGs written."""
+    written: list[Path] = []
+    for run in runs:
+        log = Path(run) / "train_log.jsonl"
+        if not log.is_file():
+            continue
+        path = Path(directory) / f"training_curves_{slug(Path(run).resolve().name)}.png"
+        while path in written:  # runs of the same name in different places
+            path = path.with_name(path.stem + "_2.png")
+        draw_training_curves(log, path, title=f"training curves of {run}")
+        written.append(path)
+    return written

@@ -17,13 +17,12 @@ returns its matplotlib Figure.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .figures import new_figure, save_figure
+from .figures import new_figure, save_figure, slug
 
 POLICY_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
                   "#e377c2")
@@ -56,11 +55,6 @@ def draw_evaluation(report: Any, directory: str | os.PathLike[str]) -> list[Path
     return written
 
 
-def slug(name: str) -> str:
-    """``name`` as a file-name part: lower case, runs of other characters as ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "policy"
-
-
 def _colours(names: Sequence[str], baselines: set[str]) -> dict[str, str]:
     colours, policy, baseline = {}, 0, 0
     for name in names:
@@ -78,11 +72,11 @@ def draw_task_type_accuracy(rows: Sequence[tuple[str, Mapping[str, Any]]], basel
     """Grouped bars: for each held-out task type (and all held-out steps together) the
     top-1 accuracy of every predictor; baselines in greys, hatched."""
     task_types = sorted({t for _, m in rows for t in m.get("top1_by_task_type", {})})
-    groups = [*task_types, "all held-out"]
+    groups = [*task_types, "all held-out"] if len(task_types) != 1 else task_types  # one type: the same bars
     steps = next((m.get("steps_by_task_type") for _, m in rows if m.get("steps_by_task_type")), {})
     names = [name for name, _ in rows]
-    values = {name: [m.get("top1_by_task_type", {}).get(t) for t in task_types] + [m.get("top1")]
-              for name, m in rows}
+    values = {name: [m.get("top1_by_task_type", {}).get(t) for t in task_types]
+              + ([m.get("top1")] if len(groups) > len(task_types) else []) for name, m in rows}
     colours = _colours(names, baselines)
     figure = new_figure(max(7.0, 1.1 * len(groups) * max(1, len(names)) ** 0.5 + 3.5), 5.2)
     axes = figure.add_subplot()
@@ -96,12 +90,13 @@ def draw_task_type_accuracy(rows: Sequence[tuple[str, Mapping[str, Any]]], basel
         axes.bar_label(bars, labels=["" if np.isnan(h) else f"{h:.2f}" for h in heights],
                        fontsize=7, padding=1, rotation=90 if len(names) > 3 else 0)
     labels = [f"{g}\n({steps[g]} steps)" if g in steps else g for g in groups]
-    if steps:
+    if steps and len(groups) > len(task_types):
         labels[-1] = f"all held-out\n({sum(steps.values())} steps)"
     axes.set_xticks(positions, labels, fontsize=9)
     axes.set_ylim(0, 1.12)
     axes.set_ylabel("top-1 action accuracy")
-    axes.axvline(len(groups) - 1.5, color="#cccccc", linewidth=1)
+    if len(groups) > len(task_types):
+        axes.axvline(len(groups) - 1.5, color="#cccccc", linewidth=1)  # sets "all" apart
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(fontsize=8, ncol=min(len(names), 3), loc="upper left")
     axes.set_title("held-out top-1 accuracy per task type: policies (colours) and baselines (grey, hatched)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,8 @@ def thinned_ticks(count: int, most: int = 24) -> list[int]:
         step = int(step * multipliers[index % 3])
         index += 1
     return list(range(0, count, step))
+
+
+def slug(name: str) -> str:
+    """``name`` as a file-name part: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed"
