@@ -55,11 +55,14 @@ def test_a_resumed_run_hides_the_steps_it_repeats(tmp_path):
     for step in (10, 20, 30):
         first.log({"event": "train", "step": step, "loss": 1.0})
     first.close()
-    resumed = TensorBoardLogger(tmp_path, purge_step=21)  # resumed from the checkpoint of step 20
-    for step in (30, 40):
+    # Resumed from the checkpoint of step 20 and logging every 20 steps now: step 30 of the
+    # interrupted run is no step of the run that went on (its steps never go back, so
+    # tensorboard's own out-of-order purge would keep it).
+    resumed = TensorBoardLogger(tmp_path, purge_step=21)
+    for step in (40, 60):
         resumed.log({"event": "train", "step": step, "loss": 2.0})
     resumed.close()
-    assert scalars(read_events(tmp_path), "train/loss") == [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0)]
+    assert scalars(read_events(tmp_path), "train/loss") == [(10, 1.0), (20, 1.0), (40, 2.0), (60, 2.0)]
 
 
 def test_tags():

@@ -162,15 +162,20 @@ def test_training_curves_hold_every_logged_step_and_a_resume_supersedes(tmp_path
     records += [{"event": "train", "step": s, "lr": s * 1e-4, "loss": 3.0 / s, "action_loss": 2.0 / s,
                  "value_loss": 1.0 / s, "grad_norm": 2.0, "timesteps_per_s": 90.0}
                 for s in (15, 20, 25)]
+    # killed after step 30, resumed at 25 logging every 10 steps: step 30 is gone
+    records += [{"event": "train", "step": 30, "loss": 9.0}, {"event": "resume", "step": 25},
+                {"event": "train", "step": 35, "loss": 0.1}]
     records += [{"event": "eval", "step": 20, "val_loss": 0.35, "val_action_loss": 0.25,
                  "best_val_loss": 0.35, "improved": True}]
     log = write_log(tmp_path / "train_log.jsonl", records)
     curves = read_training_log(log)
-    assert curves.train["loss"].steps == [1, 5, 10, 15, 20, 25]
-    assert curves.train["loss"].values == [2.0, 0.4, 0.2, 0.2, 0.15, 0.12]
+    assert curves.train["loss"].steps == [1, 5, 10, 15, 20, 25, 35]
+    assert curves.train["loss"].values == [2.0, 0.4, 0.2, 0.2, 0.15, 0.12, 0.1]
     figure = draw_training_curves(log, tmp_path / "curves.png")
     lines = {line.get_label(): line for ax in figure.axes for line in ax.get_lines()}
-    for name in ("loss", "action_loss", "value_loss", "lr", "grad_norm", "timesteps_per_s"):
+    assert list(lines["loss"].get_xdata()) == [1, 5, 10, 15, 20, 25, 35]
+    assert list(lines["loss"].get_ydata()) == curves.train["loss"].values
+    for name in ("action_loss", "value_loss", "lr", "grad_norm", "timesteps_per_s"):
         assert list(lines[name].get_xdata()) == [1, 5, 10, 15, 20, 25], name
         assert list(lines[name].get_ydata()) == curves.train[name].values, name
     assert list(lines["val_loss"].get_xdata()) == [10, 20]

@@ -6,9 +6,10 @@ The trainer appends one JSON record per line: ``{"event": "train", "step", "lr",
 turns them into one series per metric; ``draw_training_curves`` draws the losses (per
 head), the validation metrics, the learning rate, the gradient norm and the throughput.
 
-A resumed run repeats the steps its last checkpoint had not covered, and a log may hold an
-earlier run that a new one restarted: a train record at step s supersedes every record of
-step s or later logged before it, so each series holds the steps of the run that went on.
+A resumed run goes on from its last checkpoint (a ``resume`` record names its step), and a
+log may hold an earlier run that a new one restarted: a resume drops the records past its
+step, and a train record at step s every record of step s or later logged before it, so
+each series holds the steps of the run that went on.
 """
 
 from __future__ import annotations
@@ -76,11 +77,14 @@ def read_training_log(path: str | os.PathLike[str]) -> TrainingCurves:
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             event = record.get("event")
-            if event not in ("train", "eval"):
+            if event not in ("train", "eval", "resume"):
                 continue
             if not isinstance(record.get("step"), int):
                 raise ValueError(f"{path}:{number}: a {event} record without an integer step")
-            if event == "train":  # a restart or resume supersedes what it repeats
+            if event == "resume":  # what the interrupted run logged past its checkpoint is gone
+                train = [r for r in train if r["step"] <= record["step"]]
+                evals = [r for r in evals if r["step"] <= record["step"]]
+            elif event == "train":  # a restart supersedes what it repeats
                 train = [r for r in train if r["step"] < record["step"]]
                 evals = [r for r in evals if r["step"] < record["step"]]
                 train.append(record)
