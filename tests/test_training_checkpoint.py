@@ -69,3 +69,23 @@ def test_damaged_training_state_is_a_checkpoint_error(tmp_path):
     ckpt.atomic_torch_save({"step": 1}, step / "trainer_state.pt")
     with pytest.raises(CheckpointError, match="cannot read best weights .*best_model"):
         ckpt.load_training_checkpoint(step, model)
+
+
+def test_policies_and_checkpoints_follow_the_umask(tmp_path):
+    """Saved files get what open() gives under the umask (not a temporary file's 0600), and
+    checkpoint folders what mkdir gives (not mkdtemp's 0700)."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        model = _models()["action"]
+        save_pretrained(tmp_path, model, model_type="action", vocab={"action": ["a"]},
+                        action_bank=torch.randn(1, 8))
+        ckpt.save_training_checkpoint(tmp_path, 3, model=model, best_state=model.state_dict(),
+                                      trainer_state={"step": 3})
+    finally:
+        os.umask(old)
+    for path in tmp_path.rglob("*"):
+        expected = 0o750 if path.is_dir() else 0o640
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from .._lazy import moved_names
-from ..atomic_files import atomic_write, atomic_write_json, atomic_write_text, fsync_directory
+from ..atomic_files import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_directory,
+    new_directory_mode,
+)
 from ..models.policy_files import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -133,6 +139,7 @@ def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model:
     name = f"{CHECKPOINT_PREFIX}{step:08d}"
     final = root / name
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    os.chmod(staging, new_directory_mode())  # mkdtemp's 0700 would outlive the rename
     try:
         save_weights(unwrap(model), staging / WEIGHTS_FILE)
         if best_state is not None:
