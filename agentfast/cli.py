@@ -14,8 +14,10 @@ Under ``torchrun --nproc_per_node=N -m agentfast train ...`` (or ``torchrun --no
 --nproc_per_node=N agentfast train ...`` with the console script) training runs with
 DistributedDataParallel (gloo on CPU, nccl on GPU), each process on its shard of the data;
 rank 0 writes checkpoints and logs.
-Errors in the input (missing files, bad records, an incompatible checkpoint) end the
-command with a one-line message and exit status 2.
+Problems with files (missing or unreadable input, bad records, an incompatible checkpoint,
+an output folder that is read-only or full) end the command with a one-line message naming
+the file and the reason, and exit status 2; nothing half-written is left behind. ``-``
+names standard input (and, for convert's output, standard output).
 """
 
 from __future__ import annotations
@@ -254,13 +256,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .data.preparation import print_read_report
 
     _require_file(args.input)
+    # With the episodes on standard output, everything said goes to standard error.
+    say = sys.stderr if args.output == "-" else sys.stdout
     try:
         report = convert(args.input, args.output, format=args.format, strict=not args.lenient,
                          progress=True)  # a bar on terminals only
     except ImportError as error:  # an optional reader dependency (pyarrow) is missing
         raise CLIError(str(error)) from None
-    errors = print_read_report(report)
-    print(f"wrote {len(report.episodes)} episodes to {args.output}")
+    errors = print_read_report(report, stream=say)
+    print(f"wrote {len(report.episodes)} episodes to {args.output}", file=say)
     _print_json_log(args.log, {"event": "convert", "input": args.input, "output": args.output,
                                **report.to_dict(), "errors": errors})
     return 0
@@ -582,6 +586,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _require_file(path: str) -> None:
+    if path == "-":  # standard input
+        return
     if not Path(path).exists():
         raise CLIError(f"file not found: {path}")
     if Path(path).is_dir():
@@ -788,22 +794,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentfast: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`agentfast convert x - | head`)
+        _silence_stdout()
+        return 1
     except Exception as error:  # noqa: BLE001 - turned into a one-line message below
         if not _is_user_error(error):
             raise
-        print(f"agentfast {args.command}: error: {error}", file=sys.stderr)
+        from .errors import one_line
+
+        print(f"agentfast {args.command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def _is_user_error(error: Exception) -> bool:
-    """Errors about the user's input or files, shown without a traceback."""
-    from .data import DataError
-    from .models.policy_files import CheckpointError
-
+    """Errors about the user's input, files or settings, shown as one line without a
+    traceback: every ``FileError`` (bad records, damaged checkpoints, unreadable or
+    unwritable files) and ``OSError``, a decoder that cannot answer, and the ValueErrors
+    that name a bad setting."""
     from .decoders import DecoderError
+    from .errors import FileError
 
-    return isinstance(error, (CLIError, DataError, CheckpointError, DecoderError, FileNotFoundError,
-                              IsADirectoryError, PermissionError, ValueError))
+    return isinstance(error, (CLIError, FileError, OSError, DecoderError, ValueError))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush raises nothing more."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

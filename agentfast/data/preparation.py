@@ -89,10 +89,10 @@ def read_log(settings: DataSettings) -> ReadReport:
     return load_episodes(path, format=settings.format, strict=settings.strict)
 
 
-def print_read_report(report: Any) -> list[str]:
-    """The read's summary, then every record a lenient read skipped, one line each on stderr;
-    returns those lines for the JSONL log."""
-    print(report.summary(first_error=False))
+def print_read_report(report: Any, stream: Any = None) -> list[str]:
+    """The read's summary (on ``stream``, default stdout), then every record a lenient read
+    skipped, one line each on stderr; returns those lines for the JSONL log."""
+    print(report.summary(first_error=False), file=stream or sys.stdout)
     lines = [str(error) for error in report.errors]
     for line in lines:
         print(f"skipped {line}", file=sys.stderr)

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..errors import FileError
 from ..visibility import MAX_AGENTS
 
 EPISODE_KEYS = ("states", "actions", "rewards", "agent_ids", "options", "metadata")
@@ -25,39 +26,14 @@ AGENT_NAMES_KEY = "agent_names"
 OPTION_NAMES_KEY = "option_names"
 
 
-class DataError(ValueError):
-    """A problem with input data, located by file, line, record and field (each may be None).
+class DataError(FileError, ValueError):
+    """A problem with input data, located by file, line, column, record and field (each may
+    be None); see ``agentfast.errors.FileError``.
 
     ``record`` names the record inside a file that is not one record per line: ``"record 3"``
     of a JSON array, ``"conversation 3"`` of a ChatGPT export, ``"row 3"`` of a Parquet file
     (0-based, as a JSON path would count).
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        line: int | None = None,
-        field: str | None = None,
-        record: str | None = None,
-    ) -> None:
-        self.reason = message
-        self.path = path
-        self.line = line
-        self.field = field
-        self.record = record
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        where = self.path or "<input>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.record is not None:
-            where += f" ({self.record})"
-        if self.field is not None:
-            return f"{where}: field '{self.field}': {self.reason}"
-        return f"{where}: {self.reason}"
 
 
 class EpisodeValidationError(DataError):

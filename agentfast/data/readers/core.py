@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
 from functools import partial
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from ...atomic_files import atomic_open, same_file
+from ...errors import FileAccessError, FileError
 from ..schema import DataError, Episode
 from .chat import check_state_context
 from .chatgpt import build_conversation, conversations_of
 from .openai import build_chat, build_preference
 from .report import Built, Collector, ReadReport
 from .sharegpt import build_sharegpt, is_sharegpt
-from .sources import Location, looks_like_conversation, parquet_columns, records, sniff_container
+from .sources import (
+    InputSource,
+    Location,
+    RawRecord,
+    first_content_byte,
+    looks_like_conversation,
+    open_parquet,
+    parquet_records,
+    records,
+    sniff_container,
+)
 
 FORMATS = ("episodes", "openai_chat", "openai_preference", "sharegpt", "chatgpt_export")
 DETECTION_RECORDS = 1000  # records looked at for one that tells the format
@@ -60,35 +72,63 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
     The container (JSONL, one JSON document, Parquet) is told apart first; a malformed record
     before the first readable one is left to the reader, which names it (strict) or skips
-    and counts it (lenient).
+    and counts it (lenient). Standard input and pipes can be read only once: give them to
+    ``load_episodes`` (format ``"auto"``), which detects and reads in one pass.
     """
-    path = Path(path)
-    container = sniff_container(path)
+    with InputSource(path) as source:
+        if not source.regular:
+            raise ValueError(f"{source.name} is a stream, which can be read only once; "
+                             "load_episodes(path) detects its format while reading it")
+        return _open_records(source, "auto", progress=False)[0]
+
+
+def _open_records(source: InputSource, format: str, progress: bool) -> tuple[str, Iterator[RawRecord]]:
+    """(the format, the raw records of ``source``); ``"auto"`` is told from the records
+    themselves, which are then read from where detection started: the input is read once."""
+    container = sniff_container(source)
     if container == "parquet":
-        columns = parquet_columns(path)
-        found = format_of(dict.fromkeys(columns, [{"from": ""}] if "conversations" in columns else None))
-        return found or "episodes"
+        reader = open_parquet(source)
+        if format == "auto":
+            columns = list(reader.schema_arrow.names)
+            found = format_of(dict.fromkeys(columns, [{"from": ""}] if "conversations" in columns else None))
+            format = found or "episodes"
+        return format, parquet_records(reader, source.name, progress)
+    empty = first_content_byte(source) == b""
+    raws = records(source, container, progress)
+    if format != "auto":
+        return format, raws
+    return _detected(raws, source.name, empty)
+
+
+def _detected(raws: Iterator[RawRecord], name: str, empty: bool) -> tuple[str, Iterator[RawRecord]]:
+    """The format the first readable record tells, and every record (those looked at first
+    are kept, each parsed once)."""
+    looked_at: list[RawRecord] = []
     first_error: DataError | None = None
-    seen = 0
-    for raw in records(path, container):
-        seen += 1
+    for raw in raws:
         try:
-            found = format_of(raw.parse())
+            value = raw.parse()
         except DataError as error:
             first_error = first_error or error
+            looked_at.append(raw)
             found = None
+        else:
+            looked_at.append(RawRecord(raw.location, lambda value=value: value))
+            found = format_of(value)
+            if found is None:
+                first_error = first_error or DataError("not a JSON object", path=name, line=raw.location.line)
         if found is not None:
-            return found
-        first_error = first_error or DataError("not a JSON object", path=str(path), line=raw.location.line)
-        if seen >= DETECTION_RECORDS:
+            return found, itertools.chain(looked_at, raws)
+        if len(looked_at) >= DETECTION_RECORDS:
             break
     if first_error is None:
-        raise DataError("cannot detect the format: the file is empty", path=str(path))
+        raise DataError(f"no episodes: {'the file is empty' if empty else 'it holds no records'}",
+                        path=name)
     where = f"line {first_error.line}" if first_error.line is not None else "the first record"
     raise DataError(
         f"cannot detect the format: no record is a JSON object (first problem: {where}: "
         f"{first_error.reason}); pass format= one of {', '.join(FORMATS)} (--format on the "
-        "command line)", path=str(path), line=first_error.line,
+        "command line)", path=name, line=first_error.line,
     )
 
 
@@ -101,22 +141,24 @@ def read_records(
     progress: bool = False,
     builder: Builder | None = None,
 ) -> ReadReport:
-    """Read every record of ``path`` (JSONL, JSON document or Parquet) in ``format``."""
-    if format not in _BUILDERS:
+    """Read every record of ``path`` (JSONL, JSON document or Parquet; ``"-"`` is standard
+    input) in ``format`` (``"auto"``: detected from the first readable record)."""
+    if format != "auto" and format not in _BUILDERS:
         raise ValueError(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
     check_state_context(state_context)
-    path = Path(path)
-    build = builder or _BUILDERS[format]
-    collector = Collector(str(path), format, strict, default_agents=format != "episodes")
-    for raw in records(path, sniff_container(path), progress):
-        try:
-            value = raw.parse()
-        except DataError as error:
-            collector.report.counts["records"] += 1
-            collector.fail(error)
-            continue
-        for location, record in _expand(format, value, raw.location):
-            collector.attempt(partial(build, record, location, state_context))
+    with InputSource(path) as source:
+        format, raws = _open_records(source, format, progress)
+        build = builder or _BUILDERS[format]
+        collector = Collector(source.name, format, strict, default_agents=format != "episodes")
+        for raw in raws:
+            try:
+                value = raw.parse()
+            except DataError as error:
+                collector.report.counts["records"] += 1
+                collector.fail(error)
+                continue
+            for location, record in _expand(format, value, raw.location):
+                collector.attempt(partial(build, record, location, state_context), location)
     return collector.finish()
 
 
@@ -138,31 +180,37 @@ def load_episodes(
     state_context: str = "new",
     progress: bool = False,
 ) -> ReadReport:
-    """Read any supported log file into episodes; ``format`` is detected by default.
+    """Read any supported log file into episodes; ``format`` is detected by default, and
+    ``"-"`` reads standard input (a pipe or FIFO is read once, like a file).
 
     The report holds the episodes, the skipped records (lenient mode) and a count of
     everything left out or transformed (``ReadReport.counts``, ``summary()``).
     """
-    fmt = detect_format(path) if format == "auto" else format
-    return read_records(path, fmt, strict=strict, state_context=state_context, progress=progress)
+    return read_records(path, format, strict=strict, state_context=state_context, progress=progress)
 
 
 def write_episodes_jsonl(episodes: Iterable[Episode], path: str | os.PathLike[str]) -> int:
-    """Write normalised episode JSONL atomically (temp file, then rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write normalised episode JSONL whole or not at all (``agentfast.atomic_files``: a
+    symbolic link's target is written, new files follow the umask); ``"-"`` is standard
+    output. Returns the count."""
     count = 0
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for episode in episodes:
-                handle.write(json.dumps(episode.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
-                count += 1
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_open(path) as handle:
+        for episode in episodes:
+            handle.write(json.dumps(episode.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
     return count
+
+
+def check_output(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
+    """Refuse an output that is the input (by name, or through a symbolic or hard link) or a
+    folder, before anything is read or written."""
+    if same_file(input_path, output_path):
+        linked = os.path.abspath(input_path) != os.path.abspath(output_path)
+        raise FileError(f"this output is the input {input_path}{' (through a link)' if linked else ''}; "
+                        "converting a file onto itself would overwrite the logs being read (and "
+                        "drop skipped records for good): write to another file", path=output_path)
+    if str(output_path) != "-" and os.path.isdir(output_path):
+        raise FileAccessError("write", output_path, "it is a directory; name a file")
 
 
 def convert(
@@ -175,9 +223,17 @@ def convert(
     progress: bool = False,
 ) -> ReadReport:
     """Read ``input_path`` in any supported format and write normalised episode JSONL; returns
-    the read's report (print ``report.summary()``)."""
+    the read's report (print ``report.summary()``).
+
+    ``"-"`` reads standard input or writes standard output. An output that is the input
+    (through links too) is refused before anything is written, and a read that yields no
+    episode (an empty export, every record bad) raises a ``DataError`` saying why and leaves
+    the output untouched.
+    """
+    check_output(input_path, output_path)
     report = load_episodes(input_path, format=format, strict=strict, state_context=state_context,
                            progress=progress)
+    report.require_episodes()
     write_episodes_jsonl(report.episodes, output_path)
     return report
 

@@ -101,6 +101,9 @@ class _Conversation:
         location = self.location
         rendered = []
         calls = raw.get("tool_calls")
+        if isinstance(calls, str):  # the list JSON-encoded once more, as some exporters do
+            raise location.error(f"{where}.tool_calls", "must be a list of tool calls, got a "
+                                 "string (the list encoded as JSON text?); write the list itself")
         if calls is not None:
             need(calls, list, location, f"{where}.tool_calls", "a list")
             for j, call in enumerate(calls):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ..schema import DataError, Episode
+from .sources import Location, nesting_error
 
 DEFAULT_AGENT = "assistant"
 
@@ -110,6 +111,28 @@ class ReadReport:
             text += "; no bad records"
         return "\n".join([text, *(f"  {line}" for line in self.changes())])
 
+    def no_episodes_reason(self) -> str | None:
+        """Why the read gave no episode (None when it gave some): the input held no
+        records, every record was bad, or the records held nothing to learn from."""
+        if self.episodes:
+            return None
+        if not self.records:
+            return "it holds no records"
+        if self.skipped >= self.records:
+            first = f" (first: {self.errors[0]})" if self.errors else ""
+            return (f"every one of its {self.records} record{'s' if self.records != 1 else ''} "
+                    f"is bad{first}")
+        changes = "; ".join(self.changes())
+        return (f"none of its {self.records} record{'s' if self.records != 1 else ''} gave an "
+                f"episode{': ' + changes if changes else ''}")
+
+    def require_episodes(self) -> "ReadReport":
+        """This report, or a ``DataError`` saying why the read gave no episode."""
+        reason = self.no_episodes_reason()
+        if reason is not None:
+            raise DataError(f"no episodes: {reason}", path=self.path)
+        return self
+
     def to_dict(self) -> dict:
         """The counts for JSON logs: episodes, skipped and every non-zero kind."""
         return {"episodes": len(self.episodes), "skipped": self.skipped,
@@ -137,12 +160,17 @@ class Collector:
         self.strict = strict
         self.default_agents = default_agents
 
-    def attempt(self, build: Callable[[], Built]) -> None:
+    def attempt(self, build: Callable[[], Built], location: Location | None = None) -> None:
         self.report.counts["records"] += 1
         try:
             built = build()
         except DataError as error:
             self.fail(error)
+            return
+        except RecursionError:  # a builder walking a value nested thousands deep
+            if location is None:
+                raise
+            self.fail(nesting_error(location))
             return
         self.report.episodes.extend(built.episodes)
         self.report.counts.update(built.counts)
