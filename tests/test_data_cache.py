@@ -1,11 +1,14 @@
+import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from agentfast.atomic_files import TEMP_SUFFIX
 from agentfast.data import CachedEncoder, EmbeddingCache, default_cache_dir
 from tests.fake_encoders import HashEncoder, tiny_encoder
 
@@ -59,11 +62,83 @@ def test_killed_write_leaves_no_shard_and_the_cache_keeps_working(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO)
     assert result.returncode == 9
     assert list(tmp_path.rglob("shard-*.safetensors")) == []  # only a hidden temp file remains
-    assert len(list(tmp_path.rglob(".*.tmp"))) == 1
+    assert len(list(tmp_path.rglob(f".*{TEMP_SUFFIX}"))) == 1
     cache = EmbeddingCache(tmp_path)
     assert cache.get_many("enc", ["a", "b"]) == [None, None]
     cache.put_many("enc", ["a"], torch.full((1, 4), 2.0))
     assert torch.equal(EmbeddingCache(tmp_path).get_many("enc", ["a"])[0], torch.full((4,), 2.0))
+    assert list(tmp_path.rglob(f".*{TEMP_SUFFIX}")) == []  # the next write removed it
+
+
+_EMBED_ONCE = """
+import json, sys, time
+from pathlib import Path
+from agentfast.data import CachedEncoder
+from tests.fake_encoders import HashEncoder
+
+role, cache, flags = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+texts = [f"text {i}" for i in range(50)]
+
+class Slow(HashEncoder):
+    def encode(self, texts, *, progress=True):
+        (flags / "a-computing").touch()
+        for _ in range(600):  # until the second process has started its encode call
+            if (flags / "b-started").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # still computing while the second one looks at the cache
+        return super().encode(texts, progress=progress)
+
+encoder = Slow()
+if role == "b":
+    while not (flags / "a-computing").exists():
+        time.sleep(0.05)
+    (flags / "b-started").touch()
+vectors = CachedEncoder(encoder, cache)
+out = vectors.encode(texts, progress=False)
+print(json.dumps({"computed": sum(len(c) for c in encoder.calls), "hits": vectors.hits,
+                  "sum": float(out.sum())}))
+"""
+
+
+def test_a_second_process_reuses_what_the_first_is_computing(tmp_path):
+    """Two runs embed the same texts at once: the second waits on the cache's lock, then
+    reads the first one's work instead of computing it again."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    runs = {role: subprocess.Popen([sys.executable, "-c", _EMBED_ONCE, role, str(tmp_path / "cache"),
+                                    str(flags)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            for role in ("a", "b")}
+    results = {}
+    for role, process in runs.items():
+        out, _ = process.communicate(timeout=300)
+        assert process.returncode == 0
+        results[role] = json.loads(out)
+    assert results["a"]["computed"] == 50 and results["b"]["computed"] == 0
+    assert results["b"]["hits"] == 50 and results["a"]["sum"] == results["b"]["sum"]
+    assert len(list((tmp_path / "cache").rglob("shard-*.safetensors"))) == 1
+
+
+def test_readers_find_rows_a_compaction_moves_while_they_look(tmp_path, monkeypatch):
+    """A shard merged away between a reader's listing and its read is found in the merged
+    shard, without a warning and without a miss."""
+    writer = EmbeddingCache(tmp_path)
+    for i, text in enumerate("abc"):
+        writer.put_many("enc", [text], torch.full((1, 4), float(i)))
+    reader = EmbeddingCache(tmp_path)
+    real_read = EmbeddingCache._read_shard
+    compacted = []
+
+    def read_after_compaction(shard, identity):
+        if not compacted:
+            compacted.append(writer.compact("enc"))
+        return real_read(shard, identity)
+
+    monkeypatch.setattr(EmbeddingCache, "_read_shard", staticmethod(read_after_compaction))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = reader.get_many("enc", list("abc"))
+    assert [float(r[0]) for r in rows] == [0.0, 1.0, 2.0]
 
 
 def test_damaged_shard_is_ignored_with_a_warning(tmp_path):

@@ -3,9 +3,16 @@
 Layout: ``<directory>/<hash of identity>/`` holds ``identity.txt`` (readable) and shard
 files ``shard-*.safetensors``, each with a ``keys`` tensor (uint8 [n, 32], text digests)
 and an ``embeddings`` tensor (float32 [n, dim]). Shards are written to a temporary file
-and renamed into place, so a write that is killed leaves no partial shard behind; many
-processes can add shards to one directory at the same time. Shards that cannot be read
-(copied half-way, disk errors) are reported with a warning and ignored.
+and renamed into place (``agentfast.atomic_files``), so a write that is killed leaves no
+partial shard behind, and its temporary file is removed by the next write. Shards that
+cannot be read (copied half-way, disk errors) are reported with a warning and ignored.
+
+Many processes may use one cache at once. Readers need no lock: a shard appears whole or
+not at all, and one merged away by ``compact`` while a reader looks is found in the merged
+shard. Computing is serialised per encoder by a lock file (``.lock``, ``flock``): a
+``CachedEncoder`` takes it, looks again, computes only what is still missing and writes it
+before letting go, so a second ``agentfast embed`` over the same texts waits for the first
+and reuses its work instead of computing everything a second time.
 
 ``<directory>/encoders/<hash of signature>.json`` remembers the identity and dimension of a
 local encoder named by its files (``TextEncoder.files_signature``), so a run whose texts
@@ -14,19 +21,27 @@ are all cached needs neither the model nor transformers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
 import warnings
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
 from ..atomic_files import atomic_write, atomic_write_text
+from ..errors import accessing
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): processes may compute the same texts twice
+    fcntl = None  # type: ignore[assignment]
 
 SHARD_GLOB = "shard-*.safetensors"
+LOCK_FILE = ".lock"
 FORMAT_VERSION = "1"
 CACHE_ENV = "AGENTFAST_CACHE"
 
@@ -90,7 +105,6 @@ class EmbeddingCache:
 
     def remember_encoder(self, signature: str, identity: str, dim: int) -> None:
         path = self._encoder_record(signature)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"signature": signature, "identity": identity, "dim": int(dim)}
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
@@ -102,25 +116,43 @@ class EmbeddingCache:
         return len(self._refresh(identity))
 
     def compact(self, identity: str) -> Path | None:
-        """Merge all shards of ``identity`` into one (fewer files to open on later runs)."""
-        rows = self._refresh(identity)
-        old = sorted(self._loaded_shards.get(identity, set()))
-        if not rows:
-            return None
-        keys = list(rows)
-        merged = self._write_shard(identity, keys, torch.stack([rows[k] for k in keys]))
+        """Merge all shards of ``identity`` into one (fewer files to open on later runs).
+
+        The merged shard is in place before the old ones go, so a reader looking meanwhile
+        finds every row in one or the other."""
+        with self.lock(identity):
+            rows = self._refresh(identity)
+            old = sorted(self._loaded_shards.get(identity, set()))
+            if not rows:
+                return None
+            keys = list(rows)
+            merged = self._write_shard(identity, keys, torch.stack([rows[k] for k in keys]))
+            folder = self.identity_dir(identity)
+            for name in old:
+                with accessing(folder / name, "remove"):
+                    (folder / name).unlink(missing_ok=True)
+            self._loaded_shards[identity] = {merged.name}
+            return merged
+
+    @contextlib.contextmanager
+    def lock(self, identity: str) -> Iterator[None]:
+        """Hold the cache's lock for ``identity`` (other processes' ``lock`` calls wait)."""
         folder = self.identity_dir(identity)
-        for name in old:
-            (folder / name).unlink(missing_ok=True)
-        self._loaded_shards[identity] = {merged.name}
-        return merged
+        with accessing(folder, "write the embedding cache in"):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
 
     def _write_shard(self, identity: str, keys: list[bytes], embeddings: torch.Tensor) -> Path:
         """Write one shard atomically (``agentfast.atomic_files``)."""
         from safetensors.torch import save_file
 
         folder = self.identity_dir(identity)
-        folder.mkdir(parents=True, exist_ok=True)
         label = folder / "identity.txt"
         if not label.exists():
             atomic_write_text(label, identity + "\n")
@@ -128,33 +160,41 @@ class EmbeddingCache:
             "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), 32),
             "embeddings": embeddings.contiguous(),
         }
-        shard = folder / f"shard-{uuid.uuid4().hex}.safetensors"
-        # Readers see the whole shard or none of it.
-        atomic_write(shard, lambda tmp: save_file(tensors, tmp, metadata={"identity": identity,
-                                                                          "format": FORMAT_VERSION}))
-        return shard
+        metadata = {"identity": identity, "format": FORMAT_VERSION}
+        # readers see the whole shard or none of it
+        return atomic_write(folder / f"shard-{uuid.uuid4().hex}.safetensors",
+                            lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
     def _refresh(self, identity: str) -> dict[bytes, torch.Tensor]:
-        """Load shards that appeared since the last look (other runs may have added some)."""
+        """Load shards that appeared since the last look (other runs may have added some).
+
+        A shard that vanishes between the listing and the read was merged into a newer one
+        by ``compact``: the folder is listed again until a look finds none vanished."""
         rows = self._rows.setdefault(identity, {})
         seen = self._loaded_shards.setdefault(identity, set())
         folder = self.identity_dir(identity)
-        if not folder.is_dir():
-            return rows
-        for shard in sorted(folder.glob(SHARD_GLOB)):
-            if shard.name in seen:
-                continue
-            seen.add(shard.name)
-            loaded = self._read_shard(shard, identity)
-            if loaded is not None:
-                keys, embeddings = loaded
-                raw = keys.numpy().tobytes()
-                for i in range(keys.shape[0]):
-                    rows[raw[32 * i:32 * (i + 1)]] = embeddings[i]
+        vanished = True
+        while vanished and folder.is_dir():
+            vanished = False
+            for shard in sorted(folder.glob(SHARD_GLOB)):
+                if shard.name in seen:
+                    continue
+                loaded = self._read_shard(shard, identity)
+                if loaded is _VANISHED:
+                    vanished = True
+                    continue
+                seen.add(shard.name)
+                if loaded is not None:
+                    keys, embeddings = loaded
+                    raw = keys.numpy().tobytes()
+                    for i in range(keys.shape[0]):
+                        rows[raw[32 * i:32 * (i + 1)]] = embeddings[i]
         return rows
 
     @staticmethod
-    def _read_shard(shard: Path, identity: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _read_shard(shard: Path, identity: str) -> Any:
+        """(keys, embeddings); None for a shard that cannot be used (with a warning);
+        ``_VANISHED`` for one removed since it was listed."""
         from safetensors import safe_open
 
         try:
@@ -162,7 +202,9 @@ class EmbeddingCache:
                 stored = (handle.metadata() or {}).get("identity")
                 keys = handle.get_tensor("keys")
                 embeddings = handle.get_tensor("embeddings")
-        except Exception as error:  # a damaged file must not stop training; say so and move on
+        except Exception as error:
+            if not shard.exists():
+                return _VANISHED  # a damaged file must not stop training; say so and move on
             warnings.warn(f"ignoring unreadable embedding cache shard {shard}: {error}", stacklevel=4)
             return None
         if stored != identity:
@@ -173,6 +215,9 @@ class EmbeddingCache:
             warnings.warn(f"ignoring cache shard {shard}: inconsistent shapes", stacklevel=4)
             return None
         return keys, embeddings.float()
+
+
+_VANISHED = object()
 
 
 class _Encoder(Protocol):
@@ -223,18 +268,27 @@ class CachedEncoder:
         return getattr(self.encoder, "truncated_count", 0)
 
     def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
-        """Embed ``texts`` (float32 [N, dim], CPU), computing only the ones not cached."""
+        """Embed ``texts`` (float32 [N, dim], CPU), computing only the ones not cached.
+
+        Missing texts are computed under the cache's lock, after a second look: what another
+        process computed meanwhile is read, not computed again."""
         texts = list(texts)
         unique = list(dict.fromkeys(texts))
-        found = self.cache.get_many(self.identity, unique)
-        missing = [text for text, row in zip(unique, found) if row is None]
+        identity = self.identity
+        found = self.cache.get_many(identity, unique)
+        by_text = {text: row for text, row in zip(unique, found) if row is not None}
+        missing = [text for text in unique if text not in by_text]
+        if missing:
+            with self.cache.lock(identity):
+                found = self.cache.get_many(identity, missing)
+                by_text.update((text, row) for text, row in zip(missing, found) if row is not None)
+                missing = [text for text in missing if text not in by_text]
+                if missing:
+                    fresh = self.encoder.encode(missing, progress=progress)
+                    self.cache.put_many(identity, missing, fresh)
+                    by_text.update(zip(missing, fresh))
         self.hits += len(unique) - len(missing)
         self.misses += len(missing)
-        by_text = {text: row for text, row in zip(unique, found) if row is not None}
-        if missing:
-            fresh = self.encoder.encode(missing, progress=progress)
-            self.cache.put_many(self.identity, missing, fresh)
-            by_text.update(zip(missing, fresh))
         if not texts:
             return torch.empty(0, self.dim)
         return torch.stack([by_text[text] for text in texts]).float()
