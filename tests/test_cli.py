@@ -341,13 +341,20 @@ def test_predict_examples_replays_each_episode_with_its_own_visibility(workspace
     seen, process = {}, AgentPipeline.process
 
     def spy(self, user_input, *rest, **kwargs):
-        seen[user_input] = kwargs.get("agent_mask")
+        seen[user_input] = {"mask": kwargs.get("agent_mask"), "agent": kwargs.get("agent")}
         return process(self, user_input, *rest, **kwargs)
 
     monkeypatch.setattr(AgentPipeline, "process", spy)
     assert main(["predict", str(tmp_path / "multi"), "--examples", "4"]) == 0
-    assert seen["Broken: performance item 1"].tolist() == [[True, False], [True, True]]
-    assert seen["Broken: performance item 0"].all()
+    # Episodes without agent ids act as a default agent of their own (the third), never as
+    # the planner; it is not listed in the visibility, so it sees everyone.
+    vocab = json.loads((tmp_path / "multi" / "vocab.json").read_text())
+    assert vocab["agent"] == ["planner", "coder", "assistant"]
+    assert seen["Broken: performance item 1"]["mask"].tolist() == [
+        [True, False, False], [True, True, False], [True, True, True]]
+    assert seen["Broken: performance item 1"]["agent"] == "planner"
+    assert seen["Broken: performance item 0"]["mask"].all()
+    assert seen["Broken: performance item 0"]["agent"] == "assistant"
     assert "unknown agent 'nobody'" in _error(capsys, ["predict", str(tmp_path / "multi"), "hi",
                                                        "--visibility", '{"nobody": []}'])
     assert main(["predict", str(tmp_path / "multi"), "hi", "--visibility", "private",

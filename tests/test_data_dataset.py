@@ -154,6 +154,23 @@ def test_agents_by_name_and_visibility():
     assert torch.equal(collate_episodes([item])["agent_mask"][0], expected)
 
 
+def test_an_unnamed_episode_among_named_ones_gets_a_default_agent_of_its_own():
+    unnamed = episode(2, prefix="u")
+    named = episode(3, agents=["planner", "coder", "planner"])
+    data = EpisodeDataset([unnamed, named], HashEncoder(), max_seq_len=4, progress=False)
+    assert data.agent_vocab.labels == ["planner", "coder", "assistant"]
+    assert data[0]["agent_ids"].tolist() == [2, 2]  # not 0, the planner
+    assert data[1]["agent_ids"].tolist() == [0, 1, 0]
+    # A split holding only unnamed episodes, given the whole set's vocabulary, agrees.
+    alone = EpisodeDataset([unnamed], HashEncoder(), max_seq_len=4, agent_vocab=data.agent_vocab,
+                           progress=False)
+    assert alone[0]["agent_ids"].tolist() == [2, 2] and alone.agent_vocab == data.agent_vocab
+    # Without names, an unnamed episode is agent 0, next to numbered agents as alone.
+    numbered = EpisodeDataset([unnamed, episode(2, agents=[1, 0])], HashEncoder(), max_seq_len=4,
+                              progress=False)
+    assert numbered.agent_vocab.labels == ["0", "1"] and numbered[0]["agent_ids"].tolist() == [0, 0]
+
+
 def test_integer_agents_keep_ids_and_given_vocabularies_are_extended():
     numbered = episode(3, agents=[2, 0, 2])
     data = EpisodeDataset([numbered], HashEncoder(), max_seq_len=4, progress=False)

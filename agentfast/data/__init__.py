@@ -20,6 +20,7 @@ _EXPORTS = {
     "Vocabulary": ".dataset",
     "collate_episodes": ".dataset",
     "discounted_returns": ".dataset",
+    "episode_agent_labels": ".dataset",
     "episode_returns_to_go": ".dataset",
     "make_dataloader": ".dataset",
     "split_by_task_type": ".dataset",

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..visibility import MAX_AGENTS, METADATA_KEY, visibility_from_map
+from .readers.report import DEFAULT_AGENT
 from .schema import Episode
 
 IGNORE_INDEX = -100  # action_ids at padding; torch's cross_entropy ignores it by default
@@ -151,8 +152,11 @@ class EpisodeDataset(Dataset):
             training set's). They are copied and labels new to these episodes appended, so
             existing ids keep their meaning.
 
-    Episodes without ``agent_ids`` act as agent 0; agents named by integers keep their
-    integer as id. All episodes together may name at most ``MAX_AGENTS`` (64) agents.
+    Agents named by integers keep their integer as id. An episode without ``agent_ids`` acts
+    as agent 0, unless the data set names its agents (some episode, or the given agent
+    vocabulary, has names): then it acts as the default agent ``"assistant"`` of its own (the
+    agent the chat readers give unnamed assistant messages), never as the first named one.
+    All episodes together may name at most ``MAX_AGENTS`` (64) agents.
     """
 
     def __init__(
@@ -248,7 +252,7 @@ class EpisodeDataset(Dataset):
 
     def _encode(self, episode: Episode, row_of: Mapping[str, int]) -> _EncodedEpisode:
         length = len(episode)
-        labels = episode.agent_labels()
+        labels = episode_agent_labels(episode, self.agent_vocab.labels)
         agent_ids = [0] * length if labels is None else [self.agent_vocab.index(a) for a in labels]
         options = [0] * length if episode.options is None else [self.option_vocab.index(o) for o in episode.options]
         rewards = [0.0] * length if episode.rewards is None else episode.rewards
@@ -392,8 +396,27 @@ def _extend(vocab: Vocabulary | None, labels: Iterable[str]) -> Vocabulary:
     return result
 
 
+def unnamed_agent_label(agent_labels: Iterable[str]) -> str:
+    """The agent an episode without ``agent_ids`` acts as among ``agent_labels`` (a data
+    set's agent vocabulary): the default agent ``"assistant"`` where agents have names, so
+    it never aliases a named one; agent ``"0"`` where agents are numbered or absent."""
+    return DEFAULT_AGENT if any(not str(label).isdigit() for label in agent_labels) else "0"
+
+
+def episode_agent_labels(episode: Episode, agent_labels: Sequence[str]) -> list[str] | None:
+    """The agent of each step of ``episode`` as a label of ``agent_labels`` (a data set's or a
+    policy's agent vocabulary): its own labels, else the unnamed agent's where the
+    vocabulary holds it (``unnamed_agent_label``), else None (agent 0)."""
+    labels = episode.agent_labels()
+    if labels is not None:
+        return labels
+    unnamed = unnamed_agent_label(agent_labels)
+    return [unnamed] * len(episode) if unnamed in agent_labels else None
+
+
 def _agent_vocabulary(episodes: Sequence[Episode], given: Vocabulary | None) -> Vocabulary:
-    """Integer agents keep their number as id ("0".."max" come first); names follow.
+    """Integer agents keep their number as id ("0".."max" come first); names follow, and the
+    default agent of unnamed episodes last when agents have names (``unnamed_agent_label``).
 
     More than ``MAX_AGENTS`` agents is an error naming the episode that brings the first
     one too many (checked before the "0".."max" range is built, so a huge id costs nothing).
@@ -405,15 +428,19 @@ def _agent_vocabulary(episodes: Sequence[Episode], given: Vocabulary | None) -> 
                      and max(e.agent_ids or [0]) >= MAX_AGENTS)
         raise ValueError(f"{_describe(episodes[index], index)} has agent id "
                          f"{max(episodes[index].agent_ids)}; agent ids must lie in [0, {MAX_AGENTS})")
-    if numbered or all(e.agent_ids is None for e in episodes):
+    named = any(e.agent_names for e in episodes) or unnamed_agent_label(result) == DEFAULT_AGENT
+    if numbered or (not named and all(e.agent_ids is None for e in episodes)):
         for i in range(max(numbered, default=0) + 1):
             result.add(str(i))
     for episode in episodes:
         for label in episode.agent_labels() or ():
             result.add(label)
+    if named and any(e.agent_ids is None for e in episodes):
+        result.add(DEFAULT_AGENT)
     if len(result) > MAX_AGENTS:
         extra = result.label(MAX_AGENTS)
-        index = next((i for i, e in enumerate(episodes) if extra in (e.agent_labels() or ())), None)
+        index = next((i for i, e in enumerate(episodes)
+                      if extra in (episode_agent_labels(e, result.labels) or ())), None)
         where = "the given agent vocabulary" if index is None else _describe(episodes[index], index)
         raise ValueError(f"the data set names {len(result)} distinct agents, more than the "
                          f"{MAX_AGENTS} supported; {where} brings agent {extra!r}, the "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.dataset import episode_returns_to_go
+from ..data.dataset import episode_agent_labels, episode_returns_to_go
 from ..data.readers import load_episodes
 from ..data.schema import Episode
 from ..visibility import FROM_DATA, METADATA_KEY, visibility_from_map
@@ -64,7 +64,8 @@ def replay_episode(pipeline: AgentPipeline, episode: Episode, policy_config: dic
     pipeline.reset()
     returns = None if fixed_target_return else _own_returns(pipeline, episode, policy_config)
     visibility = None if fixed_visibility else _own_visibility(pipeline, episode)
-    agents = episode.agent_labels() if pipeline.model.uses_agents else None
+    # An episode without agents acts as the data set's unnamed agent, as in training.
+    agents = episode_agent_labels(episode, pipeline.agent_names) if pipeline.model.uses_agents else None
     steps = []
     for t, (state, action) in enumerate(zip(episode.states, episode.actions)):
         predicted = pipeline.process(state, agent=None if agents is None else agents[t],
