@@ -138,6 +138,11 @@ def test_bad_records_are_refused_by_name(tokenizer):
         AgentChatCollator(tokenizer)([{"messages": [{"content": "hi"}]}])
     with pytest.raises(ValueError, match=r"no token of this batch carries loss: train_on=\['tester'\]"):
         AgentChatCollator(tokenizer, train_on="tester")([TEAM])
+    encoded_calls = json.dumps([{"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}])
+    with pytest.raises(ValueError, match="message 1: 'tool_calls' must be a list of tool calls, got str"):
+        AgentChatCollator(tokenizer)([{"messages": [{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": None,
+                                                    "tool_calls": encoded_calls}]}])
     crowd = {"messages": [{"role": "assistant", "name": f"a{i}", "content": "ok"} for i in range(64)]}
     with pytest.raises(ValueError, match="64 agents; at most 63"):
         AgentChatCollator(tokenizer)([crowd])

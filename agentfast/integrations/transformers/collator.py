@@ -83,6 +83,25 @@ def _text(content: Any, where: str) -> str:
     raise ValueError(f"{where}: content must be a string or a list of text parts, got {type(content).__name__}")
 
 
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """Each tool call's function name and arguments (OpenAI ``tool_calls``)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: 'tool_calls' must be a list of tool calls, got "
+                         f"{type(value).__name__} (the list encoded as JSON text?)")
+    calls = []
+    for j, call in enumerate(value):
+        kind = call.get("type", "function") if isinstance(call, Mapping) else None
+        body = call.get(kind) if kind in ("function", "custom") else None
+        if not isinstance(body, Mapping):
+            raise ValueError(f"{where}: tool_calls[{j}] must be an object with a 'function' "
+                             "(or 'custom') object")
+        arguments = body.get("arguments") if kind == "function" else body.get("input")
+        calls.append({"name": body.get("name"), "arguments": arguments})
+    return calls
+
+
 def _chat_messages(record: Mapping[str, Any], where: str) -> list[_Message]:
     raw_messages = record.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
@@ -94,10 +113,8 @@ def _chat_messages(record: Mapping[str, Any], where: str) -> list[_Message]:
             raise ValueError(f"{here}: each message needs a string 'role'")
         role = raw["role"]
         content = _text(raw.get("content"), here)
-        calls = "".join(
-            "\n" + json.dumps({"name": call.get("function", {}).get("name"),
-                               "arguments": call.get("function", {}).get("arguments")}, ensure_ascii=False)
-            for call in raw.get("tool_calls") or () if isinstance(call, Mapping))
+        calls = "".join("\n" + json.dumps(call, ensure_ascii=False)
+                        for call in _tool_calls(raw.get("tool_calls"), here))
         if role == "assistant":
             name = raw.get("name") or "assistant"
             messages.append(_Message(role, content, calls, str(name), raw.get("weight", 1) != 0, raw))
