@@ -51,6 +51,7 @@ from ..models.policy_files import (
     unwrap,
 )
 from ..models.registry import POLICIES, policy_class
+from .interruption import pause_point
 
 TRAINING_FORMAT_NAME = "agentfast-training-checkpoint"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
@@ -144,6 +145,7 @@ def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model:
         save_weights(unwrap(model), staging / WEIGHTS_FILE)
         if best_state is not None:
             save_state_dict(best_state, staging / BEST_WEIGHTS_FILE)
+        pause_point(f"checkpoint-{step}-weights")
         atomic_torch_save(trainer_state, staging / STATE_FILE)
         atomic_write_json(staging / CONFIG_FILE, {
             "format": TRAINING_FORMAT_NAME, "format_version": FORMAT_VERSION,
@@ -158,6 +160,7 @@ def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_directory(root)
+    pause_point(f"checkpoint-{step}-renamed")
     atomic_write_text(root / LATEST_FILE, name + "\n")
     _prune_checkpoints(root, keep=keep, protect=name)
     return final

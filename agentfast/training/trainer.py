@@ -24,7 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic_files import atomic_write_text
 from ..data.dataset import collate_episodes
+from ..errors import accessing
 from ..models.policy_files import load_state_dict_checked, unwrap
 from .checkpoint import (
     capture_rng_state,
@@ -35,6 +37,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
+from .interruption import pause_point
 from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
 from .modeling import move_batch
 from .precision import (
@@ -87,14 +90,39 @@ class JsonlLogger:
         self.path = Path(path) if path else None
         self.enabled = enabled and self.path is not None
         if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with accessing(self.path.parent, "create the log folder"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with accessing(self.path, "append to"), open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=_json_default) + "\n")
+
+    def forget_after(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (a run killed after its last checkpoint
+        logged them, and the resumed run logs them again) and a line a kill cut short;
+        returns how many records went. Records without a step are kept."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        with accessing(self.path, "read"):
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if _step_of(line, step) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
+
+
+def _step_of(line: str, torn: int) -> float:
+    """The ``step`` of a log line; 0 without one; ``torn + 1`` for a line that is not JSON
+    (the last line of a killed run, cut short), so it is dropped."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return torn + 1
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else 0
 
 
 def _json_default(value: Any) -> Any:
@@ -226,6 +254,7 @@ class Trainer:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.best_state = best
         self.history = list(state.get("history", []))
+        self.logger.forget_after(self.step)
         rng_states = state["rng"]
         restore_rng_state(rng_states[self.context.rank])
 
@@ -292,6 +321,7 @@ class Trainer:
         if self.config.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                              self.config.grad_clip))
+        pause_point(f"step-{self.step + 1}-backward")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
