@@ -78,7 +78,7 @@ def test_model_methods_save_and_load_like_the_functions(tmp_path, model_type):
 def test_incompatible_checkpoints_raise_clear_errors(tmp_path):
     small = ActionTransformer(8, 8, **SIZE)
     save_pretrained(tmp_path / "small", small, model_type="action")
-    with pytest.raises(CheckpointError, match="is not an agentfast policy: config.json is missing"):
+    with pytest.raises(CheckpointError, match="is not an agentfast policy: it has no config.json"):
         load_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         load_pretrained(tmp_path / "nowhere")
@@ -132,6 +132,47 @@ def test_damaged_policy_files_name_the_file(tmp_path, name, content, message):
     (directory / name).write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_pretrained(directory)
+
+
+def _garbage_under_the_header(path):
+    """Keep a safetensors file's header, fill its tensor bytes with 0xff (NaN as floats)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, what", [("model.safetensors", "weights"),
+                                        ("action_bank.safetensors", "action bank")])
+def test_non_finite_tensors_under_a_valid_header_are_refused_naming_the_file(tmp_path, name, what):
+    directory = _saved_policy(tmp_path / "policy")
+    _garbage_under_the_header(directory / name)
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained(directory)
+    message = str(caught.value)
+    assert message.startswith(f"{what} {directory / name} is damaged: tensor ")
+    assert "NaN or infinite values" in message
+
+
+def test_a_policy_folder_without_its_vocabulary_says_so(tmp_path):
+    directory = _saved_policy(tmp_path / "policy")
+    (directory / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match=f"policy {directory} has no vocab.json .*incomplete"):
+        load_pretrained(directory)
+
+
+def test_an_unfinished_run_is_named_as_one(tmp_path):
+    model = ActionTransformer(8, 8, **SIZE)
+    ckpt.save_training_checkpoint(tmp_path / "run", 3, model=model, best_state=None,
+                                  trainer_state={"step": 3})
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained(tmp_path / "run")
+    message = str(caught.value)
+    assert f"{tmp_path / 'run'} holds a training run that has not finished" in message
+    assert f"--output {tmp_path / 'run'} --resume" in message and "the --output directory" not in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="is not an agentfast policy: it has no config.json"):
+        load_pretrained(tmp_path / "empty")
 
 
 def test_a_bank_without_embeddings_is_refused(tmp_path):

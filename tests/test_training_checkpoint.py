@@ -2,11 +2,14 @@
 and damaged trainer state reported as a CheckpointError."""
 
 import json
+import os
+import stat
 
 import pytest
+import torch
 
 from agentfast.atomic_files import atomic_write, atomic_write_json
-from agentfast.models import ActionTransformer, CheckpointError
+from agentfast.models import ActionTransformer, CheckpointError, save_pretrained
 from agentfast.training import checkpoint as ckpt
 from agentfast.training import latest_checkpoint
 
@@ -71,15 +74,27 @@ def test_damaged_training_state_is_a_checkpoint_error(tmp_path):
         ckpt.load_training_checkpoint(step, model)
 
 
+def test_an_empty_training_state_says_so(tmp_path):
+    model = ActionTransformer(8, 8, **SIZE)
+    step = ckpt.save_training_checkpoint(tmp_path, 1, model=model, best_state=None,
+                                         trainer_state={"step": 1})
+    (step / "trainer_state.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"trainer_state.pt is empty \(0 bytes") as caught:
+        ckpt.load_training_checkpoint(step, model)
+    assert "delete step-00000001 to resume from an earlier checkpoint" in str(caught.value)
+    (step / "trainer_state.pt").write_bytes(b"PK\x03\x04")  # cut short after its first bytes
+    with pytest.raises(CheckpointError) as caught:
+        ckpt.load_training_checkpoint(step, model)
+    reason = str(caught.value).split("trainer_state.pt: ", 1)[1]
+    assert not reason.startswith("(") and not reason.startswith(" ")  # a reason, never empty
+
+
 def test_policies_and_checkpoints_follow_the_umask(tmp_path):
     """Saved files get what open() gives under the umask (not a temporary file's 0600), and
     checkpoint folders what mkdir gives (not mkdtemp's 0700)."""
-    import os
-    import stat
-
     old = os.umask(0o027)
     try:
-        model = _models()["action"]
+        model = ActionTransformer(8, 8, **SIZE)
         save_pretrained(tmp_path, model, model_type="action", vocab={"action": ["a"]},
                         action_bank=torch.randn(1, 8))
         ckpt.save_training_checkpoint(tmp_path, 3, model=model, best_state=model.state_dict(),

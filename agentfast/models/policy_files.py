@@ -25,6 +25,7 @@ from torch import nn
 
 from .._version import __version__
 from ..atomic_files import atomic_write, atomic_write_json
+from ..errors import FileError, accessing
 
 FORMAT_NAME = "agentfast-policy"
 # 2: model_config holds every field of the policy's configuration (version 1 kept the
@@ -41,8 +42,9 @@ STATE_FILE = "trainer_state.pt"
 LATEST_FILE = "latest"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged, or does not fit what it is loaded into."""
+class CheckpointError(FileError, ValueError):
+    """A checkpoint is missing, damaged, or does not fit what it is loaded into (a
+    ``FileError``: the command line prints it as one line)."""
 
 
 # ----------------------------------------------------------------------------- weights
@@ -62,16 +64,26 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> 
 
 
 def load_tensors(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; CheckpointError naming ``what`` if unreadable."""
+    """The tensors of a safetensors file; CheckpointError naming ``what`` and the file if it
+    is unreadable or a floating-point tensor holds NaN or infinite values (bytes that are not
+    the saved ones under a valid header: a torn copy, a disk error)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file not found: {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read {what} {path}: {error}") from error
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{what} {path} is damaged: tensor {name!r} holds {bad} NaN or infinite "
+                f"value{'s' if bad != 1 else ''} of {tensor.numel()} (its bytes are not the "
+                "saved ones); copy the file again or resume from an earlier checkpoint")
+    return tensors
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
@@ -132,7 +144,8 @@ def write_policy(directory: str | os.PathLike, model: nn.Module, *, model_type: 
                  action_bank: torch.Tensor | None = None) -> Path:
     """Write a policy directory (weights first, config last, each atomic)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with accessing(directory, "create the policy folder"):
+        directory.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
     if not hasattr(model, "config"):
         raise CheckpointError(f"{type(model).__name__} has no .config; cannot save it")
@@ -163,9 +176,14 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     if (directory / STATE_FILE).is_file() or (directory / LATEST_FILE).is_file():
         raise CheckpointError(_training_checkpoint_message(directory))
     if not config_path.is_file():
+        if (directory / CHECKPOINTS_DIR).is_dir():
+            raise CheckpointError(
+                f"{directory} holds a training run that has not finished: its policy is saved "
+                f"({CONFIG_FILE} and the weights) when training ends; finish it with "
+                f"`agentfast train DATA --output {directory} --resume`")
         raise CheckpointError(
-            f"{directory} is not an agentfast policy: {CONFIG_FILE} is missing "
-            "(pass the --output directory of `agentfast train`)"
+            f"{directory} is not an agentfast policy: it has no {CONFIG_FILE} (a policy is "
+            "the --output folder of a finished `agentfast train`)"
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -220,10 +238,13 @@ def _construct(cls: type[nn.Module], build: Any) -> nn.Module:
 
 
 def read_vocab(directory: str | os.PathLike) -> dict[str, Any]:
-    """The labels of a policy directory's ids ({} when it saved none)."""
+    """The labels of a policy directory's ids (every saved policy has them, if empty)."""
     path = Path(directory) / VOCAB_FILE
     if not path.is_file():
-        return {}
+        raise CheckpointError(
+            f"policy {directory} has no {VOCAB_FILE} (the labels of its actions, agents and "
+            "options, written with the weights): the folder is incomplete; copy it whole "
+            "or train again")
     try:
         vocab = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

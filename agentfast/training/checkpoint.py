@@ -35,6 +35,7 @@ from ..atomic_files import (
     fsync_directory,
     new_directory_mode,
 )
+from ..errors import accessing
 from ..models.policy_files import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -91,7 +92,13 @@ def build_model_from_config(model_type: str, model_config: dict[str, Any]) -> nn
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` whole or not at all. It writes through a Python file, so a full disk
+    is an OSError (given a path, torch's own writer says only "unexpected pos")."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -136,12 +143,14 @@ def save_training_checkpoint(output_dir: str | os.PathLike, step: int, *, model:
                              trainer_state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step-<step>/`` atomically, point ``latest`` at it, prune old ones."""
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"{CHECKPOINT_PREFIX}{step:08d}"
     final = root / name
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    os.chmod(staging, new_directory_mode())  # mkdtemp's 0700 would outlive the rename
+    with accessing(root, "write a checkpoint in"):
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     try:
+        with accessing(root, "write a checkpoint in"):
+            os.chmod(staging, new_directory_mode())  # mkdtemp's 0700 would outlive the rename
         save_weights(unwrap(model), staging / WEIGHTS_FILE)
         if best_state is not None:
             save_state_dict(best_state, staging / BEST_WEIGHTS_FILE)
@@ -201,12 +210,17 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     """The ``trainer_state.pt`` of the training checkpoint ``path``; CheckpointError if damaged."""
     state_path = Path(path) / STATE_FILE
+    remedy = (f"delete {Path(path).name} to resume from an earlier checkpoint, or start over "
+              "with --overwrite")
+    if state_path.is_file() and state_path.stat().st_size == 0:
+        raise CheckpointError(f"training state {state_path} is empty (0 bytes: its write never "
+                              f"finished, or it was copied before it did); {remedy}")
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise CheckpointError(f"cannot read training state {state_path}: {error} (delete "
-                              f"{Path(path).name} to resume from an earlier checkpoint, or start "
-                              "over with --overwrite)") from error
+        reason = str(error).strip() or f"{type(error).__name__}, the file ends too early"
+        raise CheckpointError(f"cannot read training state {state_path}: {reason} "
+                              f"({remedy})") from error
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{state_path} is not an agentfast training state")
     return state
