@@ -13,7 +13,7 @@ the old file or the new one, never a torn one.
   permission bits.
 * ``-`` names standard output for ``atomic_open`` (written directly, nothing to rename).
 * Failing writes (a read-only folder, a full disk) raise ``FileAccessError`` naming the
-  target as the caller gave it.
+  target as the caller gave it, also when the writer is not Python's (safetensors).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -214,7 +215,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         for _ in range(3):
             staged = _Staged(target)
             try:
-                write(staged.path)
+                _as_os_error(write, staged.path)
                 if staged.relock():
                     staged.commit(mode)
                     return target
@@ -222,6 +223,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
                 staged.close()
         raise OSError(errno.EAGAIN, "its temporary file was removed while it was written, "
                       "three times (another process cleaning the folder?)")
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(write: Callable[[str], None], path: str) -> None:
+    """``write(path)``, with a failed system call (a full disk) raised as the ``OSError`` it
+    is, so it is reported like any other write failure: a writer implemented in Rust
+    (safetensors) raises its own error type ending in "(os error N)", and torch.save's C++
+    writer a RuntimeError ("unexpected pos") raised while handling the OSError."""
+    try:
+        write(path)
+    except OSError:
+        raise
+    except Exception as error:
+        cause = error.__cause__ or error.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise OSError(cause.errno, cause.strerror or str(cause)) from error
+        match = _RUST_OS_ERROR.search(str(error))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code)) from error
 
 
 @contextlib.contextmanager

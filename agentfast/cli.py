@@ -42,9 +42,12 @@ class CLIError(Exception):
 def _print_json_log(path: str | None, record: dict[str, Any]) -> None:
     if not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+    from .errors import accessing
+
+    with accessing(path, "append to"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
 def _positive_int(value: str) -> int:
@@ -141,8 +144,9 @@ def _encoder_settings(args: argparse.Namespace, base: Any | None = None):
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--format", default="auto",
-                       help="input format: auto, episodes, openai_chat or chatgpt_export")
+    group.add_argument("--format", default="auto", choices=("auto", *CONVERT_FORMATS),
+                       help="record format (default: auto, detected from the first record; "
+                            "`agentfast convert --help` shows each)")
     group.add_argument("--lenient", action="store_true",
                        help="skip bad records (counted and reported) instead of stopping")
     group.add_argument("--held-out-task-types", default="",
@@ -275,12 +279,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .data.preparation import build_encoder, print_read_report
 
     _require_file(args.data)
-    report = load_episodes(args.data, format=args.format, strict=not args.lenient)
-    errors = print_read_report(report)
-    texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
     settings = _encoder_settings(args)
     if settings.cache_dir == "":
         raise CLIError("embed fills the embedding cache; --no-cache leaves it nothing to do")
+    report = load_episodes(args.data, format=args.format, strict=not args.lenient,
+                           progress=not args.no_progress).require_episodes()
+    errors = print_read_report(report)
+    texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
     encoder = build_encoder(settings, progress=not args.no_progress)
     started = time.perf_counter()
     embeddings = encoder.encode(texts, progress=not args.no_progress)
@@ -368,7 +373,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                device=args.device, progress=not args.no_progress)
     _show_report(report, args.log)
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        from .atomic_files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
     if args.plots:
         _draw_evaluation(report, args.checkpoints, Path(args.plots))
     return 0
@@ -634,8 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "JSONL, then report everything left out or transformed.",
                                   formatter_class=argparse.RawDescriptionHelpFormatter,
                                   epilog=CONVERT_FORMATS_HELP)
-    convert.add_argument("input", help="log file: JSONL, one JSON array/document, or Parquet (pyarrow)")
-    convert.add_argument("output", help="episode JSONL to write")
+    convert.add_argument("input", help="log file: JSONL, one JSON array/document, or Parquet (pyarrow); "
+                                       "'-' reads standard input (pipes and FIFOs work too)")
+    convert.add_argument("output", help="episode JSONL to write ('-': standard output), never the input")
     convert.add_argument("--format", default="auto", choices=("auto", *CONVERT_FORMATS),
                          help="record format (default: auto, detected from the first record)")
     convert.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
@@ -644,8 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed every text of a log into the on-disk cache",
                                 description="Embed all state and action texts once so later "
                                             "train/evaluate runs read them from the cache.")
-    embed.add_argument("data", help="log file")
-    embed.add_argument("--format", default="auto", help="input format (default: detect)")
+    embed.add_argument("data", help="log file ('-': standard input)")
+    embed.add_argument("--format", default="auto", choices=("auto", *CONVERT_FORMATS),
+                       help="record format (default: auto, detected from the first record; "
+                            "`agentfast convert --help` shows each)")
     embed.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
     embed.add_argument("--log", default=None, help="append a JSONL record here")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -656,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "save_pretrained, and evaluate it on held-out task types.",
                                 epilog=TRAIN_MONITORING_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("data", help="log file (any supported format)")
+    train.add_argument("data", help="log file (any supported format; '-': standard input)")
     train.add_argument("--output", required=True, help="directory for the policy, checkpoints and log")
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in --output, with the data, "

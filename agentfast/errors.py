@@ -47,6 +47,8 @@ class FileError(Exception):
         super().__init__(self._format())
 
     def _format(self) -> str:
+        if self.path is None and self.line is None and self.record is None:
+            return self.reason if self.field is None else f"field '{self.field}': {self.reason}"
         where = self.path or "<input>"
         if self.line is not None:
             where += f":{self.line}"

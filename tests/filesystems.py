@@ -5,8 +5,9 @@
   ``read_only=True`` mounts it read-only (EROFS), which root cannot write either, unlike a
   folder made read-only with chmod.
 * ``failing_writes``: the same failures simulated anywhere, by making every write of a file
-  under a folder raise the given errno (the data and the temporary files go through
-  ``os.write`` / file objects, so both are patched).
+  under a folder raise the given errno: Python's ``open`` and ``os.open``, ``os.mkdir``
+  (also under ``tempfile.mkdtemp``) and safetensors' writer, which fails as its Rust code
+  does ("... (os error N)").
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import safetensors
+import safetensors.torch
 
 
 @contextlib.contextmanager
@@ -78,7 +81,21 @@ def failing_writes(monkeypatch: pytest.MonkeyPatch, folder: Path,
             raise OSError(code, os.strerror(code), os.fspath(path))
         return real_os_open(path, flags, *args, **kwargs)
 
+    def fake_mkdir(path, *args, **kwargs):
+        if under(path) and code != errno.ENOSPC:
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def fake_serialize(tensors, filename, *args, **kwargs):
+        if under(filename):
+            raise safetensors.SafetensorError(
+                f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
+        return real_serialize(tensors, filename, *args, **kwargs)
+
+    real_mkdir, real_serialize = os.mkdir, safetensors.torch.serialize_file
     with monkeypatch.context() as patch:
         patch.setattr(builtins, "open", fake_open)
         patch.setattr(os, "open", fake_os_open)
+        patch.setattr(os, "mkdir", fake_mkdir)
+        patch.setattr(safetensors.torch, "serialize_file", fake_serialize)
         yield

@@ -159,3 +159,24 @@ def test_a_read_only_folder_is_one_line_naming_the_file(tmp_path, monkeypatch, r
         with pytest.raises(FileAccessError) as caught:
             atomic_write_text(folder / "policy.json", "{}")
         _check_refused(caught.value, folder / "policy.json", os.strerror(code), folder)
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["tmpfs", "simulated"])
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+def test_a_full_disk_under_a_tensor_writer_is_one_line_naming_the_file(tmp_path, monkeypatch, real, writer):
+    """safetensors writes from Rust (its error type, "... (os error 28)") and torch.save from
+    C++ ("unexpected pos"): both come out as the OSError they are."""
+    import torch
+
+    from agentfast.models.policy_files import save_state_dict
+    from agentfast.training.checkpoint import atomic_torch_save
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    target = folder / ("weights.safetensors" if writer == "safetensors" else "trainer_state.pt")
+    tensors = {"w": torch.randn(64, 1024)}  # 256 KiB: more than the disk holds
+    with (small_tmpfs(folder, size_kib=16) if real else failing_writes(monkeypatch, folder)):
+        with pytest.raises(FileAccessError) as caught:
+            (save_state_dict if writer == "safetensors" else atomic_torch_save)(tensors, target)
+        _check_refused(caught.value, target, os.strerror(errno.ENOSPC), folder)
+        assert not target.exists()

@@ -81,12 +81,13 @@ def encoder_device(name: str) -> torch.device:
     return device
 
 
-def read_log(settings: DataSettings) -> ReadReport:
-    """The episodes of ``settings.path`` with the reader's report."""
-    path = Path(settings.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    return load_episodes(path, format=settings.format, strict=settings.strict)
+def read_log(settings: DataSettings, *, progress: bool = False) -> ReadReport:
+    """The episodes of ``settings.path`` (``"-"``: standard input; a pipe or FIFO is read
+    once) with the reader's report; a ``DataError`` says why when the log gives no episode
+    (it is empty, every record is bad, ...). ``progress``: a reading bar on terminals."""
+    report = load_episodes(settings.path, format=settings.format, strict=settings.strict,
+                           progress=progress)
+    return report.require_episodes()
 
 
 def print_read_report(report: Any, stream: Any = None) -> list[str]:

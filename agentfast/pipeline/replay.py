@@ -10,7 +10,6 @@ policy trained with each episode's visibility, unless the caller fixed either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.dataset import episode_agent_labels, episode_returns_to_go
@@ -38,13 +37,13 @@ def example_episodes(policy_config: dict[str, Any], count: int,
     """``count`` episodes of the policy's held-out task types (any type if it held none out),
     spread evenly over the log it was trained on (or ``data_path``)."""
     saved_data = policy_config.get("data", {})
+    given = data_path
     data_path = data_path or saved_data.get("path")
     if not data_path:
         raise ValueError("replaying examples needs a data file (the policy does not record its own)")
-    if Path(data_path).is_dir():
-        raise IsADirectoryError(f"expected a file but {data_path} is a directory")
-    if not Path(data_path).exists():
-        raise FileNotFoundError(f"file not found: {data_path}")
+    if data_path == "-" and given is None:
+        raise ValueError("the policy was trained on standard input ('-'), which cannot be read "
+                         "again: pass --data")
     held_out = set(saved_data.get("held_out_task_types") or [])
     episodes = [e for e in load_episodes(data_path).episodes if not held_out or e.task_type in held_out]
     if not episodes:

@@ -156,7 +156,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     log_path = log_path or output_dir / "train_log.jsonl"
     read_errors: list[str] = []
     if episodes is None:
-        report = read_log(data)
+        report = read_log(data, progress=progress)
         if context.is_main:
             read_errors = print_read_report(report)
         episodes = report.episodes
@@ -188,7 +188,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     metadata = {
         "train_config": config.to_dict(),
         # An absolute data path, so `agentfast evaluate` works from any directory.
-        "data": {**asdict(data), "path": str(Path(data.path).resolve()),
+        "data": {**asdict(data), "path": data.path if data.path == "-" else str(Path(data.path).resolve()),
                  **{k: prepared.summary[k] for k in ("task_types", "actions", "max_return_to_go")}},
         "encoder": {"settings": encoder_settings.saved(), "identity": encoder.identity,
                     "dim": int(encoder.dim)},
@@ -348,6 +348,9 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
                                     if held_out_task_types is None else list(held_out_task_types))
     if not data.path:
         raise ValueError("no data file: pass --data")
+    if data.path == "-" and data_path is None:
+        raise ValueError("the policy was trained on standard input ('-'), which cannot be read "
+                         "again: pass --data")
     identities = {c.get("encoder", {}).get("identity") for c in configs}
     if len(identities) > 1 and encoder_settings is None:
         raise CheckpointError("these policies were trained with different encoders; "
@@ -356,7 +359,7 @@ def evaluate_policies(directories: Sequence[str | os.PathLike], *, data_path: st
     encoder = build_encoder(settings, progress=progress)
     torch_device = resolve_device(device)
     policies = [load_pretrained(d, device=torch_device) for d in directories]
-    report_data = read_log(data)
+    report_data = read_log(data, progress=progress)
     print_read_report(report_data)
     max_len = min(int(p.config["model_config"]["max_seq_len"]) for p in policies)
     vocab = _vocab_from_policy(policies[0])
