@@ -913,8 +913,12 @@ def forward(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tensor | None, agent_ids:
 
 def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
              seq_lens: Tensor | None, agent_ids: Tensor | None, bitmask: Tensor | None,
-             causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv (contiguous, in the inputs' dtype) from the forward's output and logsumexp."""
+             causal: bool, scale: float, grad_lse: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv (contiguous, in the inputs' dtype) from the forward's output and logsumexp.
+
+    ``grad_lse`` [B, H, Nq], the gradient of the logsumexp output, shifts the softmax row
+    term: d lse_i / d s_ij = p_ij, so delta_i = rowsum(dO_i * O_i) - grad_lse_i.
+    """
     _check_heads(q, k)
     batch, heads, num_queries, head_dim = q.shape
     kv_heads, num_keys = k.shape[1], k.shape[2]
@@ -934,6 +938,8 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
             out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, batch * heads, num_queries,
             HEAD_DIM=head_dim, BLOCK_D=static["BLOCK_D"], BLOCK_M=delta_block,
         )
+        if grad_lse is not None:
+            delta.sub_(grad_lse.to(torch.float32))
         strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
         dkdv_grid = lambda meta: _folded_grid(triton.cdiv(num_keys, meta["BLOCK_N"]), batch * kv_heads)  # noqa: E731
         _dkdv_kernel[dkdv_grid](

@@ -3,7 +3,6 @@ sdpa backend against the reference on random cases."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import pytest
@@ -20,7 +19,7 @@ from agentfast.attention import (
     select_backend,
     visibility_to_bitmask,
 )
-from tests.attention_cases import check_backend, make_case
+from tests.attention_cases import make_case
 
 DENSE_BACKENDS = ["reference", "sdpa"]
 # Every backend that can run on this machine's CPU checks the rule on the hand-built cases;
@@ -120,27 +119,6 @@ def test_dense_mask_matches_rule_elementwise():
             for j in range(num_keys):
                 rule = j <= p and j < seq_lens[b] and bool(visibility[b, ids[b, p], ids[b, j]])
                 assert bool(mask[b, 0, i, j]) == rule, (b, i, j)
-
-
-CASES = [
-    dict(),
-    dict(causal=False),
-    dict(padding=True),
-    dict(agents=3),
-    dict(agents=5, padding=True),
-    dict(agents=3, padding=True, fully_masked_row=True),
-    dict(num_queries=1, num_keys=9),
-    dict(num_queries=5, num_keys=13, agents=2, padding=True),
-    dict(num_queries=97, head_dim=40, agents=4),
-    dict(num_queries=17, head_dim=24, causal=False, padding=True),
-]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("options", CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "causal")
-def test_sdpa_matches_reference(options, dtype):
-    case = make_case(dtype=dtype, **options)
-    check_backend(case, functools.partial(attention, backend="sdpa"))
 
 
 def test_fully_masked_rows_zero_output_and_zero_grads():
@@ -274,7 +252,8 @@ def test_named_backend_that_cannot_serve_says_why():
 
 
 def test_auto_serves_everything_reference_serves_on_cpu():
-    for options in CASES:
+    for options in (dict(), dict(causal=False, padding=True), dict(agents=3, padding=True, fully_masked_row=True),
+                    dict(num_queries=1, num_keys=9), dict(num_queries=97, head_dim=40, agents=4)):
         for dtype in (torch.float32, torch.bfloat16):
             case = make_case(dtype=dtype, **options)
             call = make_call(case.q, case.k, case.v, **case.mask_kwargs())

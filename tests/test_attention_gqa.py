@@ -62,15 +62,6 @@ def test_reference_kv_gradients_sum_over_the_group(kv_heads):
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, HEADS])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("feature", sorted(MASK_FEATURES))
-def test_sdpa_grouped_query_matches_reference(feature, dtype, kv_heads):
-    case = make_case(heads=HEADS, kv_heads=kv_heads, num_queries=13, num_keys=21, dtype=dtype, seed=7,
-                     **MASK_FEATURES[feature])
-    check_backend(case, lambda q, k, v, **kw: attention(q, k, v, backend="sdpa", **kw))
-
-
 def test_sdpa_grouped_query_plain_causal_and_decode_paths():
     for num_queries in (1, 21):  # decode step, and the square is_causal path
         case = make_case(heads=HEADS, kv_heads=1, num_queries=num_queries, num_keys=21, seed=9)

@@ -5,9 +5,9 @@ module adds what torch needs around them: fake (meta) kernels, so ``torch.compil
 the op, and the autograd formula, so gradients flow. The C++ library names this module as its
 Python home, so torch imports it whenever those parts are needed.
 
-The op returns ``(out, lse)``: ``lse`` [B, H, Nq] is the row log-sum-exp of the scaled scores
-(float32; float64 for float64 inputs), ``-inf`` for rows with no allowed key. It is saved for
-the backward and is itself differentiable.
+The op returns ``(out, lse)`` under the fused ops' one contract (``agentfast.attention.op_autograd``):
+``lse`` [B, H, Nq] is the row log-sum-exp of the scaled scores (float32; float64 for float64
+inputs), ``-inf`` for rows with no allowed key, saved for the backward and itself differentiable.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..._extension import load, load_error
+from ..op_autograd import register_attention_autograd
 from .base import AttentionBackend, AttentionCall
 
 _EXTENSION = load()
@@ -23,55 +24,9 @@ _LOAD_ERROR: str | None = None if _EXTENSION is not None else (load_error() or "
 _BUILT_WITH_CUDA: bool = bool(_EXTENSION is not None and _EXTENSION.built_with_cuda())
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _fake_forward(q, k, v, seq_lens, agent_ids, agent_bitmask, causal, scale):
-    batch, heads, num_queries, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, heads, num_queries), dtype=_lse_dtype(q.dtype))
-
-
-def _fake_backward(grad_out, q, k, v, out, lse, grad_lse, seq_lens, agent_ids, agent_bitmask, causal, scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, seq_lens, agent_ids, agent_bitmask, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, seq_lens, agent_ids, agent_bitmask)
-    ctx.causal = causal
-    ctx.scale = scale
-
-
-def _backward(ctx, grad_out: Tensor | None, grad_lse: Tensor | None):
-    q, k, v, out, lse, seq_lens, agent_ids, agent_bitmask = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    grad_q, grad_k, grad_v = torch.ops.agentfast.masked_attention_backward(
-        grad_out, q, k, v, out, lse, grad_lse, seq_lens, agent_ids, agent_bitmask, ctx.causal, ctx.scale
-    )
-    return grad_q, grad_k, grad_v, None, None, None, None, None
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "agentfast::masked_attention (backends cpp and cuda) has first-order gradients only; "
-        "double backward (e.g. a gradient penalty) needs backend='reference'"
-    )
-
-
 if _EXTENSION is not None:
-    torch.library.register_fake("agentfast::masked_attention")(_fake_forward)
-    torch.library.register_fake("agentfast::masked_attention_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "agentfast::masked_attention", _backward, setup_context=_setup_context
-    )
-    # Without an autograd kernel torch would differentiate the backward op as a constant and
-    # give silently wrong second-order gradients; this makes double backward an error instead.
-    torch.library.register_autograd(
-        "agentfast::masked_attention_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-    )
+    register_attention_autograd("agentfast::masked_attention", "agentfast::masked_attention_backward",
+                                backends="cpp and cuda")
 
 
 def masked_attention(
