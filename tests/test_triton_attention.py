@@ -421,8 +421,9 @@ def test_opcheck_forward_and_backward():
     torch.library.opcheck(op.attention_forward, inputs)
     out, lse = op.attention_forward(*inputs)
     q, k, v, seq_lens, agent_ids, bitmask, causal, scale = inputs
+    grad_lse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0.0)
     backward_inputs = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse,
-                       seq_lens, agent_ids, bitmask, causal, scale)
+                       grad_lse, seq_lens, agent_ids, bitmask, causal, scale)
     torch.library.opcheck(op.attention_backward, backward_inputs)
 
 

@@ -82,8 +82,10 @@ def register_attention_autograd(forward_name: str, backward_name: str, *, backen
     defined with ``FORWARD_SCHEMA`` / ``BACKWARD_SCHEMA``. ``backends`` names the backends
     serving them, for the double-backward error.
     """
-    torch.library.register_fake(forward_name)(_fake_forward)
-    torch.library.register_fake(backward_name)(_fake_backward)
+    # torch checks that a compiled op's fake kernels come from the module its C++ library names
+    # (m.set_python_module): _stacklevel makes the caller, not this helper, the registering module.
+    torch.library.register_fake(forward_name, _fake_forward, _stacklevel=2)
+    torch.library.register_fake(backward_name, _fake_backward, _stacklevel=2)
     namespace, name = backward_name.split("::", 1)
     backward_op = getattr(getattr(torch.ops, namespace), name)
     torch.library.register_autograd(forward_name, _autograd_formula(backward_op), setup_context=_setup_context)
