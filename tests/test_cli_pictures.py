@@ -111,6 +111,9 @@ def test_inspect_draws_the_reference_weights_of_each_layer(runs, tmp_path, capsy
         torch.testing.assert_close(torch.tensor(saved["mean_over_heads"], dtype=torch.float64),
                                    expected.mean(0), atol=2e-6, rtol=1e-5)
         assert (torch.tensor(saved["heads"])[:, ~allowed] == 0).all()  # masked pairs: exactly zero
+        drawn = torch.tensor(saved["heads"], dtype=torch.float64)
+        # every token sees itself, so every row is a distribution over its allowed keys
+        torch.testing.assert_close(drawn.sum(-1), torch.ones(drawn.shape[:-1], dtype=torch.float64), atol=1e-5, rtol=0)
         assert saved["tokens"] == [{"index": i, "step": i // 2, "kind": ("state", "action")[i % 2],
                                     "agent": names[i // 2]} for i in range(2 * steps)]
     summary = json.loads((output / "attention_agents.json").read_text())

@@ -186,6 +186,20 @@ def test_training_curves_hold_every_logged_step_and_a_resume_supersedes(tmp_path
     assert saved["validation"]["val_action_loss"]["values"] == [0.3, 0.25]
 
 
+def test_step_axes_tick_whole_steps(tmp_path):
+    # one logged step, and two validations (steps 3 and 6): matplotlib alone ticks 2.95, 3.0, ... and 3.5
+    log = write_log(tmp_path / "train_log.jsonl", [
+        {"event": "train", "step": 3, "loss": 1.0, "lr": 1e-3},
+        {"event": "eval", "step": 3, "val_loss": 1.0}, {"event": "eval", "step": 6, "val_loss": 0.9}])
+    figure = draw_training_curves(log, tmp_path / "curves.png")
+    figure.canvas.draw()
+    stepped = [ax for ax in figure.axes if ax.get_lines()]
+    assert len(stepped) == 3  # losses, validation, learning rate
+    for ax in stepped:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+
+
 def test_training_log_errors_name_the_line(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"event": "train", "step": 1, "loss": 1.0}\nnot json\n')

@@ -162,6 +162,8 @@ def _draw_lines(axes: Any, series: dict[str, Series], title: str, *, marker: str
     if values and min(values) > 0 and max(values) / min(values) > 30:
         axes.set_yscale("log")  # heads on different scales stay readable
     axes.grid(True, alpha=0.3)
+    # optimiser steps are whole numbers: no tick at step 3.5 when only one or two are logged
+    axes.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
     if legend:
         axes.legend(fontsize=8)
 
