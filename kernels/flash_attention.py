@@ -1,4 +1,4 @@
-"""FlashAttention-2 style fused attention under the agentfast mask rule (SPEC section 2).
+"""FlashAttention-2 style fused attention under the agentfast mask rule (docs/attention-contract.md).
 
 Forward: one program per (query tile, batch*head) streams key tiles through an online
 softmax, never holding an N x N matrix, and saves the logsumexp of each row. Backward:

@@ -1,4 +1,5 @@
-"""The ``triton`` attention backend against the reference (SPEC sections 2 and 6).
+"""The ``triton`` attention backend against the reference (docs/attention-contract.md: the
+rule, and how backends are tested).
 
 Without a GPU these run the kernels under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports the kernels), fp32/fp16 and small shapes. With a
