@@ -3,6 +3,7 @@
     python benchmarks/bench_attention.py --device cpu                 # cpp vs sdpa vs reference
     python benchmarks/bench_attention.py --device cuda                # cuda vs triton vs flex vs sdpa
     python benchmarks/bench_attention.py --device cpu --n 1024,2048 --masks agents --modes fwd+bwd
+    python benchmarks/bench_attention.py --device cpu --masks turns --turns-n 2048 --agents 4,8
 
 Backends are named as ``agentfast.attention`` names them (any registered backend plugs in with
 no edit here), plus ``sdpa_mask``: torch SDPA with the rule materialised as a boolean mask even
@@ -12,6 +13,15 @@ Mask kinds:
   causal  causal-only attention over all keys.
   agents  causal + agent visibility: 4 agents take turns of --turn tokens round-robin; agent 0
           is a hub that sees everyone, the others see themselves and the hub.
+  turns   multi-agent layouts as episodes have them: agents speak in turns of varied length
+          (log-uniform in [turn/4, 4*turn] tokens, the next speaker any other agent; see
+          agentfast.attention.benchmark.agent_turns), for each number of agents in --agents
+          and each visibility preset in --presets (hub: agent 0 sees everyone and everyone
+          sees it; private: each agent sees itself; full: everyone sees everyone), at the
+          lengths --turns-n. Each is reported beside causal-only attention at the same length:
+          the share of causal's 128 x 128 tiles the mask leaves empty (skipped by the fused
+          kernels, the cpp kernel and FlexAttention's block mask), the share it leaves
+          partial, and the time against causal-only on the same backend (x causal).
 
 FLOPs count the allowed (query, key) pairs: 4 * B * H * Nq * N_eff * D for the forward, where
 N_eff is the mean number of keys a query may attend; the backward counts 2.5x the forward.
@@ -47,12 +57,14 @@ import torch.nn.functional as F
 
 import agentfast
 from agentfast.attention import dense_mask, get_backend, make_call
+from agentfast.attention.benchmark import TILE, agent_turns, tile_occupancy
+from agentfast.visibility import PRESETS, visibility_preset
 
 DEFAULTS = {
     "cpu": dict(backends="cpp,sdpa_mask,sdpa,reference", n="256,512,1024,2048,4096", d="64",
-                dtype="float32", batch=2, heads=4),
+                dtype="float32", batch=2, heads=4, turns_n="2048"),
     "cuda": dict(backends="cuda,triton,flex,sdpa,sdpa_mask,reference", n="512,1024,2048,4096,8192,16384",
-                 d="32,64,128", dtype="bfloat16", batch=2, heads=8),
+                 d="32,64,128", dtype="bfloat16", batch=2, heads=8, turns_n="8192"),
 }
 NUM_AGENTS = 4
 
@@ -67,6 +79,22 @@ class Problem:
     head_dim: int
     mask: str
     turn: int
+    agents: int = NUM_AGENTS
+    preset: str = "hub"
+
+    @property
+    def label(self) -> str:
+        return f"turns, {self.agents} agents, {self.preset}" if self.mask == "turns" else self.mask
+
+    def agent_layout(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(agent_ids [B, N], visibility [A, A]) on the CPU, or None for causal-only."""
+        if self.mask == "agents":
+            turn = torch.arange(self.length) // self.turn
+            ids = torch.stack([(turn + b) % NUM_AGENTS for b in range(self.batch)])
+            return ids, visibility_preset("hub", NUM_AGENTS)
+        if self.mask == "turns":
+            return agent_turns(self.batch, self.length, self.agents, self.turn), visibility_preset(self.preset, self.agents)
+        return None
 
     def tensors(self, requires_grad: bool):
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -74,13 +102,9 @@ class Problem:
         q, k, v = (torch.randn(shape, generator=generator).to(self.device, self.dtype).requires_grad_(requires_grad)
                    for _ in range(3))
         kwargs: dict = dict(causal=True)
-        if self.mask == "agents":
-            turn = torch.arange(self.length) // self.turn
-            ids = torch.stack([(turn + b) % NUM_AGENTS for b in range(self.batch)]).to(self.device)
-            visibility = torch.eye(NUM_AGENTS, dtype=torch.bool)
-            visibility[0] = True  # the hub sees everyone
-            visibility[:, 0] = True  # everyone sees the hub
-            kwargs.update(agent_ids=ids, agent_visibility=visibility.to(self.device))
+        layout = self.agent_layout()
+        if layout is not None:
+            kwargs.update(agent_ids=layout[0].to(self.device), agent_visibility=layout[1].to(self.device))
         return q, k, v, kwargs
 
     def effective_keys(self) -> float:
@@ -230,6 +254,11 @@ class Row:
     tflops: float | None
     peak_mib: float | None
     note: str = ""
+    agents: int | None = None  # turns layouts: the number of agents and their visibility preset
+    preset: str | None = None
+    tiles_skipped: float | None = None  # shares of causal-only attention's tiles
+    tiles_partial: float | None = None
+    vs_causal: float | None = None  # time / causal-only's time (same backend, N, D, mode)
 
 
 def device_label(device: str) -> tuple[str, str]:
@@ -250,7 +279,8 @@ def markdown(rows: list[Row], title: str) -> str:
     lines = [f"# {title}", ""]
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.mask, row.mode, row.d, row.dtype), []).append(row)
+        if row.mask != "turns":
+            groups.setdefault((row.mask, row.mode, row.d, row.dtype), []).append(row)
     for (mask, mode, d, dtype), group in groups.items():
         backends = list(dict.fromkeys(r.backend for r in group))
         lengths = sorted({r.n for r in group})
@@ -267,7 +297,47 @@ def markdown(rows: list[Row], title: str) -> str:
                     cells.append(f"{r.ms:.2f} ({r.tflops:.3f}, {r.peak_mib:.0f})")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + layout_markdown(rows))
+
+
+def layout_markdown(rows: list[Row]) -> list[str]:
+    """One table per (mode, D, dtype, N) of the turns layouts against causal-only."""
+    layouts = [r for r in rows if r.mask == "turns"]
+    if not layouts:
+        return []
+    lines = ["## Multi-agent turn layouts against causal-only", "",
+             f"Tiles: {TILE} x {TILE} (query, key) tiles as shares of causal-only attention's; skipped "
+             "tiles hold no allowed pair, partial ones need the mask. Time: ms, and in brackets the "
+             "time over causal-only's on the same backend.", ""]
+    for key in dict.fromkeys((r.mode, r.d, r.dtype, r.n) for r in layouts):
+        mode, d, dtype, n = key
+        group = [r for r in layouts if (r.mode, r.d, r.dtype, r.n) == key]
+        causal = [r for r in rows if r.mask == "causal" and (r.mode, r.d, r.dtype, r.n) == key]
+        backends = list(dict.fromkeys(r.backend for r in group))
+        lines += [f"### {mode}, D={d}, {dtype}, N={n}", "",
+                  "| agents | visibility | tiles skipped | tiles partial | " + " | ".join(backends) + " |",
+                  "|---|---|---|---|" + "---|" * len(backends)]
+        cells = [_time_cell(next((r for r in causal if r.backend == b), None), ratio=False) for b in backends]
+        partial = f"{causal[0].tiles_partial:.0%}" if causal and causal[0].tiles_partial is not None else ""
+        lines.append(f"| causal only | - | 0% | {partial} | " + " | ".join(cells) + " |")
+        for agents, preset in dict.fromkeys((r.agents, r.preset) for r in group):
+            same = [r for r in group if (r.agents, r.preset) == (agents, preset)]
+            first = same[0]
+            cells = [_time_cell(next((r for r in same if r.backend == b), None), ratio=True) for b in backends]
+            lines.append(f"| {agents} | {preset} | {first.tiles_skipped:.0%} | {first.tiles_partial:.0%} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _time_cell(row: Row | None, ratio: bool) -> str:
+    if row is None:
+        return ""
+    if row.ms is None:
+        return row.note
+    if ratio and row.vs_causal is not None:
+        return f"{row.ms:.2f} ({row.vs_causal:.2f}x)"
+    return f"{row.ms:.2f}"
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -278,8 +348,14 @@ def plot(rows: list[Row], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    groups = sorted({(r.mask, r.mode, r.d) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False)
+    groups = sorted({(r.mask, r.mode, r.d) for r in rows if r.mask != "turns"})
+    layout_groups = sorted({(r.mode, r.d, r.n) for r in rows if r.mask == "turns" and r.vs_causal is not None})
+    panels = len(groups) + len(layout_groups)
+    if panels == 0:
+        return
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
+    for ax, key in zip(axes[0][len(groups):], layout_groups):
+        plot_layouts(ax, [r for r in rows if r.mask == "turns" and (r.mode, r.d, r.n) == key], *key)
     for ax, (mask, mode, d) in zip(axes[0], groups):
         for backend in dict.fromkeys(r.backend for r in rows):
             pts = sorted((r.n, r.ms) for r in rows if (r.mask, r.mode, r.d, r.backend) == (mask, mode, d, backend)
@@ -295,6 +371,73 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_layouts(ax, rows: list[Row], mode: str, d: int, n: int) -> None:
+    """Time over causal-only per turns layout (bars per backend) and the share of tiles left."""
+    layouts = list(dict.fromkeys((r.agents, r.preset) for r in rows))
+    backends = list(dict.fromkeys(r.backend for r in rows))
+    width = 0.8 / (len(backends) + 1)
+    for i, backend in enumerate(backends):
+        ratios = [next((r.vs_causal for r in rows if (r.agents, r.preset, r.backend) == (*layout, backend)
+                        and r.vs_causal is not None), float("nan")) for layout in layouts]
+        ax.bar([x + i * width for x in range(len(layouts))], ratios, width, label=backend)
+    left = [1 - next(r.tiles_skipped for r in rows if (r.agents, r.preset) == layout) for layout in layouts]
+    ax.bar([x + len(backends) * width for x in range(len(layouts))], left, width, color="0.75",
+           label="tiles left")
+    ax.axhline(1.0, color="k", linewidth=0.6)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layouts))],
+                  [f"{a} {p}" for a, p in layouts], rotation=45, ha="right", fontsize=7)
+    ax.set(title=f"turns vs causal, {mode}, D={d}, N={n}", ylabel="x causal")
+    ax.legend(fontsize=7)
+
+
+def measure_problem(problem: Problem, mode: str, backends: list[str], args) -> list[Row]:
+    """One row per backend for one problem and mode."""
+    flops = 4 * problem.batch * problem.heads * problem.length * problem.effective_keys() * problem.head_dim
+    flops *= 3.5 if mode == "fwd+bwd" else 1.0
+    # causal-only: one agent who sees itself
+    ids, visibility = problem.agent_layout() or (torch.zeros(1, problem.length, dtype=torch.long),
+                                                 torch.ones(1, 1, dtype=torch.bool))
+    occupancy = tile_occupancy(ids.to(problem.device), visibility)
+    rows = []
+    tag = f"{problem.label:24s} {mode:7s} D={problem.head_dim:<3d} N={problem.length:<6d}"
+    for backend in backends:
+        row = Row(backend, problem.mask, mode, problem.length, problem.head_dim, str(problem.dtype)[6:],
+                  None, None, None)
+        if problem.mask == "turns":
+            row.agents, row.preset = problem.agents, problem.preset
+        row.tiles_skipped, row.tiles_partial = occupancy.skipped, occupancy.partial
+        reason = why_not(backend, problem)
+        if reason is None and backend in ("reference", "sdpa_mask") and dense_bytes(problem) > memory_budget(problem.device):
+            reason = "skipped: would not fit in memory"
+        if reason is not None:
+            row.note = "n/a" if "skipped" not in reason else "OOM-skip"
+            print(f"{tag} {backend:10s} {reason}", flush=True)
+        else:
+            try:
+                seconds, peak = measure(runner(backend), problem, mode == "fwd+bwd", args.repeats, args.budget)
+                row.ms, row.tflops, row.peak_mib = seconds * 1e3, flops / seconds / 1e12, peak / 2**20
+                print(f"{tag} {backend:10s} {row.ms:9.2f} ms {row.tflops:7.3f} TFLOP/s {row.peak_mib:8.1f} MiB",
+                      flush=True)
+            except torch.OutOfMemoryError:
+                row.note = "OOM"
+            except Exception as exc:  # one broken backend must not end the sweep
+                row.note = f"error: {type(exc).__name__}"
+                print(f"{tag} {backend:10s} {exc!r}", flush=True)
+            if problem.device == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def compare_with_causal(rows: list[Row]) -> None:
+    """Set ``vs_causal`` of every agent-masked row timed beside a causal-only one."""
+    causal = {(r.backend, r.mode, r.n, r.d, r.dtype): r.ms for r in rows if r.mask == "causal" and r.ms}
+    for row in rows:
+        baseline = causal.get((row.backend, row.mode, row.n, row.d, row.dtype))
+        if row.mask != "causal" and row.ms is not None and baseline:
+            row.vs_causal = row.ms / baseline
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -302,11 +445,16 @@ def parse_args(argv):
     parser.add_argument("--n", help="comma-separated sequence lengths")
     parser.add_argument("--d", help="comma-separated head dims")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--masks", default="causal,agents", help="causal and/or agents")
+    parser.add_argument("--masks", default="causal,agents,turns", help="causal, agents and/or turns")
     parser.add_argument("--modes", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--heads", type=int)
-    parser.add_argument("--turn", type=int, default=128, help="tokens per agent turn (agents mask)")
+    parser.add_argument("--turn", type=int, default=128,
+                        help="tokens per agent turn (agents mask); the mean scale of turns (turns mask)")
+    parser.add_argument("--agents", default="2,4,8", help="numbers of agents of the turns layouts")
+    parser.add_argument("--presets", default=",".join(("hub", "private", "full")),
+                        help=f"visibility presets of the turns layouts (of {', '.join(PRESETS)})")
+    parser.add_argument("--turns-n", help="sequence lengths of the turns layouts (default: cpu 2048, cuda 8192)")
     parser.add_argument("--repeats", type=int, default=3, help="minimum timed repeats")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per point")
     parser.add_argument("--name", default="attention", help="file stem of the results (NAME.json/.md/.png)")
@@ -330,38 +478,32 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"device: {name}; B={batch} H={heads} {dtype}", flush=True)
 
+    masks = args.masks.split(",")
+    unknown = sorted(set(masks) - {"causal", "agents", "turns"})
+    if unknown:
+        raise SystemExit(f"bench_attention: unknown mask kind(s) {', '.join(unknown)}; choose causal, agents, turns")
+    layouts = [(int(a), preset) for a in args.agents.split(",") for preset in args.presets.split(",")]
+    turns_lengths = [int(x) for x in (args.turns_n or defaults["turns_n"]).split(",")]
     rows: list[Row] = []
-    for mask in args.masks.split(","):
-        for d in head_dims:
-            for mode in args.modes.split(","):
-                for n in lengths:
-                    problem = Problem(args.device, dtype, batch, heads, n, d, mask, args.turn)
-                    flops = 4 * batch * heads * n * problem.effective_keys() * d * (3.5 if mode == "fwd+bwd" else 1.0)
-                    for backend in backends:
-                        row = Row(backend, mask, mode, n, d, str(dtype)[6:], None, None, None)
-                        reason = why_not(backend, problem)
-                        if reason is None and backend in ("reference", "sdpa_mask") and dense_bytes(problem) > memory_budget(args.device):
-                            reason = "skipped: would not fit in memory"
-                        if reason is not None:
-                            row.note = "n/a" if "skipped" not in reason else "OOM-skip"
-                            print(f"{mask:6s} {mode:7s} D={d:<3d} N={n:<6d} {backend:10s} {reason}", flush=True)
-                        else:
-                            try:
-                                seconds, peak = measure(runner(backend), problem, mode == "fwd+bwd", args.repeats, args.budget)
-                                row.ms, row.tflops, row.peak_mib = seconds * 1e3, flops / seconds / 1e12, peak / 2**20
-                                print(f"{mask:6s} {mode:7s} D={d:<3d} N={n:<6d} {backend:10s} {row.ms:9.2f} ms "
-                                      f"{row.tflops:7.3f} TFLOP/s {row.peak_mib:8.1f} MiB", flush=True)
-                            except torch.OutOfMemoryError:
-                                row.note = "OOM"
-                            except Exception as exc:  # one broken backend must not end the sweep
-                                row.note = f"error: {type(exc).__name__}"
-                                print(f"{mask:6s} {mode:7s} D={d:<3d} N={n:<6d} {backend:10s} {exc!r}", flush=True)
-                            if args.device == "cuda":
-                                torch.cuda.empty_cache()
-                        rows.append(row)
+    for d in head_dims:
+        for mode in args.modes.split(","):
+            problems = [Problem(args.device, dtype, batch, heads, n, d, mask, args.turn)
+                        for mask in masks if mask != "turns" for n in lengths]
+            if "turns" in masks:
+                # causal-only at the layouts' lengths too, the baseline of their "x causal"
+                problems += [Problem(args.device, dtype, batch, heads, n, d, "causal", args.turn)
+                             for n in turns_lengths if "causal" not in masks or n not in lengths]
+                problems += [Problem(args.device, dtype, batch, heads, n, d, "turns", args.turn, agents, preset)
+                             for n in turns_lengths for agents, preset in layouts]
+            for problem in problems:
+                rows += measure_problem(problem, mode, backends, args)
+    compare_with_causal(rows)
 
     meta = dict(device=name, torch=torch.__version__, dtype=str(dtype)[6:], batch=batch, heads=heads,
-                turn=args.turn, agents=NUM_AGENTS, threads=torch.get_num_threads())
+                turn=args.turn, agents=NUM_AGENTS, threads=torch.get_num_threads(), tile=TILE,
+                turns=dict(agents=args.agents, presets=args.presets, lengths=turns_lengths,
+                           turn_tokens=f"log-uniform in [{args.turn / 4:g}, {4 * args.turn}]")
+                if "turns" in masks else None)
     (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
     title = f"Attention benchmark on {name} (B={batch}, H={heads}, {str(dtype)[6:]}, torch {torch.__version__})"
     (out_dir / f"{args.name}.md").write_text(markdown(rows, title) + "\n")

@@ -7,6 +7,10 @@ tuning the Triton kernels themselves.
 
     python benchmarks/bench_triton_attention.py [--n 512,2048,8192] [--d 64] [--out DIR]
 
+Masks: causal, and agents: 8 agents speaking in turns of varied length (about 64 tokens;
+``agentfast.attention.benchmark.agent_turns``) under the hub visibility, with the share of
+causal's 128 x 128 tiles that layout leaves empty (``tiles_skipped``).
+
 TFLOP/s counts 4 * B * H * Nq * N_eff * D for the forward (N_eff: keys a query may attend,
 averaged) and 2.5x that for the backward. Needs CUDA; without it, says so and exits 0.
 """
@@ -25,19 +29,21 @@ sys.path.insert(0, str(ROOT))
 
 import agentfast  # noqa: E402
 from agentfast.attention import dense_mask  # noqa: E402
+from agentfast.attention.benchmark import agent_turns, tile_occupancy  # noqa: E402
 from agentfast.attention.backends.triton_fused import load_kernels  # noqa: E402
+from agentfast.visibility import visibility_preset  # noqa: E402
+
+AGENTS = 8  # the agents mask: 8 agents speaking in turns of varied length, the hub visibility
+MEAN_TURN = 64
 
 
 def make_inputs(batch: int, heads: int, n: int, d: int, masked: bool):
     q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     mask = dict(causal=True)
-    if masked:  # 8 agents taking turns in runs of 64 tokens; each sees itself and agent 0 (a hub)
-        agents = 8
-        ids = ((torch.arange(n, device="cuda") // 64) % agents).expand(batch, -1).contiguous()
-        visibility = torch.eye(agents, dtype=torch.bool, device="cuda")
-        visibility[:, 0] = True
-        mask.update(agent_ids=ids, agent_visibility=visibility)
+    if masked:
+        mask.update(agent_ids=agent_turns(batch, n, AGENTS, MEAN_TURN).to("cuda"),
+                    agent_visibility=visibility_preset("hub", AGENTS, device="cuda"))
     return q, k, v, mask
 
 
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 q, k, v, mask = make_inputs(batch, args.heads, n, d, masked)
                 flops = 4 * batch * args.heads * n * keys_per_query(n, mask) * d
                 row = {"n": n, "d": d, "batch": batch, "mask": "agents" if masked else "causal"}
+                if masked:
+                    row["tiles_skipped"] = tile_occupancy(mask["agent_ids"], mask["agent_visibility"]).skipped
                 for backend in ("triton", "sdpa"):
                     timing = measure(backend, q, k, v, mask)
                     timing["forward_tflops"] = flops / timing["forward_ms"] / 1e9
