@@ -196,8 +196,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: float) -> tuple[float, int]:
-    """Median seconds per call and peak extra bytes of one call."""
+def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: float) -> tuple[float, float, int]:
+    """Median seconds per call, median process CPU seconds per call (all threads) and peak
+    extra bytes of one call."""
     q, k, v, kwargs = problem.tensors(backward)
     grad = torch.randn_like(q) if backward else None
 
@@ -214,15 +215,16 @@ def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: fl
     sync(problem.device)
     with PeakMemory(problem.device) as memory:
         once()
-    times = []
+    times, cpu_times = [], []
     started = time.perf_counter()
     while len(times) < min_repeats or (time.perf_counter() - started < budget_s and len(times) < 50):
         sync(problem.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         once()
         sync(problem.device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), memory.peak_bytes
+        cpu_times.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu_times), memory.peak_bytes
 
 
 def dense_bytes(problem: Problem) -> int:
@@ -259,6 +261,8 @@ class Row:
     tiles_skipped: float | None = None  # shares of causal-only attention's tiles
     tiles_partial: float | None = None
     vs_causal: float | None = None  # time / causal-only's time (same backend, N, D, mode)
+    cpu_ms: float | None = None  # process CPU time per call (all threads)
+    cpu_vs_causal: float | None = None  # the same ratio of CPU times (CPU runs: less disturbed by load)
 
 
 def device_label(device: str) -> tuple[str, str]:
@@ -275,7 +279,7 @@ def device_label(device: str) -> tuple[str, str]:
     return name, (slug if device == "cuda" else f"cpu-{slug}")
 
 
-def markdown(rows: list[Row], title: str) -> str:
+def markdown(rows: list[Row], title: str, device: str = "cuda") -> str:
     lines = [f"# {title}", ""]
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
@@ -297,18 +301,21 @@ def markdown(rows: list[Row], title: str) -> str:
                     cells.append(f"{r.ms:.2f} ({r.tflops:.3f}, {r.peak_mib:.0f})")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines + layout_markdown(rows))
+    return "\n".join(lines + layout_markdown(rows, device))
 
 
-def layout_markdown(rows: list[Row]) -> list[str]:
+def layout_markdown(rows: list[Row], device: str) -> list[str]:
     """One table per (mode, D, dtype, N) of the turns layouts against causal-only."""
     layouts = [r for r in rows if r.mask == "turns"]
     if not layouts:
         return []
+    on_cpu = device == "cpu"
     lines = ["## Multi-agent turn layouts against causal-only", "",
              f"Tiles: {TILE} x {TILE} (query, key) tiles as shares of causal-only attention's; skipped "
              "tiles hold no allowed pair, partial ones need the mask. Time: ms, and in brackets the "
-             "time over causal-only's on the same backend.", ""]
+             "time over causal-only's on the same backend"
+             + (" (wall clock; and of the process's CPU time, which the load of other processes on a "
+                "shared machine disturbs less)" if on_cpu else "") + ".", ""]
     for key in dict.fromkeys((r.mode, r.d, r.dtype, r.n) for r in layouts):
         mode, d, dtype, n = key
         group = [r for r in layouts if (r.mode, r.d, r.dtype, r.n) == key]
@@ -323,24 +330,26 @@ def layout_markdown(rows: list[Row]) -> list[str]:
         for agents, preset in dict.fromkeys((r.agents, r.preset) for r in group):
             same = [r for r in group if (r.agents, r.preset) == (agents, preset)]
             first = same[0]
-            cells = [_time_cell(next((r for r in same if r.backend == b), None), ratio=True) for b in backends]
+            cells = [_time_cell(next((r for r in same if r.backend == b), None), ratio=True, show_cpu=on_cpu)
+                     for b in backends]
             lines.append(f"| {agents} | {preset} | {first.tiles_skipped:.0%} | {first.tiles_partial:.0%} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
 
-def _time_cell(row: Row | None, ratio: bool) -> str:
+def _time_cell(row: Row | None, ratio: bool, show_cpu: bool = False) -> str:
     if row is None:
         return ""
     if row.ms is None:
         return row.note
     if ratio and row.vs_causal is not None:
-        return f"{row.ms:.2f} ({row.vs_causal:.2f}x)"
+        cpu = f"; CPU time {row.cpu_vs_causal:.2f}x" if row.cpu_vs_causal is not None and show_cpu else ""
+        return f"{row.ms:.2f} ({row.vs_causal:.2f}x{cpu})"
     return f"{row.ms:.2f}"
 
 
-def plot(rows: list[Row], path: Path) -> None:
+def plot(rows: list[Row], path: Path, cpu_time: bool = False) -> None:
     try:
         import matplotlib
 
@@ -355,7 +364,7 @@ def plot(rows: list[Row], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
     for ax, key in zip(axes[0][len(groups):], layout_groups):
-        plot_layouts(ax, [r for r in rows if r.mask == "turns" and (r.mode, r.d, r.n) == key], *key)
+        plot_layouts(ax, [r for r in rows if r.mask == "turns" and (r.mode, r.d, r.n) == key], *key, cpu_time)
     for ax, (mask, mode, d) in zip(axes[0], groups):
         for backend in dict.fromkeys(r.backend for r in rows):
             pts = sorted((r.n, r.ms) for r in rows if (r.mask, r.mode, r.d, r.backend) == (mask, mode, d, backend)
@@ -371,13 +380,15 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_layouts(ax, rows: list[Row], mode: str, d: int, n: int) -> None:
-    """Time over causal-only per turns layout (bars per backend) and the share of tiles left."""
+def plot_layouts(ax, rows: list[Row], mode: str, d: int, n: int, cpu_time: bool) -> None:
+    """Time over causal-only per turns layout (bars per backend; CPU runs: process CPU time)
+    and the share of tiles left."""
     layouts = list(dict.fromkeys((r.agents, r.preset) for r in rows))
     backends = list(dict.fromkeys(r.backend for r in rows))
     width = 0.8 / (len(backends) + 1)
     for i, backend in enumerate(backends):
-        ratios = [next((r.vs_causal for r in rows if (r.agents, r.preset, r.backend) == (*layout, backend)
+        ratios = [next((r.cpu_vs_causal if r.cpu_vs_causal is not None and cpu_time else r.vs_causal
+                        for r in rows if (r.agents, r.preset, r.backend) == (*layout, backend)
                         and r.vs_causal is not None), float("nan")) for layout in layouts]
         ax.bar([x + i * width for x in range(len(layouts))], ratios, width, label=backend)
     left = [1 - next(r.tiles_skipped for r in rows if (r.agents, r.preset) == layout) for layout in layouts]
@@ -386,7 +397,7 @@ def plot_layouts(ax, rows: list[Row], mode: str, d: int, n: int) -> None:
     ax.axhline(1.0, color="k", linewidth=0.6)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layouts))],
                   [f"{a} {p}" for a, p in layouts], rotation=45, ha="right", fontsize=7)
-    ax.set(title=f"turns vs causal, {mode}, D={d}, N={n}", ylabel="x causal")
+    ax.set(title=f"turns vs causal, {mode}, D={d}, N={n}", ylabel="x causal" + (" (CPU time)" if cpu_time else ""))
     ax.legend(fontsize=7)
 
 
@@ -414,8 +425,10 @@ def measure_problem(problem: Problem, mode: str, backends: list[str], args) -> l
             print(f"{tag} {backend:10s} {reason}", flush=True)
         else:
             try:
-                seconds, peak = measure(runner(backend), problem, mode == "fwd+bwd", args.repeats, args.budget)
+                seconds, cpu_seconds, peak = measure(runner(backend), problem, mode == "fwd+bwd", args.repeats,
+                                                     args.budget)
                 row.ms, row.tflops, row.peak_mib = seconds * 1e3, flops / seconds / 1e12, peak / 2**20
+                row.cpu_ms = cpu_seconds * 1e3
                 print(f"{tag} {backend:10s} {row.ms:9.2f} ms {row.tflops:7.3f} TFLOP/s {row.peak_mib:8.1f} MiB",
                       flush=True)
             except torch.OutOfMemoryError:
@@ -431,11 +444,13 @@ def measure_problem(problem: Problem, mode: str, backends: list[str], args) -> l
 
 def compare_with_causal(rows: list[Row]) -> None:
     """Set ``vs_causal`` of every agent-masked row timed beside a causal-only one."""
-    causal = {(r.backend, r.mode, r.n, r.d, r.dtype): r.ms for r in rows if r.mask == "causal" and r.ms}
+    causal = {(r.backend, r.mode, r.n, r.d, r.dtype): r for r in rows if r.mask == "causal" and r.ms}
     for row in rows:
         baseline = causal.get((row.backend, row.mode, row.n, row.d, row.dtype))
-        if row.mask != "causal" and row.ms is not None and baseline:
-            row.vs_causal = row.ms / baseline
+        if row.mask != "causal" and row.ms is not None and baseline is not None:
+            row.vs_causal = row.ms / baseline.ms
+            if row.cpu_ms and baseline.cpu_ms:
+                row.cpu_vs_causal = row.cpu_ms / baseline.cpu_ms
 
 
 def parse_args(argv):
@@ -456,6 +471,7 @@ def parse_args(argv):
                         help=f"visibility presets of the turns layouts (of {', '.join(PRESETS)})")
     parser.add_argument("--turns-n", help="sequence lengths of the turns layouts (default: cpu 2048, cuda 8192)")
     parser.add_argument("--repeats", type=int, default=3, help="minimum timed repeats")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: torch's)")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per point")
     parser.add_argument("--name", default="attention", help="file stem of the results (NAME.json/.md/.png)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<device>)")
@@ -467,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_attention: --device cuda but no CUDA device is available")
         return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     defaults = DEFAULTS[args.device]
     backends = (args.backends or defaults["backends"]).split(",")
     lengths = [int(x) for x in (args.n or defaults["n"]).split(",")]
@@ -506,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "turns" in masks else None)
     (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
     title = f"Attention benchmark on {name} (B={batch}, H={heads}, {str(dtype)[6:]}, torch {torch.__version__})"
-    (out_dir / f"{args.name}.md").write_text(markdown(rows, title) + "\n")
-    plot(rows, out_dir / f"{args.name}.png")
+    (out_dir / f"{args.name}.md").write_text(markdown(rows, title, args.device) + "\n")
+    plot(rows, out_dir / f"{args.name}.png", cpu_time=args.device == "cpu")
     print(f"results in {out_dir}")
     return 0
 

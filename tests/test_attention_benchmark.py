@@ -107,6 +107,7 @@ def test_bench_attention_turns_sweep_against_causal(tmp_path):
     assert [(r["agents"], r["preset"]) for r in layouts] == [(2, "private"), (2, "full"), (4, "private"), (4, "full")]
     for row in layouts:
         assert row["vs_causal"] == pytest.approx(row["ms"] / causal[0]["ms"])
+        assert row["cpu_vs_causal"] == pytest.approx(row["cpu_ms"] / causal[0]["cpu_ms"])
         expected = tile_occupancy(agent_turns(1, 256, row["agents"], 128), visibility_preset(row["preset"], row["agents"]))
         assert (row["tiles_skipped"], row["tiles_partial"]) == pytest.approx((expected.skipped, expected.partial))
     report = (tmp_path / "layouts.md").read_text()

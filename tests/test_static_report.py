@@ -160,3 +160,22 @@ def test_report_on_one_small_configuration(tmp_path):
         (loop,) = row["paths"]
         assert loop["tensor_core_opcodes"] == {"HMMA.16816.F32": 2}
         assert loop["tensor_core_flops_per_warp"] == 2 * 16 * 16 * 16
+
+    # Runs made separately (the Triton and the CUDA parts) merge into one report.
+    import static_sm90
+
+    parts = []
+    for source in ("triton", "cuda"):
+        part = tmp_path / f"{source}.json"
+        rows = [row for row in report["rows"] if row["source"] == source]
+        meta = {**report["meta"], "argv": f"--parts {source}", "seconds": 2}
+        part.write_text(json.dumps(dict(meta=meta, rows=rows)))
+        parts.append(part)
+    merged_out = tmp_path / "merged"
+    assert static_sm90.main(["--from-json", *map(str, parts), "--out", str(merged_out)]) == 0
+    merged = json.loads((merged_out / "static.json").read_text())
+    assert merged["rows"] == [r for r in report["rows"] if r["source"] == "triton"] + tiny
+    assert merged["meta"]["seconds"] == 4 and merged["meta"]["tools"] == report["meta"]["tools"]
+    text = (merged_out / "static.md").read_text()
+    assert "`python benchmarks/static_sm90.py --parts triton` and `python benchmarks/static_sm90.py --parts cuda`" in text
+    assert text.count("| forward |") == (out / "static.md").read_text().count("| forward |")
