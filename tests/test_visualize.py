@@ -118,12 +118,36 @@ def test_agent_summary_is_drawn_beside_the_visibility_matrix(tmp_path):
     figure = draw_agent_summary(maps, tmp_path / "agents.png")
     summary_axes, visibility_axes = [ax for ax in figure.axes if ax.get_xlabel() == "attended agent"]
     np.testing.assert_allclose(summary_axes.get_images()[0].get_array(), maps.agent_summary(), atol=1e-7)
-    assert (visibility_axes.get_images()[0].get_array() == VISIBILITY.astype(int)).all()
+    (drawn_visibility,) = visibility_axes.get_images()  # drawn once, whatever the number of hidden pairs
+    assert (drawn_visibility.get_array() == VISIBILITY.astype(int)).all()
     hidden_texts = [t.get_text() for t in summary_axes.texts if "hidden" in t.get_text()]
     assert hidden_texts == ["0\nhidden"] * int((~VISIBILITY).sum())
     saved = json.loads((tmp_path / "agents.json").read_text())
     assert saved["visibility"] == VISIBILITY.tolist()
     assert np.array(saved["mean_over_layers"])[~VISIBILITY].tolist() == [0.0] * int((~VISIBILITY).sum())
+
+
+def test_agent_summary_with_nothing_hidden_or_no_visibility_matrix(tmp_path):
+    maps, _ = example_maps()
+    everything = np.ones((3, 3), dtype=bool)
+    seen = AttentionMaps(weights=maps.weights, allowed=np.tril(np.ones_like(maps.allowed)), tokens=maps.tokens,
+                         agents=AGENTS, visibility=everything)
+    figure = draw_agent_summary(seen, tmp_path / "seen.png")
+    _, visibility_axes = [ax for ax in figure.axes if ax.get_xlabel() == "attended agent"]
+    (drawn_visibility,) = visibility_axes.get_images()
+    assert (drawn_visibility.get_array() == 1).all()
+    assert [t.get_text() for t in visibility_axes.texts] == ["sees"] * 9
+    # a policy without a visibility matrix: one panel, and its long title wrapped inside the figure
+    long_title = "HierarchicalTransformer (/a/long/path/to/the/runs/directory/hier) on episode 1 (debugging) of " \
+                 "episodes.jsonl, steps 0-1"
+    alone = AttentionMaps(weights=maps.weights, allowed=maps.allowed, tokens=maps.tokens, agents=AGENTS,
+                          title=long_title)
+    figure = draw_agent_summary(alone, tmp_path / "alone.png")
+    assert [ax.get_xlabel() for ax in figure.axes].count("attended agent") == 1
+    title = figure.get_suptitle()
+    assert title.replace("\n", " ").startswith(long_title) and "\n" in title.split("\nmean over")[0]
+    box = figure._suptitle.get_window_extent(figure.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width, (box, figure.bbox)
 
 
 def test_write_attention_maps_names_every_file(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .figures import new_figure, save_figure, thinned_ticks
+from .figures import new_figure, save_figure, thinned_ticks, wrapped_title
 
 WEIGHTS_NOTE = ("attention weights computed with the reference backend for this one forward "
                 "(fused kernels do not return weights); the policy's own backend gives the "
@@ -176,8 +176,8 @@ def draw_layer(maps: AttentionMaps, layer: int, path: str | os.PathLike[str], *,
                     label="attention weight (square-root colour scale)")
     _legend_row(figure, grid[rows, :], maps)
     what = "each head" if heads else f"mean over {maps.num_heads} heads"
-    figure.suptitle(f"{maps.title}\nlayer {layer} ({layer + 1} of {maps.num_layers}), {what}\n"
-                    "attention of each token (row) to earlier tokens (column)", fontsize=10)
+    wrapped_title(figure, f"{maps.title}\nlayer {layer} ({layer + 1} of {maps.num_layers}), {what}\n"
+                  "attention of each token (row) to earlier tokens (column)", fontsize=10)
     data = {"title": maps.title, "note": maps.note, "layer": layer, "num_layers": maps.num_layers,
             "tokens": maps.token_dicts(), "allowed": maps.allowed.tolist(),
             "mean_over_heads": _rounded(maps.layer_mean(layer))}
@@ -288,6 +288,7 @@ def draw_agent_summary(maps: AttentionMaps, path: str | os.PathLike[str]) -> Any
                      color="white" if value > 0.6 else "black")
     for row, column in zip(*np.nonzero(hidden)):
         axes[0].add_patch(_hatched_cell(row, column))
+    if maps.visibility is not None:
         axes[1].imshow(maps.visibility.astype(int), cmap=ListedColormap(["#f4cccc", "#b6d7a8"]),
                        vmin=0, vmax=1)
         for (row, column), sees in np.ndenumerate(maps.visibility):
@@ -301,9 +302,9 @@ def draw_agent_summary(maps: AttentionMaps, path: str | os.PathLike[str]) -> Any
         ax.set_xlabel("attended agent")
         ax.set_ylabel("attending agent")
     figure.colorbar(image, ax=axes[0], label="share of attention", shrink=0.8)
-    figure.suptitle(f"{maps.title}\nmean over {maps.num_layers} layers, {maps.num_heads} heads and "
-                    "each agent's tokens" + ("; hatched pairs are hidden by the visibility matrix"
-                                             if maps.visibility is not None else ""), fontsize=10)
+    wrapped_title(figure, f"{maps.title}\nmean over {maps.num_layers} layers, {maps.num_heads} heads and "
+                  "each agent's tokens" + ("; hatched pairs are hidden by the visibility matrix"
+                                           if maps.visibility is not None else ""), fontsize=10)
     data = {"title": maps.title, "note": maps.note, "agents": maps.agents,
             "mean_over_layers": _rounded(summary),
             "per_layer": [_rounded(maps.agent_summary(layer)) for layer in range(maps.num_layers)],

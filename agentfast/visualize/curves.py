@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .figures import new_figure, save_figure, slug
+from .figures import new_figure, save_figure, slug, wrapped_title
 
 TRAIN_PANELS = {"lr": "learning rate", "grad_norm": "gradient norm (before clipping)",
                 "timesteps_per_s": "throughput (timesteps/s, mean since start)"}
@@ -131,7 +131,7 @@ def draw_training_curves(log: str | os.PathLike[str] | TrainingCurves, path: str
         axes["validation"].axvline(best.steps[index], color="#999999", linestyle=":", linewidth=1,
                                    label=f"best val_loss {best.values[index]:.4g} (step {best.steps[index]})")
         axes["validation"].legend(fontsize=8)
-    figure.suptitle(title or f"training curves of {curves.path.parent.name or curves.path}", fontsize=12)
+    wrapped_title(figure, title or f"training curves of {curves.path.parent.name or curves.path}", fontsize=12)
     save_figure(figure, path, curves.to_dict())
     return figure
 

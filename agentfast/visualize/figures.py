@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ def new_figure(width: float, height: float) -> Any:
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def wrapped_title(figure: Any, text: str, fontsize: float) -> Any:
+    """``figure.suptitle(text)`` with each line wrapped to the figure's width (a title that
+    names a run directory is often wider than a one- or two-panel figure)."""
+    # DejaVu Sans averages about 0.55 em per character
+    per_line = max(20, int(figure.get_figwidth() * 72 / (0.55 * fontsize)) - 2)
+    lines = [wrapped for line in text.split("\n")
+             for wrapped in textwrap.wrap(line, per_line, break_on_hyphens=False) or [""]]
+    return figure.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def save_figure(figure: Any, path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
