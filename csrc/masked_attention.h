@@ -1,8 +1,10 @@
 // agentfast::masked_attention: shared declarations of the CPU and CUDA implementations.
 //
-// The mask rule (SPEC section 2): query i sits at key position p = Nk - Nq + i and may
-// attend key j iff (!causal || j <= p) && j < seq_lens[b] && (agent_bitmask[b, agent_ids[b, p]]
+// The mask rule (SPEC section 2, mask_rule.h): query i sits at key position p = Nk - Nq + i and
+// may attend key j iff (!causal || j <= p) && j < seq_lens[b] && (agent_bitmask[b, agent_ids[b, p]]
 // >> agent_ids[b, j]) & 1. A row with no allowed key returns 0 and has lse = -inf.
+// q is [B, H, Nq, D]; k and v are [B, Hkv, Nk, D] with H a multiple of Hkv (grouped-query and
+// multi-query attention): query head h reads kv head h / (H / Hkv).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,12 +25,14 @@ constexpr int64_t kMaxAgents = 64;
 // Sizes of one call, read off the validated inputs.
 struct AttentionShape {
   int64_t batch = 0;
-  int64_t heads = 0;
+  int64_t heads = 0;     // query heads
+  int64_t kv_heads = 0;  // key/value heads: query head h reads kv head h / (heads / kv_heads)
   int64_t num_queries = 0;
   int64_t num_keys = 0;
   int64_t head_dim = 0;
   int64_t num_agents = 0;  // 0 when there is no agent mask
   int64_t query_offset() const { return num_keys - num_queries; }  // bottom-right alignment
+  int64_t group() const { return kv_heads > 0 ? heads / kv_heads : 1; }  // query heads per kv head
 };
 
 // Checks q/k/v and the optional mask tensors against the contract and returns the sizes.

@@ -49,9 +49,13 @@ AttentionShape check_attention_inputs(const Tensor& q, const Tensor& k, const Te
   shape.num_queries = q.size(2);
   shape.head_dim = q.size(3);
   shape.num_keys = k.size(2);
-  TORCH_CHECK(k.size(0) == shape.batch && k.size(1) == shape.heads && k.size(3) == shape.head_dim,
+  shape.kv_heads = k.size(1);
+  TORCH_CHECK(k.size(0) == shape.batch && k.size(3) == shape.head_dim,
               "agentfast::masked_attention: k/v shape ", k.sizes(), " does not match q shape ",
-              q.sizes(), " in batch, heads or head dim");
+              q.sizes(), " in batch or head dim");
+  TORCH_CHECK(shape.kv_heads == 0 ? shape.heads == 0 : shape.heads % shape.kv_heads == 0,
+              "agentfast::masked_attention: q has ", shape.heads, " heads and k/v ", shape.kv_heads,
+              "; the query heads must be a multiple of the key/value heads");
   TORCH_CHECK(shape.num_queries <= shape.num_keys, "agentfast::masked_attention: q has ",
               shape.num_queries, " positions but k only ", shape.num_keys, "; Nq must be <= Nk");
   TORCH_CHECK(shape.head_dim >= 1 && shape.head_dim <= kMaxHeadDim,

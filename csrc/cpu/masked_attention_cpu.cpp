@@ -3,9 +3,11 @@
 // Forward: one task per (batch, head, block of kBlockM queries), handed out to the threads.
 // Each task walks the key blocks its queries can see, keeping a running row max, row sum and
 // an fp32 output accumulator, so extra memory is O(block * D) per thread, never N x N.
-// Backward: one task per (batch, head, chunk of key blocks); it walks key blocks (outer) and
-// query blocks (inner), accumulating dK/dV per key block and dQ in an [Nq, D] buffer per task,
-// summed in chunk order when there are several chunks (no atomics, no cross-thread races).
+// Backward: one task per (batch, kv head, chunk of key blocks); it walks key blocks (outer) and
+// the query blocks of every query head reading that kv head (inner), accumulating dK/dV per key
+// block and dQ in a [group, Nq, D] buffer per task, summed in chunk order when there are several
+// chunks (no atomics, no cross-thread races). Grouped-query attention reads the shared K/V rows
+// in place, never a repeated copy.
 // Scores are recomputed from the saved log-sum-exp.
 //
 // Whole key blocks are skipped when the mask empties them: beyond seq_len, after the last
@@ -28,6 +30,7 @@
 #include <limits>
 #include <vector>
 
+#include "mask_rule.h"
 #include "masked_attention.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -291,18 +294,15 @@ struct MaskInfo {
   int64_t num_query_blocks = 0, num_key_blocks = 0;
   bool causal = false;
   bool has_agents = false;
-  std::vector<int64_t> seq_len;             // [B], clamped to [0, Nk]
-  std::vector<int32_t> agent_of_key;        // [B, Nk]
-  std::vector<uint64_t> query_sees;         // [B, Nq]: visibility row of each query's agent
-  std::vector<uint64_t> key_block_agents;   // [B, key blocks]: OR of 1 << agent over the block
-  std::vector<uint64_t> query_block_union;  // [B, query blocks]: OR of query_sees over the block
-  std::vector<uint64_t> query_block_common; // [B, query blocks]: AND of query_sees over the block
+  std::vector<int64_t> seq_len;                          // [B], clamped to [0, Nk]
+  std::vector<int32_t> agent_of_key;                     // [B, Nk]
+  std::vector<uint64_t> query_sees;                      // [B, Nq]: visibility row of each query's agent
+  std::vector<uint64_t> key_block_agents;                // [B, key blocks]: agents present in the block
+  std::vector<mask_rule::QuerySummary> query_summaries;  // [B, query blocks]
 
   // Keys [0, key_end) may be visible to some query of block [q_first, q_last].
   int64_t key_end(int64_t b, int64_t q_last) const {
-    int64_t end = seq_len[b];
-    if (causal) end = std::min(end, offset + q_last + 1);
-    return std::max<int64_t>(end, 0);
+    return mask_rule::key_limit(causal, offset + q_last, seq_len[b]);
   }
 };
 
@@ -337,56 +337,48 @@ MaskInfo build_mask_info(const AttentionShape& shape, bool causal, const Optiona
   }
   info.query_sees.resize(batch * nq);
   info.key_block_agents.assign(batch * info.num_key_blocks, 0);
-  info.query_block_union.assign(batch * info.num_query_blocks, 0);
-  info.query_block_common.assign(batch * info.num_query_blocks, ~uint64_t(0));
+  info.query_summaries.assign(batch * info.num_query_blocks, mask_rule::QuerySummary{});
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t j = 0; j < nk; ++j) {
-      info.key_block_agents[b * info.num_key_blocks + j / kBlockN] |= uint64_t(1) << id_data[b * nk + j];
+      info.key_block_agents[b * info.num_key_blocks + j / kBlockN] |= mask_rule::agent_bit(id_data[b * nk + j]);
     }
     for (int64_t i = 0; i < nq; ++i) {
       const uint64_t sees = static_cast<uint64_t>(row_data[b * num_agents + id_data[b * nk + info.offset + i]]);
       info.query_sees[b * nq + i] = sees;
-      info.query_block_union[b * info.num_query_blocks + i / kBlockM] |= sees;
-      info.query_block_common[b * info.num_query_blocks + i / kBlockM] &= sees;
+      mask_rule::add_query(info.query_summaries[b * info.num_query_blocks + i / kBlockM], sees);
     }
   }
   return info;
 }
 
-// How a (query block, key block) pair is treated.
-enum class BlockKind { kSkip, kFull, kPartial };
-
-BlockKind classify_block(const MaskInfo& info, int64_t b, int64_t query_block, int64_t q_first,
-                         int64_t q_count, int64_t key_block, int64_t k_first, int64_t k_count) {
-  bool full = true;
-  if (info.causal) {
-    if (k_first > info.offset + q_first + q_count - 1) return BlockKind::kSkip;  // all in the future
-    full = k_first + k_count - 1 <= info.offset + q_first;  // even the first query sees the last key
-  }
-  if (info.has_agents) {
-    const uint64_t present = info.key_block_agents[b * info.num_key_blocks + key_block];
-    const uint64_t seen_by_some = info.query_block_union[b * info.num_query_blocks + query_block];
-    if ((present & seen_by_some) == 0) return BlockKind::kSkip;
-    const uint64_t seen_by_all = info.query_block_common[b * info.num_query_blocks + query_block];
-    full = full && (present & seen_by_all) == present;
-  }
-  return full ? BlockKind::kFull : BlockKind::kPartial;
+// How a (query block, key block) pair is treated: keys [k_first, k_first + k_count) lie below
+// the queries' key_end, so only causality and agents decide.
+mask_rule::TileKind classify_block(const MaskInfo& info, int64_t b, int64_t query_block, int64_t q_first,
+                                   int64_t q_count, int64_t key_block, int64_t k_first, int64_t k_count) {
+  const bool agents = info.has_agents;
+  return mask_rule::classify_tile(info.causal, info.offset + q_first, info.offset + q_first + q_count - 1, k_first,
+                                  k_first + k_count - 1, info.seq_len[b], agents,
+                                  agents ? info.key_block_agents[b * info.num_key_blocks + key_block] : 0,
+                                  agents ? info.query_summaries[b * info.num_query_blocks + query_block]
+                                         : mask_rule::QuerySummary{});
 }
 
-// Sets the disallowed scores of one query row to -inf (keys [k_first, k_first + n)).
+// Sets the disallowed scores of one query row to -inf (keys [k_first, k_first + n), all below
+// seq_len).
 template <typename acc_t>
 void mask_row(acc_t* __restrict__ s, int64_t n, int64_t b, int64_t query, int64_t k_first,
               const MaskInfo& info) {
-  int64_t allowed = n;
-  if (info.causal) allowed = std::clamp<int64_t>(info.offset + query - k_first + 1, 0, n);
+  const int64_t limit = mask_rule::key_limit(info.causal, info.offset + query, info.seq_len[b]);
+  const int64_t allowed = std::clamp<int64_t>(limit - k_first, 0, n);
   for (int64_t j = allowed; j < n; ++j) s[j] = kNegInf<acc_t>;
   if (!info.has_agents) return;
   const uint64_t sees = info.query_sees[b * info.num_queries + query];
   const int32_t* __restrict__ agents = info.agent_of_key.data() + b * info.num_keys + k_first;
 #if AGENTFAST_AVX2
   if constexpr (std::is_same_v<acc_t, float>) {
-    // Bit `agent` of the 64-bit row, from two 32-bit halves: a variable shift by 32 or more
-    // (a - 32 wraps to a huge count for a < 32) gives 0, so exactly one half contributes.
+    // mask_rule::agent_sees, eight keys at a time: bit `agent` of the 64-bit row, from two 32-bit
+    // halves: a variable shift by 32 or more (a - 32 wraps to a huge count for a < 32) gives 0,
+    // so exactly one half contributes.
     const __m256i low = _mm256_set1_epi32(static_cast<int32_t>(sees & 0xffffffffu));
     const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(sees >> 32));
     const __m256i one = _mm256_set1_epi32(1), thirty_two = _mm256_set1_epi32(32);
@@ -405,7 +397,7 @@ void mask_row(acc_t* __restrict__ s, int64_t n, int64_t b, int64_t query, int64_
   }
 #endif
   for (int64_t j = 0; j < allowed; ++j) {
-    s[j] = ((sees >> agents[j]) & 1) ? s[j] : kNegInf<acc_t>;
+    s[j] = mask_rule::agent_sees(sees, agents[j]) ? s[j] : kNegInf<acc_t>;
   }
 }
 
@@ -482,7 +474,7 @@ void forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
       // Last query blocks first: under causal masking they see the most keys, and handing out
       // the long tasks first leaves short ones to even out the threads at the end.
       const int64_t query_block = info.num_query_blocks - 1 - task / bh_count;
-      const int64_t bh = task % bh_count, b = bh / heads, h = bh % heads;
+      const int64_t bh = task % bh_count, b = bh / heads, h = bh % heads, kv_head = h / shape.group();
       const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
       int64_t ldq, ldk, ldv;
       const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
@@ -493,14 +485,14 @@ void forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
       const int64_t key_end = info.key_end(b, q_first + m - 1);
       for (int64_t k_first = 0, key_block = 0; k_first < key_end; k_first += kBlockN, ++key_block) {
         const int64_t n = std::min(kBlockN, key_end - k_first);
-        const BlockKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
-        if (kind == BlockKind::kSkip) continue;
-        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, h, k_first, n, head_dim, k_buf.data(), ldk);
-        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, h, k_first, n, head_dim, v_buf.data(), ldv);
+        const mask_rule::TileKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
+        if (kind == mask_rule::TileKind::kEmpty) continue;
+        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, kv_head, k_first, n, head_dim, k_buf.data(), ldk);
+        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, kv_head, k_first, n, head_dim, v_buf.data(), ldv);
         gemm<acc_t>(false, true, m, n, head_dim, scale, q_rows, ldq, k_rows, ldk, acc_t(0), scores.data(), kBlockN);
         for (int64_t i = 0; i < m; ++i) {
           acc_t* s = scores.data() + i * kBlockN;
-          if (kind == BlockKind::kPartial) mask_row(s, n, b, q_first + i, k_first, info);
+          if (kind == mask_rule::TileKind::kPartial) mask_row(s, n, b, q_first + i, k_first, info);
           const acc_t block_max = row_max(s, n);
           if (block_max == kNegInf<acc_t>) {  // nothing visible to this row here
             std::fill(s, s + n, acc_t(0));
@@ -537,18 +529,18 @@ void store_rows(const acc_t* src, int64_t count, scalar_t* dst) {
   for (int64_t idx = 0; idx < count; ++idx) dst[idx] = static_cast<scalar_t>(src[idx]);
 }
 
-// dQ[bh] = sum over chunks of the shares [bh, chunk, Nq, D], added in chunk order.
+// dQ[task] = sum over chunks of the shares [task, chunk, rows, D], added in chunk order.
 template <typename acc_t, typename scalar_t>
-void sum_dq_shares(const acc_t* shares, int64_t chunks, int64_t bh_count, int64_t nq, int64_t head_dim,
+void sum_dq_shares(const acc_t* shares, int64_t chunks, int64_t tasks, int64_t rows, int64_t head_dim,
                    scalar_t* dq) {
-  at::parallel_for(0, bh_count * nq, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks * rows, 64, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> total(head_dim);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / nq, i = row % nq;
-      const acc_t* share = shares + (bh * chunks * nq + i) * head_dim;
+      const int64_t task = row / rows, i = row % rows;
+      const acc_t* share = shares + (task * chunks * rows + i) * head_dim;
       std::copy(share, share + head_dim, total.begin());
       for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        const acc_t* next = share + chunk * nq * head_dim;
+        const acc_t* next = share + chunk * rows * head_dim;
         for (int64_t d = 0; d < head_dim; ++d) total[d] += next[d];
       }
       store_rows(total.data(), head_dim, dq + row * head_dim);
@@ -582,6 +574,7 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t heads = shape.heads, nq = shape.num_queries, nk = shape.num_keys, head_dim = shape.head_dim;
+  const int64_t kv_heads = shape.kv_heads, group = shape.group();
   const TensorAccess qa = access(q), ka = access(k), va = access(v), ga = access(grad_out);
   const acc_t* lse_data = lse.data_ptr<acc_t>();
   const acc_t* delta_data = delta.data_ptr<acc_t>();
@@ -589,12 +582,15 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
   scalar_t* dk_data = grad_k.data_ptr<scalar_t>();
   scalar_t* dv_data = grad_v.data_ptr<scalar_t>();
 
-  const int64_t bh_count = shape.batch * heads;
-  const int64_t chunks = backward_key_chunks(bh_count, info.num_key_blocks,
-                                             nq * head_dim * static_cast<int64_t>(sizeof(acc_t)));
+  // A task owns one (batch, kv head): dK/dV sum over the query heads of its group in order, and
+  // its dQ covers those heads, [group, Nq, D] (grouped-query attention; group = 1 otherwise).
+  const int64_t bkv_count = shape.batch * kv_heads;
+  const int64_t task_dq = group * nq * head_dim;
+  const int64_t chunks = backward_key_chunks(bkv_count, info.num_key_blocks,
+                                             task_dq * static_cast<int64_t>(sizeof(acc_t)));
   const bool shared_dq = chunks > 1;
-  std::vector<acc_t> dq_shares(shared_dq ? bh_count * chunks * nq * head_dim : 0);
-  const int64_t tasks = bh_count * chunks;
+  std::vector<acc_t> dq_shares(shared_dq ? bkv_count * chunks * task_dq : 0);
+  const int64_t tasks = bkv_count * chunks;
 
   std::atomic<int64_t> next_task{0};
   run_workers(tasks, [&] {
@@ -602,16 +598,16 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
     std::vector<acc_t> k_buf(kBlockN * head_dim), v_buf(kBlockN * head_dim);
     std::vector<acc_t> probs(kBlockM * kBlockN), dprobs(kBlockM * kBlockN);
     std::vector<acc_t> dk_acc(kBlockN * head_dim), dv_acc(kBlockN * head_dim);
-    std::vector<acc_t> dq_own(shared_dq ? 0 : nq * head_dim);
+    std::vector<acc_t> dq_own(shared_dq ? 0 : task_dq);
     for (int64_t task; (task = next_task.fetch_add(1)) < tasks;) {
-      const int64_t chunk = task / bh_count, bh = task % bh_count, b = bh / heads, h = bh % heads;
-      acc_t* dq_acc = shared_dq ? dq_shares.data() + (bh * chunks + chunk) * nq * head_dim : dq_own.data();
-      std::fill(dq_acc, dq_acc + nq * head_dim, acc_t(0));
+      const int64_t chunk = task / bkv_count, bkv = task % bkv_count, b = bkv / kv_heads, kv_head = bkv % kv_heads;
+      acc_t* dq_task = shared_dq ? dq_shares.data() + (bkv * chunks + chunk) * task_dq : dq_own.data();
+      std::fill(dq_task, dq_task + task_dq, acc_t(0));
       const int64_t key_end = info.key_end(b, nq - 1);
       for (int64_t key_block = chunk; key_block < info.num_key_blocks; key_block += chunks) {
         const int64_t k_first = key_block * kBlockN;
-        scalar_t* dk_dst = dk_data + (bh * nk + k_first) * head_dim;
-        scalar_t* dv_dst = dv_data + (bh * nk + k_first) * head_dim;
+        scalar_t* dk_dst = dk_data + (bkv * nk + k_first) * head_dim;
+        scalar_t* dv_dst = dv_data + (bkv * nk + k_first) * head_dim;
         // Keys past key_end (seq_len, or after the last query under causal) get zero gradient.
         const int64_t rows = std::min(kBlockN, nk - k_first);
         if (k_first >= key_end) {
@@ -621,47 +617,52 @@ void backward_kernel(const Tensor& grad_out, const Tensor& q, const Tensor& k, c
         }
         const int64_t n = std::min(kBlockN, key_end - k_first);
         int64_t ldk, ldv, ldq, ldg;
-        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, h, k_first, n, head_dim, k_buf.data(), ldk);
-        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, h, k_first, n, head_dim, v_buf.data(), ldv);
+        const acc_t* k_rows = rows_as_acc<scalar_t, acc_t>(ka, b, kv_head, k_first, n, head_dim, k_buf.data(), ldk);
+        const acc_t* v_rows = rows_as_acc<scalar_t, acc_t>(va, b, kv_head, k_first, n, head_dim, v_buf.data(), ldv);
         std::fill(dk_acc.begin(), dk_acc.begin() + rows * head_dim, acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.begin() + rows * head_dim, acc_t(0));
         // Causal: queries before position k_first see none of these keys.
         const int64_t first_query = info.causal ? std::max<int64_t>(0, k_first - info.offset) : 0;
-        for (int64_t query_block = first_query / kBlockM; query_block < info.num_query_blocks; ++query_block) {
-          const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
-          const BlockKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
-          if (kind == BlockKind::kSkip) continue;
-          const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
-          const acc_t* g_rows = rows_as_acc<scalar_t, acc_t>(ga, b, h, q_first, m, head_dim, g_buf.data(), ldg);
-          gemm<acc_t>(false, true, m, n, head_dim, scale, q_rows, ldq, k_rows, ldk, acc_t(0), probs.data(), kBlockN);
-          gemm<acc_t>(false, true, m, n, head_dim, acc_t(1), g_rows, ldg, v_rows, ldv, acc_t(0), dprobs.data(), kBlockN);
-          for (int64_t i = 0; i < m; ++i) {
-            const int64_t row = bh * nq + q_first + i;
-            acc_t* p = probs.data() + i * kBlockN;
-            acc_t* dp = dprobs.data() + i * kBlockN;
-            if (kind == BlockKind::kPartial) mask_row(p, n, b, q_first + i, k_first, info);
-            const acc_t row_lse = lse_data[row];
-            if (row_lse == kNegInf<acc_t>) {  // a row with no visible key passes no gradient
-              std::fill(p, p + n, acc_t(0));
-              std::fill(dp, dp + n, acc_t(0));
-              continue;
+        for (int64_t member = 0; member < group; ++member) {
+          const int64_t h = kv_head * group + member, bh = b * heads + h;
+          acc_t* dq_acc = dq_task + member * nq * head_dim;
+          for (int64_t query_block = first_query / kBlockM; query_block < info.num_query_blocks; ++query_block) {
+            const int64_t q_first = query_block * kBlockM, m = std::min(kBlockM, nq - q_first);
+            const mask_rule::TileKind kind = classify_block(info, b, query_block, q_first, m, key_block, k_first, n);
+            if (kind == mask_rule::TileKind::kEmpty) continue;
+            const acc_t* q_rows = rows_as_acc<scalar_t, acc_t>(qa, b, h, q_first, m, head_dim, q_buf.data(), ldq);
+            const acc_t* g_rows = rows_as_acc<scalar_t, acc_t>(ga, b, h, q_first, m, head_dim, g_buf.data(), ldg);
+            gemm<acc_t>(false, true, m, n, head_dim, scale, q_rows, ldq, k_rows, ldk, acc_t(0), probs.data(), kBlockN);
+            gemm<acc_t>(false, true, m, n, head_dim, acc_t(1), g_rows, ldg, v_rows, ldv, acc_t(0), dprobs.data(), kBlockN);
+            for (int64_t i = 0; i < m; ++i) {
+              const int64_t row = bh * nq + q_first + i;
+              acc_t* p = probs.data() + i * kBlockN;
+              acc_t* dp = dprobs.data() + i * kBlockN;
+              if (kind == mask_rule::TileKind::kPartial) mask_row(p, n, b, q_first + i, k_first, info);
+              const acc_t row_lse = lse_data[row];
+              if (row_lse == kNegInf<acc_t>) {  // a row with no visible key passes no gradient
+                std::fill(p, p + n, acc_t(0));
+                std::fill(dp, dp + n, acc_t(0));
+                continue;
+              }
+              softmax_grad_row(p, dp, n, row_lse, delta_data[row]);  // P and dS
             }
-            softmax_grad_row(p, dp, n, row_lse, delta_data[row]);  // P and dS
+            gemm<acc_t>(true, false, n, head_dim, m, acc_t(1), probs.data(), kBlockN, g_rows, ldg, acc_t(1),
+                        dv_acc.data(), head_dim);
+            gemm<acc_t>(true, false, n, head_dim, m, scale, dprobs.data(), kBlockN, q_rows, ldq, acc_t(1),
+                        dk_acc.data(), head_dim);
+            gemm<acc_t>(false, false, m, head_dim, n, scale, dprobs.data(), kBlockN, k_rows, ldk, acc_t(1),
+                        dq_acc + q_first * head_dim, head_dim);
           }
-          gemm<acc_t>(true, false, n, head_dim, m, acc_t(1), probs.data(), kBlockN, g_rows, ldg, acc_t(1),
-                      dv_acc.data(), head_dim);
-          gemm<acc_t>(true, false, n, head_dim, m, scale, dprobs.data(), kBlockN, q_rows, ldq, acc_t(1),
-                      dk_acc.data(), head_dim);
-          gemm<acc_t>(false, false, m, head_dim, n, scale, dprobs.data(), kBlockN, k_rows, ldk, acc_t(1),
-                      dq_acc + q_first * head_dim, head_dim);
         }
         store_rows(dk_acc.data(), rows * head_dim, dk_dst);
         store_rows(dv_acc.data(), rows * head_dim, dv_dst);
       }
-      if (!shared_dq) store_rows(dq_acc, nq * head_dim, dq_data + bh * nq * head_dim);
+      // The group's query heads are consecutive: its dQ is one [group * Nq, D] block.
+      if (!shared_dq) store_rows(dq_task, task_dq, dq_data + bkv * task_dq);
     }
   });
-  if (shared_dq) sum_dq_shares(dq_shares.data(), chunks, bh_count, nq, head_dim, dq_data);
+  if (shared_dq) sum_dq_shares(dq_shares.data(), chunks, bkv_count, group * nq, head_dim, dq_data);
 }
 
 void check_cpu(const Tensor& q) {
