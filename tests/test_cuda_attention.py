@@ -3,14 +3,13 @@
 
 Every numerics test runs on two targets: ``gpu`` (agentfast._C on a CUDA device; skipped
 without one) and ``emulated``: the same kernels (csrc/cuda/masked_attention_kernels.cuh) and
-host code compiled for the CPU against tests/cuda_emulation, where each CUDA thread is an OS
-thread. The emulation checks the kernels' indexing, masking, tile skipping, synchronisation
+host code compiled for the CPU against tests/cuda_emulation, where each CUDA thread is a
+fiber and warps exchange tensor-core fragments lane by lane as the PTX ISA lays them out
+(tests/test_cuda_emulation.py checks the emulation itself). The emulation checks the kernels' indexing, masking, tile skipping, synchronisation
 and numerics on any machine; speed, streams and devices need the GPU tests.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,19 +18,13 @@ from agentfast.attention import attention, dense_mask, get_backend, make_call
 from agentfast.attention.backends.extension import masked_attention
 from attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
 
-ROOT = Path(__file__).resolve().parents[1]
-EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
-
 
 @pytest.fixture(scope="session")
 def emulated_kernels():
-    """The CUDA kernels built for the CPU against the emulation (about 40 s the first time;
-    torch caches the build)."""
-    from torch.utils.cpp_extension import load
+    """The CUDA kernels built for the CPU against the emulation."""
+    from cuda_emulation.build import emulated_kernels
 
-    return load(name="agentfast_cuda_emulation", sources=[str(EMULATION / "emulated_attention.cpp")],
-                extra_include_paths=[str(ROOT / "csrc"), str(ROOT / "csrc" / "cuda"), str(EMULATION)],
-                extra_cflags=["-O1", "-std=c++20"], verbose=False)
+    return emulated_kernels()
 
 
 class _EmulatedAttention(torch.autograd.Function):

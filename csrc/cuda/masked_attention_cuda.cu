@@ -10,19 +10,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "masked_attention.h"
-
-// wmma with fp16/bf16 and fp32 accumulation needs sm_80+; the host refuses older devices.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define AGENTFAST_TENSOR_CORES 1
-#else
-#define AGENTFAST_TENSOR_CORES 0
-#endif
 
 namespace agentfast {
 namespace {
@@ -30,8 +22,6 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(128) unsigned char smem[];
   return smem;
 }
-__device__ __forceinline__ uint4 load_vector(const void* p) { return *static_cast<const uint4*>(p); }
-__device__ __forceinline__ void store_vector(void* p, uint4 value) { *static_cast<uint4*>(p) = value; }
 }  // namespace
 }  // namespace agentfast
 
@@ -107,11 +97,10 @@ int64_t cuda_shared_memory_bytes(bool fp32, int64_t head_dim, bool backward) {
     using T = decltype(element);
     dispatch_head_dim(head_dim, [&](auto hd) {
       constexpr int HD = decltype(hd)::value;
-      using C = Config<HD>;
-      bytes = static_cast<int64_t>(ForwardTile<T, HD, C::kFwdM, C::kFwdN>::kBytes);
+      bytes = static_cast<int64_t>(ForwardTileOf<T, HD>::kBytes);
       if (backward) {
-        bytes = std::max<int64_t>({bytes, static_cast<int64_t>(DqTile<T, HD, C::kDqM, C::kDqN>::kBytes),
-                                   static_cast<int64_t>(DkvTile<T, HD, C::kKvM, C::kKvN>::kBytes)});
+        bytes = std::max<int64_t>({bytes, static_cast<int64_t>(DqTileOf<T, HD>::kBytes),
+                                   static_cast<int64_t>(DkvTileOf<T, HD>::kBytes)});
       }
     });
   };

@@ -1,34 +1,46 @@
-// Kernels of agentfast::masked_attention on CUDA (FlashAttention-2 style, one pass per output),
-// and the host code that prepares and launches them through a Launcher.
+// Kernels of agentfast::masked_attention on CUDA, in the FlashAttention-2 design, and the host
+// code that prepares and launches them through a Launcher.
 //
-// forward_kernel:  one CTA per (query block, batch*head); warps own 16 query rows each. Q stays
-//                  in shared memory, K/V blocks stream through it, online softmax keeps the
-//                  running row max/sum. The fp32 output accumulator stays in wmma fragments
-//                  (fp16/bf16 up to head dim 128) or in shared memory (fp32; head dim 256).
-//                  Writes out and the row log-sum-exp (lse).
-// dq_kernel:       one CTA per (query block, batch*head): dQ = scale * sum_k dS K.
-// dkdv_kernel:     one CTA per (key block, batch*head); warps own 16 keys each:
-//                  dV = P^T dO, dK = scale * dS^T Q. Separate dQ and dK/dV passes keep the
-//                  backward free of atomics, hence deterministic.
-//                  dQ, dK and dV accumulate in fragments where they fit (see Config).
-// Matrix products use tensor cores (wmma 16x16x16, fp32 accumulate) for fp16/bf16 and plain
-// FMA loops for fp32 (tf32 would not meet the fp32 accuracy contract).
+// fp16 / bf16 (tensor cores: mma.sync.m16n8k16, fp32 accumulation):
+//   forward_kernel  one CTA per (query tile, batch*head); each warp owns 16 or 32 query rows.
+//                   Q fragments are loaded once per query tile (ldmatrix) and stay in registers
+//                   (head dim <= 128); S = Q K^T, the online softmax (row max and sum by warp
+//                   shuffles within a quad, exp2 with the scale folded in) and P stay in
+//                   registers: the S accumulators are rounded to 16 bits in place and become the
+//                   A operand of P V without touching shared memory. O accumulates in registers.
+//   dq_kernel       one CTA per (query tile, batch*head): S, dP = dO V^T, P and dS in registers,
+//                   dQ += dS K; Q and dO fragments in registers (head dim <= 128).
+//   dkdv_kernel     one CTA per (key tile, batch*kv head); each warp owns 16 keys: S^T = K Q^T,
+//                   dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, over the query tiles of every query
+//                   head that reads this kv head (grouped-query attention: no atomics, a fixed
+//                   order, so reruns are bitwise identical). K and V fragments stay in registers
+//                   at head dim 64. At head dim 256, dK/dV of the 256 columns would not fit in
+//                   registers: the grid covers the columns in two halves of 128, each CTA
+//                   recomputing S and dP for its half.
+//   K/V tiles (forward, dQ) and Q/dO tiles (dK/dV) stream through two shared-memory stages with
+//   cp.async: the copy of the next tile runs while the current one is computed; one barrier per
+//   tile. Rows are padded by 16 bytes, so ldmatrix reads hit 8 different bank groups.
+// fp32 (no tensor-core format meets the fp32 accuracy contract; tf32 does not): the same
+//   kernels, tiles, pipeline and register-resident accumulators, with the products computed by
+//   FMAs from shared memory (simt_abt / simt_ab) and P or dS passed to the second product
+//   through a per-warp shared scratch.
 //
-// Whole blocks the mask empties are skipped: keys beyond seq_len, causal future, and key
-// blocks holding no agent that any query of the block can see (per-16-row agent-presence
-// bitmasks built by tile_masks_kernel). Blocks that every query fully sees skip the mask.
+// Tile skipping: per query tile, the list of key tiles to visit, partial ones (the mask decides
+// per element) before full ones (no mask); per key tile, the list of query tiles, for dK/dV.
+// The layout is FlexAttention's BlockMask (counts plus indices). tile_list_kernel builds the
+// lists from per-16-row agent summaries (tile_summaries_kernel) with the rule of mask_rule.h:
+// empty tiles are never loaded.
 //
 // Templates are instantiated per dtype (3) x head-dim bucket (64, 128, 256) only; masking
 // options are runtime flags, to keep compile time small.
 //
-// The includer provides the CUDA vocabulary: masked_attention_cuda.cu the real one (nvcc,
-// cuda_fp16.h, mma.h), tests/cuda_emulation the CPU emulation that runs these same kernels in
-// the CPU-only test suite. Either way it defines before including this file:
-//   __half, __nv_bfloat16, __float2half_rn, __float2bfloat16_rn, nvcuda::wmma, dim3 and the
-//   thread/block built-ins, uint4, dynamic_shared_memory() (the kernel's extern __shared__
-//   array), load_vector/store_vector (16-byte aligned copies of a uint4), and
-//   AGENTFAST_TENSOR_CORES (1 where the wmma path may run).
-// A Launcher is callable as launch(kernel, grid, threads, shared_bytes, kernel arguments...).
+// The includer provides the CUDA vocabulary: masked_attention_cuda.cu the real one (nvcc),
+// tests/cuda_emulation the CPU emulation that runs these same kernels in the CPU-only test
+// suite. Either way it defines, before including this file, __half, __nv_bfloat16,
+// __float2half_rn, __float2bfloat16_rn, dim3 and the thread/block built-ins, and
+// dynamic_shared_memory() (the kernel's extern __shared__ array); warp_primitives.cuh maps the
+// tensor-core and copy instructions. A Launcher is callable as
+// launch(kernel, grid, threads, shared_bytes, kernel arguments...).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,17 +51,18 @@
 #include <tuple>
 #include <type_traits>
 
+#include "mask_rule.h"
 #include "masked_attention.h"
+#include "warp_primitives.cuh"
 
 namespace agentfast {
 namespace {
 
-constexpr int kGranule = 16;  // rows per agent-presence bitmask entry
+constexpr int kGranule = 16;  // rows per agent summary entry
 constexpr float kInf = __builtin_huge_valf();
+constexpr float kLog2e = 1.4426950408889634f;
 
-// ---------------------------------------------------------------------------------------
 // fp32 -> element conversion (torch builds with __CUDA_NO_HALF_CONVERSIONS__, so spell it out).
-
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>
@@ -59,6 +72,8 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+__host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+
 // ---------------------------------------------------------------------------------------
 // Parameters.
 
@@ -66,780 +81,1171 @@ struct Strides4 {
   int64_t b, h, n, d;
 };
 
-Strides4 strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+// A [B, H, N, D] input as the kernels read it.
+template <typename T>
+struct InputTensor {
+  const T* data;
+  Strides4 strides;
+  bool vector;  // rows start 16-byte aligned with a contiguous head dim: cp.async in 16-byte chunks
+
+  __device__ __forceinline__ const T* rows(int b, int h, int first) const {
+    return data + b * strides.b + h * strides.h + first * strides.n;
+  }
+};
 
 struct MaskParams {
-  int batch_heads, heads, num_queries, num_keys, offset, num_agents;
-  bool causal;
-  const int64_t* seq_lens;       // [B] or null
-  const int32_t* agent_ids;      // [B, Nk] or null (then no agent mask)
-  const int64_t* agent_bitmask;  // [B, A]
-  const uint64_t* key_presence;  // [B, key granules]: OR of 1 << agent over 16 keys
-  const uint64_t* query_union;   // [B, query granules]: OR of the visibility rows of 16 queries
-  const uint64_t* query_common;  // [B, query granules]: AND of the same
-  int key_granules, query_granules;
+  int batch, heads, kv_heads, group, num_queries, num_keys, offset;
+  bool causal, has_agents;
+  const int64_t* seq_lens;     // [B] or null
+  const int32_t* agent_ids;    // [B, agent_stride]: agent of each key
+  const uint64_t* key_bits;    // [B, sees_stride]: the agent of each key as a one-hot bit
+  const uint64_t* query_sees;  // [B, sees_stride]: visibility row of each query's agent
+  int agent_stride, sees_stride;  // sees_stride covers Nq and Nk
+
+  __device__ __forceinline__ int key_end(int b) const {
+    if (seq_lens == nullptr) return num_keys;
+    const int64_t len = seq_lens[b];
+    return static_cast<int>(len < 0 ? 0 : (len > num_keys ? num_keys : len));
+  }
+};
+
+// FlexAttention's BlockMask layout: per (batch, row tile), the number of partial and of full
+// column tiles, and their indices (partial ones first).
+struct TileList {
+  const int32_t* counts;   // [B, rows, 2]
+  const int32_t* indices;  // [B, rows, cols]
+  int rows, cols;
+};
+
+// The column tiles one CTA visits, partial ones first: `passes` times over the same list (the
+// query heads of a kv head, for dK/dV).
+struct Visits {
+  const int32_t* index;
+  int partial, listed, total;
+
+  __device__ __forceinline__ Visits(const TileList& list, int b, int row, int passes) {
+    const int64_t entry = static_cast<int64_t>(b) * list.rows + row;
+    index = list.indices + entry * list.cols;
+    partial = list.counts[2 * entry];
+    listed = partial + list.counts[2 * entry + 1];
+    total = listed * passes;
+  }
+};
+
+// Where a walk over the visits is: the pass and the position in the list, advanced without
+// divisions.
+struct VisitCursor {
+  int pass = 0, position = 0;
+
+  __device__ __forceinline__ void advance(const Visits& visits) {
+    if (++position == visits.listed) {
+      position = 0;
+      ++pass;
+    }
+  }
+  __device__ __forceinline__ int tile(const Visits& visits) const { return visits.index[position]; }
+  __device__ __forceinline__ bool partial(const Visits& visits) const { return position < visits.partial; }
 };
 
 template <typename T>
 struct ForwardArgs {
-  const T* q;
-  const T* k;
-  const T* v;
+  InputTensor<T> q, k, v;
   T* out;      // [B, H, Nq, D] contiguous
   float* lse;  // [B, H, Nq]
-  Strides4 qs, ks, vs;
   int head_dim;
   float scale;
   MaskParams mask;
+  TileList tiles;  // per query tile: key tiles
 };
 
 template <typename T>
 struct BackwardArgs {
-  const T* q;
-  const T* k;
-  const T* v;
-  const T* grad_out;
-  const float* lse;    // [B, H, Nq]
-  const float* delta;  // [B, H, Nq]: rowsum(dO * O) - grad_lse
-  T* grad_q;           // contiguous
-  T* grad_k;
+  InputTensor<T> q, k, v, grad_out;
+  const float* lse_log2;  // [B * H, row_stride]: lse * log2(e), +inf where a row sees no key
+  const float* delta;     // [B * H, row_stride]: rowsum(dO * O) - grad_lse
+  int row_stride;
+  T* grad_q;  // [B, H, Nq, D] contiguous
+  T* grad_k;  // [B, Hkv, Nk, D] contiguous
   T* grad_v;
-  Strides4 qs, ks, vs, gs;
   int head_dim;
   float scale;
   MaskParams mask;
+  TileList query_tiles;  // per query tile: key tiles (dQ)
+  TileList key_tiles;    // per key tile: query tiles (dK/dV)
 };
-
-// ---------------------------------------------------------------------------------------
-// Mask helpers.
 
 // The (batch, head) of this CTA. B * H is spread over grid.y and grid.z because grid.y alone
 // stops at 65535 (B = 8192 environments x 8 heads is past it); a few trailing CTAs of the
 // rounded-up grid have no (batch, head) and return before touching memory.
 __device__ __forceinline__ int batch_head_of_block() { return blockIdx.y + blockIdx.z * gridDim.y; }
 
-__device__ __forceinline__ int seq_len_of(const MaskParams& m, int b) {
-  if (m.seq_lens == nullptr) return m.num_keys;
-  const int64_t len = m.seq_lens[b];
-  return static_cast<int>(len < 0 ? 0 : (len > m.num_keys ? m.num_keys : len));
+// ---------------------------------------------------------------------------------------
+// Mask summaries and tile lists.
+
+__device__ __forceinline__ int agent_at(const MaskParams& m, int b, int key) {
+  return m.agent_ids[static_cast<int64_t>(b) * m.agent_stride + key];
 }
 
-__device__ __forceinline__ int agent_at(const MaskParams& m, int b, int position) {
-  const int a = m.agent_ids[static_cast<int64_t>(b) * m.num_keys + position];
-  return a < 0 ? 0 : (a >= m.num_agents ? m.num_agents - 1 : a);  // inputs are validated upstream
-}
-
-__device__ __forceinline__ uint64_t visibility_row(const MaskParams& m, int b, int query) {
-  return static_cast<uint64_t>(m.agent_bitmask[static_cast<int64_t>(b) * m.num_agents + agent_at(m, b, m.offset + query)]);
-}
-
-__device__ __forceinline__ uint64_t or_granules(const uint64_t* bits, int first, int count) {
-  uint64_t r = 0;
-  for (int g = first / kGranule; g * kGranule < first + count; ++g) r |= bits[g];
-  return r;
-}
-
-__device__ __forceinline__ uint64_t and_granules(const uint64_t* bits, int first, int count) {
-  uint64_t r = ~uint64_t(0);
-  for (int g = first / kGranule; g * kGranule < first + count; ++g) r &= bits[g];
-  return r;
-}
-
-struct BlockDecision {
-  bool skip;
-  bool full;  // every (valid query, key) pair of the block is allowed: no per-element mask
+struct SummaryArrays {
+  uint64_t* key_agents;  // [B, key granules]: agents present among 16 keys
+  uint64_t* query_any;   // [B, query granules]: OR of the visibility rows of 16 queries
+  uint64_t* query_all;   // [B, query granules]: AND of the same
+  uint64_t* query_sees;  // [B, sees_stride]
+  uint64_t* key_bits;    // [B, sees_stride]
+  const int64_t* bitmask;  // [B, A]
+  int num_agents, key_granules, query_granules;
 };
 
-// Queries [q_first, q_first + q_count) against keys [k_first, k_first + k_valid) of a block of
-// `block_keys` keys (k_valid < block_keys means the rest are padding and must be masked).
-__device__ __forceinline__ BlockDecision classify_block(const MaskParams& m, int b, int q_first, int q_count,
-                                                        int k_first, int k_valid, int block_keys) {
-  bool full = k_valid == block_keys;
-  if (m.causal) {
-    if (k_first > m.offset + q_first + q_count - 1) return {true, false};
-    full = full && (k_first + block_keys - 1 <= m.offset + q_first);
-  }
-  if (m.agent_ids != nullptr) {
-    const uint64_t present = or_granules(m.key_presence + static_cast<int64_t>(b) * m.key_granules, k_first, k_valid);
-    const uint64_t* qrow = m.query_union + static_cast<int64_t>(b) * m.query_granules;
-    if ((present & or_granules(qrow, q_first, q_count)) == 0) return {true, false};
-    const uint64_t* qcommon = m.query_common + static_cast<int64_t>(b) * m.query_granules;
-    full = full && (present & and_granules(qcommon, q_first, q_count)) == present;
-  }
-  return {false, full};
-}
-
-__device__ __forceinline__ bool allowed(const MaskParams& m, int key, int k_valid_end, int position,
-                                        uint64_t query_sees, int key_agent) {
-  bool ok = key < k_valid_end && (!m.causal || key <= position);
-  if (m.agent_ids != nullptr) ok = ok && ((query_sees >> key_agent) & 1ull);
-  return ok;
-}
-
-__global__ void tile_masks_kernel(MaskParams m, int batch, uint64_t* key_presence, uint64_t* query_union,
-                                  uint64_t* query_common) {
+__global__ void tile_summaries_kernel(MaskParams m, SummaryArrays s) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t key_entries = static_cast<int64_t>(batch) * m.key_granules;
-  const int64_t query_entries = static_cast<int64_t>(batch) * m.query_granules;
+  const int64_t key_entries = static_cast<int64_t>(m.batch) * s.key_granules;
+  const int64_t query_entries = static_cast<int64_t>(m.batch) * s.query_granules;
   if (idx < key_entries) {
-    const int b = static_cast<int>(idx / m.key_granules), g = static_cast<int>(idx % m.key_granules);
-    uint64_t bits = 0;
-    for (int j = g * kGranule; j < min((g + 1) * kGranule, m.num_keys); ++j) bits |= 1ull << agent_at(m, b, j);
-    key_presence[idx] = bits;
-  } else if (idx < key_entries + query_entries) {
-    const int64_t qidx = idx - key_entries;
-    const int b = static_cast<int>(qidx / m.query_granules), g = static_cast<int>(qidx % m.query_granules);
-    uint64_t any = 0, all = ~uint64_t(0);
-    for (int i = g * kGranule; i < min((g + 1) * kGranule, m.num_queries); ++i) {
-      const uint64_t sees = visibility_row(m, b, i);
-      any |= sees;
-      all &= sees;
+    const int b = static_cast<int>(idx / s.key_granules), g = static_cast<int>(idx % s.key_granules);
+    uint64_t present = 0;
+    for (int j = g * kGranule; j < min((g + 1) * kGranule, m.num_keys); ++j) {
+      const uint64_t bit = mask_rule::agent_bit(agent_at(m, b, j));
+      s.key_bits[static_cast<int64_t>(b) * m.sees_stride + j] = bit;
+      present |= bit;
     }
-    query_union[qidx] = any;
-    query_common[qidx] = all;
+    s.key_agents[idx] = present;
+  } else if (idx < key_entries + query_entries) {
+    const int64_t entry = idx - key_entries;
+    const int b = static_cast<int>(entry / s.query_granules), g = static_cast<int>(entry % s.query_granules);
+    mask_rule::QuerySummary summary;
+    for (int i = g * kGranule; i < min((g + 1) * kGranule, m.num_queries); ++i) {
+      const uint64_t sees = static_cast<uint64_t>(s.bitmask[static_cast<int64_t>(b) * s.num_agents + agent_at(m, b, m.offset + i)]);
+      s.query_sees[static_cast<int64_t>(b) * m.sees_stride + i] = sees;
+      mask_rule::add_query(summary, sees);
+    }
+    s.query_any[entry] = summary.any;
+    s.query_all[entry] = summary.all;
   }
+}
+
+// Which tiles a list covers: rows of `row_tile` queries against columns of `col_tile` keys, or
+// rows of keys against columns of queries (the dK/dV list).
+struct TileListSpec {
+  bool rows_are_queries;
+  int row_tile, col_tile, rows, cols;
+};
+
+__device__ __forceinline__ mask_rule::TileKind classify(const MaskParams& m, const SummaryArrays& s, int b,
+                                                        int q_first, int q_tile, int k_first, int k_tile) {
+  const int q_last = min(q_first + q_tile, m.num_queries) - 1;
+  const int k_stop = min(k_first + k_tile, m.num_keys);
+  uint64_t key_agents = 0;
+  mask_rule::QuerySummary queries;
+  if (m.has_agents) {
+    for (int g = k_first / kGranule; g * kGranule < k_stop; ++g) key_agents |= s.key_agents[static_cast<int64_t>(b) * s.key_granules + g];
+    for (int g = q_first / kGranule; g * kGranule <= q_last; ++g) {
+      const int64_t entry = static_cast<int64_t>(b) * s.query_granules + g;
+      mask_rule::merge(queries, mask_rule::QuerySummary{s.query_any[entry], s.query_all[entry]});
+    }
+  }
+  return mask_rule::classify_tile(m.causal, m.offset + q_first, m.offset + q_last, k_first, k_first + k_tile - 1,
+                                  m.key_end(b), m.has_agents, key_agents, queries);
+}
+
+__global__ void tile_list_kernel(MaskParams m, SummaryArrays s, TileListSpec spec, int32_t* counts, int32_t* indices) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(m.batch) * spec.rows) return;
+  const int b = static_cast<int>(idx / spec.rows), row = static_cast<int>(idx % spec.rows);
+  int32_t* out = indices + idx * spec.cols;
+  int listed[2] = {0, 0};
+  // Two passes, partial tiles first: visiting them first keeps the full ones, the common case,
+  // in one run at the end of the loop.
+  for (int pass = 0; pass < 2; ++pass) {
+    const auto wanted = pass == 0 ? mask_rule::TileKind::kPartial : mask_rule::TileKind::kFull;
+    for (int col = 0; col < spec.cols; ++col) {
+      const mask_rule::TileKind kind =
+          spec.rows_are_queries
+              ? classify(m, s, b, row * spec.row_tile, spec.row_tile, col * spec.col_tile, spec.col_tile)
+              : classify(m, s, b, col * spec.col_tile, spec.col_tile, row * spec.row_tile, spec.row_tile);
+      if (kind == wanted) {
+        out[listed[0] + listed[1]] = col;
+        ++listed[pass];
+      }
+    }
+  }
+  counts[2 * idx] = listed[0];
+  counts[2 * idx + 1] = listed[1];
 }
 
 // ---------------------------------------------------------------------------------------
 // Shared-memory tiles.
 
-__host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
-
-// Leading dimensions: wmma wants multiples of 8 elements (16-bit) / 4 (fp32); the fp32 FMA
-// path pads by one so lanes reading a column hit distinct banks.
-template <typename T>
-constexpr int pad_of() {
-  return sizeof(T) == 2 ? 8 : 1;
+// The element-by-element copy of load_tile (strided or unaligned inputs), out of line: its loop
+// stays out of the kernels' main loops.
+template <typename T, int ROWS, int HD, int LD, int THREADS>
+__device__ AGENTFAST_NOINLINE void copy_tile_elements(T* dst, const T* base, int64_t row_stride, int64_t col_stride,
+                                                      int valid_rows, int head_dim) {
+  for (int idx = threadIdx.x; idx < ROWS * HD; idx += THREADS) {
+    const int r = idx / HD, c = idx % HD;
+    dst[r * LD + c] = r < valid_rows && c < head_dim ? base[r * row_stride + c * col_stride] : from_float<T>(0.0f);
+  }
 }
 
-// rows x cols of a strided [N, D] slice into shared memory, zero-filled past valid rows/cols.
-// 16-bit rows whose head dim is contiguous and 16-byte aligned move in 16-byte chunks (shared
-// rows are COLS + 8 elements, a multiple of 16 bytes); anything else element by element.
-template <typename T, int ROWS, int COLS, int THREADS>
-__device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, int64_t row_stride, int64_t col_stride,
-                                          int valid_rows, int valid_cols) {
-  if constexpr (sizeof(T) == 2) {
-    constexpr int kVector = 8, kChunks = COLS / kVector;
-    if (col_stride == 1 && row_stride % kVector == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      for (int idx = threadIdx.x; idx < ROWS * kChunks; idx += THREADS) {
-        const int r = idx / kChunks, c = (idx % kChunks) * kVector;
-        uint4 chunk = {0u, 0u, 0u, 0u};  // zero bits: +0.0 in fp16 and bf16
-        if (r < valid_rows && c + kVector <= valid_cols) {
-          chunk = load_vector(src + r * row_stride + c);
-        } else if (r < valid_rows && c < valid_cols) {  // the ragged end of a row
-          T part[kVector];
-          for (int e = 0; e < kVector; ++e) part[e] = c + e < valid_cols ? src[r * row_stride + c + e] : from_float<T>(0.0f);
-          memcpy(&chunk, part, sizeof(chunk));
-        }
-        store_vector(dst + r * ld + c, chunk);
-      }
+// One thread's share of copying ROWS x HD tiles of a [B, H, N, D] input into shared memory
+// (pitch LD), in 16-byte cp.async chunks (the data lands at the next cp_async_wait) where the
+// input allows it, element by element otherwise. A thread's chunks sit in one column, rows
+// THREADS / (HD / chunk) apart: their offsets are fixed, so a tile costs a base address and, per
+// chunk, an add, a compare and the copy. Rows past the valid ones and columns past head_dim are
+// zero.
+template <typename T, int ROWS, int HD, int LD, int THREADS>
+struct TileCopier {
+  static constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T)), kRowChunks = HD / kPerChunk;
+  static constexpr int kRowsPerStep = THREADS / kRowChunks, kSteps = (ROWS + kRowsPerStep - 1) / kRowsPerStep;
+  static_assert(THREADS % kRowChunks == 0, "a thread's chunks share a column");
+  int row0, col, head_dim;
+
+  __device__ __forceinline__ explicit TileCopier(int head_dim_) : head_dim(head_dim_) {
+    row0 = static_cast<int>(threadIdx.x) / kRowChunks;
+    col = (static_cast<int>(threadIdx.x) % kRowChunks) * kPerChunk;
+  }
+
+  // Rows [first, first + valid_rows) of (b, h).
+  __device__ __forceinline__ void copy(T* dst, const InputTensor<T>& src, int b, int h, int first, int valid_rows) const {
+    const T* head = src.data + b * src.strides.b + h * src.strides.h;
+    if (!src.vector) {
+      copy_tile_elements<T, ROWS, HD, LD, THREADS>(dst, head + first * src.strides.n, src.strides.n, src.strides.d,
+                                                   valid_rows, head_dim);
       return;
     }
-  }
-  for (int idx = threadIdx.x; idx < ROWS * COLS; idx += THREADS) {
-    const int r = idx / COLS, c = idx % COLS;
-    T value = from_float<T>(0.0f);
-    if (r < valid_rows && c < valid_cols) value = src[r * row_stride + c * col_stride];
-    dst[r * ld + c] = value;
-  }
-}
-
-// Rows [first, first + count) of (b, h) of a [B, H, N, D] tensor into a ROWS-row shared tile.
-template <int ROWS, int HD, int THREADS, typename T>
-__device__ __forceinline__ void load_head_rows(T* dst, int ld, const T* tensor, const Strides4& strides, int b, int h,
-                                               int first, int count, int head_dim) {
-  load_rows<T, ROWS, HD, THREADS>(dst, ld, tensor + b * strides.b + h * strides.h + first * strides.n, strides.n,
-                                  strides.d, count, head_dim);
-}
-
-// Keys [k_first, k_first + k_valid) of (b, h): their K and V rows and their agents. The agents
-// are written even without an agent mask: allowed() reads them (and ignores them), so they are
-// never uninitialised.
-template <int BN, int HD, int THREADS, typename Args, typename T>
-__device__ __forceinline__ void load_key_block(const Args& args, int b, int h, int k_first, int k_valid, T* s_k,
-                                               T* s_v, int ld, int* s_key_agent) {
-  load_head_rows<BN, HD, THREADS>(s_k, ld, args.k, args.ks, b, h, k_first, k_valid, args.head_dim);
-  load_head_rows<BN, HD, THREADS>(s_v, ld, args.v, args.vs, b, h, k_first, k_valid, args.head_dim);
-  const MaskParams& m = args.mask;
-  for (int j = threadIdx.x; j < BN; j += THREADS) {
-    s_key_agent[j] = (m.agent_ids != nullptr && j < k_valid) ? agent_at(m, b, k_first + j) : 0;
-  }
-}
-
-// Queries [q_first, q_first + q_count) of (b, h) for the backward: their Q and dO rows, and per
-// row the lse, delta and agents seen. Padding rows get lse = +inf, so P = 0 there.
-template <int BM, int HD, int THREADS, typename T>
-__device__ __forceinline__ void load_query_block(const BackwardArgs<T>& args, int b, int h, int q_first, int q_count,
-                                                 T* s_q, T* s_do, int ld, float* s_lse, float* s_delta,
-                                                 uint64_t* s_sees) {
-  load_head_rows<BM, HD, THREADS>(s_q, ld, args.q, args.qs, b, h, q_first, q_count, args.head_dim);
-  load_head_rows<BM, HD, THREADS>(s_do, ld, args.grad_out, args.gs, b, h, q_first, q_count, args.head_dim);
-  const MaskParams& m = args.mask;
-  const int64_t row_base = (static_cast<int64_t>(b) * m.heads + h) * m.num_queries + q_first;
-  for (int i = threadIdx.x; i < BM; i += THREADS) {
-    const bool valid = i < q_count;
-    s_lse[i] = valid ? args.lse[row_base + i] : kInf;
-    s_delta[i] = valid ? args.delta[row_base + i] : 0.0f;
-    s_sees[i] = (m.agent_ids != nullptr && valid) ? visibility_row(m, b, q_first + i) : 0;
-  }
-}
-
-template <int ROWS, int COLS, int THREADS>
-__device__ __forceinline__ void zero_floats(float* dst, int ld) {
-  for (int idx = threadIdx.x; idx < ROWS * COLS; idx += THREADS) dst[(idx / COLS) * ld + idx % COLS] = 0.0f;
-}
-
-// One warp: C[16, N] (fp32, shared, row-major) (+)= A[16, K] (row-major) @ B, where B is [K, N]
-// row-major, or with B_TRANSPOSED the rows of a [N, K] row-major matrix (B = that^T).
-template <typename T, bool B_TRANSPOSED, int K, int N>
-__device__ __forceinline__ void warp_gemm(float* c, int ldc, const T* a, int lda, const T* b, int ldb,
-                                          bool accumulate) {
-  if constexpr (std::is_same_v<T, float>) {
-    const int lane = threadIdx.x & 31;
-    for (int n = lane; n < N; n += 32) {
-      float acc[16];
+    const int rows = col < head_dim ? valid_rows - row0 : 0;  // this thread's chunks with data: r < rows
+    const T* from = head + (first + row0) * src.strides.n + col;
+    T* to = dst + row0 * LD + col;
 #pragma unroll
-      for (int r = 0; r < 16; ++r) acc[r] = accumulate ? c[r * ldc + n] : 0.0f;
-      for (int kk = 0; kk < K; ++kk) {
-        const float bv = B_TRANSPOSED ? b[n * ldb + kk] : b[kk * ldb + n];
-#pragma unroll
-        for (int r = 0; r < 16; ++r) acc[r] = fmaf(a[r * lda + kk], bv, acc[r]);
-      }
-#pragma unroll
-      for (int r = 0; r < 16; ++r) c[r * ldc + n] = acc[r];
+    for (int step = 0; step < kSteps; ++step) {
+      if (ROWS % kRowsPerStep != 0 && row0 + step * kRowsPerStep >= ROWS) break;
+      cp_async_16_or_zero(to + step * kRowsPerStep * LD, from + step * kRowsPerStep * src.strides.n,
+                          step * kRowsPerStep < rows);
     }
-  } else {
-#if AGENTFAST_TENSOR_CORES
-    using namespace nvcuda;
-    using BLayout = std::conditional_t<B_TRANSPOSED, wmma::col_major, wmma::row_major>;
+  }
+};
+
+// COUNT values of a per-row array (agents, lse, delta, sees) into shared memory by cp.async; the
+// source must be 16-byte aligned (the host pads these arrays' rows); values past `valid` are 0.
+template <typename E, int COUNT, int THREADS>
+__device__ __forceinline__ void load_values(E* dst, const E* src, int valid) {
+  constexpr int kPerChunk = 16 / static_cast<int>(sizeof(E)), kChunks = COUNT / kPerChunk;
+  static_assert(COUNT % kPerChunk == 0 && kChunks <= THREADS, "per-row arrays move in one step of whole chunks");
+  const int idx = threadIdx.x;
+  if (idx < kChunks) {
+    const int elements = max(0, min(kPerChunk, valid - idx * kPerChunk));
+    cp_async_16(dst + idx * kPerChunk, elements > 0 ? src + idx * kPerChunk : src, elements * static_cast<int>(sizeof(E)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Warp-level products. A warp owns MT x 16 rows; accumulators are m16n8 fragments
+// acc[mt][nt][i]: row 16 mt + g + 8 (i / 2), column 8 nt + 2t + i % 2 (g = lane / 4, t = lane % 4).
+
+__device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
+
+// Tensor cores: acc += A B^T. A (MT x 16 rows, K columns) comes from a_frag(mt, kk, fragment),
+// B^T is NT x 8 rows of K elements in shared memory (row-major, pitch ldb), read with ldmatrix.
+template <typename T, int MT, int NT, int K, typename AFragment>
+__device__ __forceinline__ void mma_abt(float (&acc)[MT][NT][4], const AFragment& a_frag, const T* b, int ldb) {
+  static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16 x 16 B tiles");
+  const int lane = lane_id();
+  // Matrix j = lane / 8 of each x4: rows 8 (j / 2) + lane % 8 of a 16-row slab, columns 8 (j % 2):
+  // registers {0, 1} = B of n-tile nt, {2, 3} = B of n-tile nt + 1.
+  const T* b_lane = b + ((lane / 16) * 8 + lane % 8) * ldb + ((lane / 8) % 2) * 8;
 #pragma unroll
-    for (int n0 = 0; n0 < N; n0 += 16) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      if (accumulate) {
-        wmma::load_matrix_sync(acc, c + n0, ldc, wmma::mem_row_major);
-      } else {
-        wmma::fill_fragment(acc, 0.0f);
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) a_frag(mt, kk, a[mt]);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b_lane + nt * 8 * ldb + kk * 16);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_m16n8k16<T>(acc[mt][nt], a[mt], bf[0], bf[1]);
+        mma_m16n8k16<T>(acc[mt][nt + 1], a[mt], bf[2], bf[3]);
       }
+    }
+  }
+}
+
+// Tensor cores: acc += A B. A (MT x 16 rows, 16 KSTEPS columns) from a_frag; B is 16 KSTEPS rows
+// of NT x 8 elements in shared memory (row-major, pitch ldb), read with ldmatrix .trans.
+template <typename T, int MT, int NT, int KSTEPS, typename AFragment>
+__device__ __forceinline__ void mma_ab(float (&acc)[MT][NT][4], const AFragment& a_frag, const T* b, int ldb) {
+  static_assert(NT % 2 == 0, "whole 16 x 16 B tiles");
+  const int lane = lane_id();
+  // Matrix j = lane / 8: rows 8 (j % 2) + lane % 8, columns 8 (j / 2): registers {0, 1} = B of
+  // n-tile nt, {2, 3} = B of n-tile nt + 1.
+  const T* b_lane = b + (((lane / 8) % 2) * 8 + lane % 8) * ldb + (lane / 16) * 8;
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) a_frag(mt, kk, a[mt]);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, b_lane + kk * 16 * ldb + nt * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_m16n8k16<T>(acc[mt][nt], a[mt], bf[0], bf[1]);
+        mma_m16n8k16<T>(acc[mt][nt + 1], a[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+// The A fragment of rows [16 mt, 16 mt + 16) x columns [16 kk, 16 kk + 16) of a row-major shared
+// tile (x4: matrices rows 0-7 / 8-15 at columns 0 / 8 = registers 0..3).
+template <typename T>
+__device__ __forceinline__ void load_a_fragment(uint32_t (&f)[4], const T* a, int lda, int mt, int kk) {
+  const int lane = lane_id();
+  ldmatrix_x4(f, a + (16 * mt + lane % 16) * lda + 16 * kk + (lane / 16) * 8);
+}
+
+// The A fragment of columns [16 kk, 16 kk + 16) of accumulators (n-tiles 2 kk and 2 kk + 1),
+// rounded to T: the accumulator layout of two n8 tiles is the A layout of one k16 step.
+template <typename T, int NT>
+__device__ __forceinline__ void accumulator_to_a(uint32_t (&f)[4], const float (&acc)[NT][4], int kk) {
+  f[0] = pack_pair<T>(acc[2 * kk][0], acc[2 * kk][1]);
+  f[1] = pack_pair<T>(acc[2 * kk][2], acc[2 * kk][3]);
+  f[2] = pack_pair<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  f[3] = pack_pair<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// fp32: acc += A B^T with A (the warp's MT x 16 rows, K columns, pitch lda) and B^T (NT x 8 rows,
+// pitch ldb) in shared memory; each lane computes its own accumulator elements.
+template <int MT, int NT, int K>
+__device__ __forceinline__ void simt_abt(float (&acc)[MT][NT][4], const float* a, int lda, const float* b, int ldb) {
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
 #pragma unroll 4
-      for (int k0 = 0; k0 < K; k0 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> b_frag;
-        wmma::load_matrix_sync(a_frag, a + k0, lda);
-        wmma::load_matrix_sync(b_frag, B_TRANSPOSED ? b + n0 * ldb + k0 : b + k0 * ldb + n0, ldb);
-        wmma::mma_sync(acc, a_frag, b_frag, acc);
-      }
-      wmma::store_matrix_sync(c + n0, acc, ldc, wmma::mem_row_major);
+  for (int k = 0; k < K; ++k) {
+    float av[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      av[mt][0] = a[(16 * mt + g) * lda + k];
+      av[mt][1] = a[(16 * mt + g + 8) * lda + k];
     }
-#else
-    __trap();  // fp16/bf16 tensor-core path needs sm_80+; the host refuses older devices
-#endif
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float b0 = b[(8 * nt + 2 * t) * ldb + k], b1 = b[(8 * nt + 2 * t + 1) * ldb + k];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        acc[mt][nt][0] = fmaf(av[mt][0], b0, acc[mt][nt][0]);
+        acc[mt][nt][1] = fmaf(av[mt][0], b1, acc[mt][nt][1]);
+        acc[mt][nt][2] = fmaf(av[mt][1], b0, acc[mt][nt][2]);
+        acc[mt][nt][3] = fmaf(av[mt][1], b1, acc[mt][nt][3]);
+      }
+    }
   }
 }
 
-// One warp's fp32 accumulator C[16, N] (+)= A[16, K] @ B (B as in warp_gemm) over a kernel's
-// whole loop. In shared memory by default: warp_gemm reads and writes C at every step (the
-// fp32 FMA path, and head dims whose fragments would not fit in registers). With
-// IN_REGISTERS (fp16/bf16), C stays in wmma fragments and reaches shared memory once, in
-// finish(); the fragments' element layout is never looked at, so this holds for any layout.
-template <typename T, int N, bool IN_REGISTERS>
-struct WarpAccumulator {
-  float* c;
-  int ldc;
-
-  // c must hold zeros (the kernels zero-fill it before their loop).
-  __device__ __forceinline__ WarpAccumulator(float* c_, int ldc_, const float* /*row_index*/ = nullptr)
-      : c(c_), ldc(ldc_) {}
-
-  template <bool B_TRANSPOSED, int K>
-  __device__ __forceinline__ void add(const T* a, int lda, const T* b, int ldb) {
-    warp_gemm<T, B_TRANSPOSED, K, N>(c, ldc, a, lda, b, ldb, true);
-  }
-
-  // C[r, :] *= scale[r] for the 16 rows; scale is in shared memory. __syncwarp() before (the
-  // scales) and after (C is shared by the warp's lanes).
-  __device__ __forceinline__ void scale_rows(const float* scale) {
-    for (int idx = threadIdx.x & 31; idx < 16 * N; idx += 32) {
-      const float factor = scale[idx / N];
-      if (factor != 1.0f) c[(idx / N) * ldc + idx % N] *= factor;
-    }
-  }
-
-  __device__ __forceinline__ void finish() {}
-};
-
-template <typename T, int N>
-struct WarpAccumulator<T, N, true> {
-  static_assert(!std::is_same_v<T, float>, "register accumulators are for the tensor-core path");
-  float* c;
-  int ldc;
-#if AGENTFAST_TENSOR_CORES
-  using Fragment = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-  Fragment tiles[N / 16];
-  int row_of[Fragment::num_elements];  // the tile row of each fragment element
-#endif
-
-  // Starts from zero; c is written only by finish(). scale_rows() needs row_index: a 16 x 16
-  // fp32 matrix in shared memory (ld 16) whose element (r, c) is r. Loading it as a fragment
-  // tells each lane the row of every element it holds, whatever the layout.
-  __device__ __forceinline__ WarpAccumulator(float* c_, int ldc_, const float* row_index = nullptr)
-      : c(c_), ldc(ldc_) {
-#if AGENTFAST_TENSOR_CORES
+// fp32: acc += A B with A (the warp's rows, K columns) and B (K rows of NT x 8, pitch ldb) in
+// shared memory.
+template <int MT, int NT, int K>
+__device__ __forceinline__ void simt_ab(float (&acc)[MT][NT][4], const float* a, int lda, const float* b, int ldb) {
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+#pragma unroll 4
+  for (int k = 0; k < K; ++k) {
+    float av[MT][2];
 #pragma unroll
-    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::fill_fragment(tiles[n], 0.0f);
-    Fragment rows;
-    if (row_index != nullptr) {
-      nvcuda::wmma::load_matrix_sync(rows, row_index, 16, nvcuda::wmma::mem_row_major);
-    } else {
-      nvcuda::wmma::fill_fragment(rows, 0.0f);
+    for (int mt = 0; mt < MT; ++mt) {
+      av[mt][0] = a[(16 * mt + g) * lda + k];
+      av[mt][1] = a[(16 * mt + g + 8) * lda + k];
     }
 #pragma unroll
-    for (int i = 0; i < Fragment::num_elements; ++i) row_of[i] = static_cast<int>(rows.x[i]);
-#endif
-  }
-
-  // C[r, :] *= scale[r], on the fragments (no __syncwarp needed after).
-  __device__ __forceinline__ void scale_rows(const float* scale) {
-#if AGENTFAST_TENSOR_CORES
-    float factor[Fragment::num_elements];
+    for (int nt = 0; nt < NT; ++nt) {
+      const float b0 = b[k * ldb + 8 * nt + 2 * t], b1 = b[k * ldb + 8 * nt + 2 * t + 1];
 #pragma unroll
-    for (int i = 0; i < Fragment::num_elements; ++i) factor[i] = scale[row_of[i]];
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) {
-#pragma unroll
-      for (int i = 0; i < Fragment::num_elements; ++i) tiles[n].x[i] *= factor[i];
-    }
-#endif
-  }
-
-  template <bool B_TRANSPOSED, int K>
-  __device__ __forceinline__ void add(const T* a, int lda, const T* b, int ldb) {
-#if AGENTFAST_TENSOR_CORES
-    using namespace nvcuda;
-    using BLayout = std::conditional_t<B_TRANSPOSED, wmma::col_major, wmma::row_major>;
-#pragma unroll 2
-    for (int k0 = 0; k0 < K; k0 += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
-      wmma::load_matrix_sync(a_frag, a + k0, lda);
-#pragma unroll
-      for (int n = 0; n < N / 16; ++n) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> b_frag;
-        wmma::load_matrix_sync(b_frag, B_TRANSPOSED ? b + n * 16 * ldb + k0 : b + k0 * ldb + n * 16, ldb);
-        wmma::mma_sync(tiles[n], a_frag, b_frag, tiles[n]);
+      for (int mt = 0; mt < MT; ++mt) {
+        acc[mt][nt][0] = fmaf(av[mt][0], b0, acc[mt][nt][0]);
+        acc[mt][nt][1] = fmaf(av[mt][0], b1, acc[mt][nt][1]);
+        acc[mt][nt][2] = fmaf(av[mt][1], b0, acc[mt][nt][2]);
+        acc[mt][nt][3] = fmaf(av[mt][1], b1, acc[mt][nt][3]);
       }
     }
-#else
-    __trap();
-#endif
   }
+}
 
-  __device__ __forceinline__ void finish() {
-#if AGENTFAST_TENSOR_CORES
+// fp32: the warp's accumulators into its rows of a shared scratch (pitch ld), for a product
+// that needs them as whole rows.
+template <int MT, int NT>
+__device__ __forceinline__ void store_accumulators(float* dst, int ld, const float (&acc)[MT][NT][4]) {
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::store_matrix_sync(c + n * 16, tiles[n], ldc, nvcuda::wmma::mem_row_major);
-#endif
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[(16 * mt + g + 8 * (i / 2)) * ld + 8 * nt + 2 * t + i % 2] = acc[mt][nt][i];
+    }
   }
-};
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+    }
+  }
+}
+
+// Stores the warp's accumulators (rows = `first_row` + fragment rows of a [rows, head_dim]
+// row-major output, columns offset by `col0`) times `factor`, inside the valid rows and columns.
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void store_rows(T* out, int64_t first_row, int valid_rows, int head_dim, int col0,
+                                           const float (&acc)[MT][NT][4], const float (&factor)[MT][2]) {
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * mt + g + 8 * half;
+      if (r >= valid_rows) continue;
+      T* row = out + (first_row + r) * head_dim;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int c = col0 + 8 * nt + 2 * t;
+        if (c < head_dim) row[c] = from_float<T>(acc[mt][nt][2 * half] * factor[mt][half]);
+        if (c + 1 < head_dim) row[c + 1] = from_float<T>(acc[mt][nt][2 * half + 1] * factor[mt][half]);
+      }
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Forward.
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BM, int BN, int WARPS>
 struct ForwardTile {
-  static constexpr int kWarps = BM / 16, kThreads = kWarps * 32;
-  static constexpr int kLdT = HD + pad_of<T>(), kLdP = BN + pad_of<T>(), kLdS = BN + 4, kLdO = HD + 4;
+  static constexpr bool kTensorCores = !std::is_same_v<T, float>;
+  static constexpr int kThreads = WARPS * 32, kMT = BM / (16 * WARPS);
+  static constexpr int kLd = HD + 16 / static_cast<int>(sizeof(T)), kLdP = BN + 4;
   static constexpr size_t kQ = 0;
-  static constexpr size_t kK = align128(kQ + sizeof(T) * BM * kLdT);
-  static constexpr size_t kV = align128(kK + sizeof(T) * BN * kLdT);
-  static constexpr size_t kP = align128(kV + sizeof(T) * BN * kLdT);
-  static constexpr size_t kS = align128(kP + sizeof(T) * BM * kLdP);
-  static constexpr size_t kO = align128(kS + sizeof(float) * BM * kLdS);
-  static constexpr size_t kRowMax = align128(kO + sizeof(float) * BM * kLdO);
-  static constexpr size_t kRowSum = align128(kRowMax + sizeof(float) * BM);
-  static constexpr size_t kSees = align128(kRowSum + sizeof(float) * BM);
-  static constexpr size_t kKeyAgent = align128(kSees + sizeof(uint64_t) * BM);
-  static constexpr size_t kScale = align128(kKeyAgent + sizeof(int) * BN);
-  static constexpr size_t kRowIndex = align128(kScale + sizeof(float) * BM);
-  // The 16 x 16 row-index matrix of WarpAccumulator, for the fp16/bf16 register accumulator.
-  static constexpr size_t kBytes = align128(kRowIndex + (std::is_same_v<T, float> ? 0 : sizeof(float) * 256));
-  static_assert(BM % 16 == 0 && BN % 32 == 0 && HD % 16 == 0, "tile sizes");
+  static constexpr size_t kK = align128(kQ + sizeof(T) * BM * kLd);              // 2 stages
+  static constexpr size_t kV = align128(kK + 2 * sizeof(T) * BN * kLd);          // 2 stages
+  static constexpr size_t kKeyBits = align128(kV + 2 * sizeof(T) * BN * kLd);    // 2 stages
+  static constexpr size_t kP = align128(kKeyBits + 2 * sizeof(uint64_t) * BN);   // fp32 only
+  static constexpr size_t kBytes = align128(kP + (kTensorCores ? 0 : sizeof(float) * BM * kLdP));
+  static_assert(BM % (16 * WARPS) == 0 && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
-__global__ void __launch_bounds__(ForwardTile<T, HD, BM, BN>::kThreads) forward_kernel(const ForwardArgs<T> args) {
-  using Tile = ForwardTile<T, HD, BM, BN>;
+// The lane's query rows (MT m-tiles x 2 halves: rows g and g + 8): the first key each may not
+// attend for causality or padding (mask_rule::key_limit), and the agents each sees.
+template <int MT>
+struct QueryRows {
+  int limit[MT][2];
+  uint64_t sees[MT][2];
+
+  __device__ __forceinline__ QueryRows(const MaskParams& m, int b, int q_first, int warp_row0) {
+    const int g = lane_id() / 4, key_end = m.key_end(b);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int query = q_first + warp_row0 + 16 * mt + g + 8 * half;
+        limit[mt][half] = static_cast<int>(mask_rule::key_limit(m.causal, m.offset + query, key_end));
+        sees[mt][half] = m.has_agents && query < m.num_queries
+                             ? m.query_sees[static_cast<int64_t>(b) * m.sees_stride + query]
+                             : 0;
+      }
+    }
+  }
+
+  // Scores of the pairs mask_rule::allowed forbids become -inf: keys [k_first, k_first + 8 NT),
+  // their one-hot agent bits in shared memory. The lane's key columns are 8 nt + 2t + e, so
+  // key < limit is the constant comparison 8 nt + e < limit - k_first - 2t.
+  template <bool AGENTS, int NT>
+  __device__ __forceinline__ void mask(float (&s)[MT][NT][4], int k_first, const uint64_t* key_bits) const {
+    const int t = lane_id() % 4;
+    int below[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      below[mt][0] = limit[mt][0] - k_first - 2 * t;
+      below[mt][1] = limit[mt][1] - k_first - 2 * t;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      uint64_t bits[2] = {0, 0};
+      if constexpr (AGENTS) {
+        bits[0] = key_bits[8 * nt + 2 * t];
+        bits[1] = key_bits[8 * nt + 2 * t + 1];
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const bool ok = 8 * nt + e < below[mt][half] && (!AGENTS || mask_rule::sees_bit(sees[mt][half], bits[e]));
+            if (!ok) s[mt][nt][2 * half + e] = -kInf;
+          }
+        }
+      }
+    }
+  }
+
+  template <int NT>
+  __device__ __forceinline__ void mask(float (&s)[MT][NT][4], int k_first, bool has_agents, const uint64_t* key_bits) const {
+    if (has_agents) {
+      mask<true>(s, k_first, key_bits);
+    } else {
+      mask<false>(s, k_first, key_bits);
+    }
+  }
+};
+
+// The A fragment of the warp's rows from registers (when the kernel keeps them there) or from
+// a shared tile.
+template <typename T, int MT, int KSTEPS, bool IN_REGISTERS>
+struct RowFragments {
+  uint32_t frag[IN_REGISTERS ? MT : 1][IN_REGISTERS ? KSTEPS : 1][4];
+  const T* rows;
+  int ld;
+
+  __device__ __forceinline__ RowFragments(const T* rows_, int ld_) : rows(rows_), ld(ld_) {
+    if constexpr (IN_REGISTERS) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) load_a_fragment(frag[mt][kk], rows, ld, mt, kk);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void operator()(int mt, int kk, uint32_t (&f)[4]) const {
+    if constexpr (IN_REGISTERS) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) f[r] = frag[mt][kk][r];
+    } else {
+      load_a_fragment(f, rows, ld, mt, kk);
+    }
+  }
+};
+
+template <typename T, int HD, int BM, int BN, int WARPS, bool Q_IN_REGISTERS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) forward_kernel(const ForwardArgs<T> args) {
+  using Tile = ForwardTile<T, HD, BM, BN, WARPS>;
+  constexpr int MT = Tile::kMT, NS = BN / 8, NO = HD / 8, LD = Tile::kLd, THREADS = Tile::kThreads;
   unsigned char* smem = dynamic_shared_memory();
   T* s_q = reinterpret_cast<T*>(smem + Tile::kQ);
   T* s_k = reinterpret_cast<T*>(smem + Tile::kK);
   T* s_v = reinterpret_cast<T*>(smem + Tile::kV);
-  T* s_p = reinterpret_cast<T*>(smem + Tile::kP);
-  float* s_s = reinterpret_cast<float*>(smem + Tile::kS);
-  float* s_o = reinterpret_cast<float*>(smem + Tile::kO);
-  float* s_row_max = reinterpret_cast<float*>(smem + Tile::kRowMax);
-  float* s_row_sum = reinterpret_cast<float*>(smem + Tile::kRowSum);
-  uint64_t* s_sees = reinterpret_cast<uint64_t*>(smem + Tile::kSees);
-  int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
-  float* s_scale = reinterpret_cast<float*>(smem + Tile::kScale);
-  float* s_row_index = reinterpret_cast<float*>(smem + Tile::kRowIndex);
+  uint64_t* s_key_bits = reinterpret_cast<uint64_t*>(smem + Tile::kKeyBits);
+  float* s_p = reinterpret_cast<float*>(smem + Tile::kP);
 
   const MaskParams& m = args.mask;
-  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
-  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
+  const int bh = batch_head_of_block();
+  if (bh >= m.batch * m.heads) return;  // uniform over the CTA, before any barrier
+  const int b = bh / m.heads, h = bh % m.heads, kv_head = h / m.group;
   const int q_first = blockIdx.x * BM, q_count = min(BM, m.num_queries - q_first);
-  const bool has_agents = m.agent_ids != nullptr;
-  int key_end = seq_len_of(m, b);
-  if (m.causal) key_end = min(key_end, m.offset + q_first + q_count);
+  const Visits visits(args.tiles, b, blockIdx.x, 1);
+  const int warp = threadIdx.x / 32, lane = lane_id();
+  const int warp_row0 = warp * MT * 16;
 
-  load_head_rows<BM, HD, Tile::kThreads>(s_q, Tile::kLdT, args.q, args.qs, b, h, q_first, q_count, args.head_dim);
-  if constexpr (REGISTER_ACCUMULATOR) {
-    for (int i = threadIdx.x; i < 256; i += Tile::kThreads) s_row_index[i] = static_cast<float>(i / 16);
-  } else {
-    zero_floats<BM, HD, Tile::kThreads>(s_o, Tile::kLdO);
+  const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
+  const auto load_keys = [&](const VisitCursor& at, int stage) {
+    const int k_first = at.tile(visits) * BN, k_valid = min(BN, m.num_keys - k_first);
+    key_copier.copy(s_k + stage * BN * LD, args.k, b, kv_head, k_first, k_valid);
+    key_copier.copy(s_v + stage * BN * LD, args.v, b, kv_head, k_first, k_valid);
+    if (m.has_agents) {
+      load_values<uint64_t, BN, THREADS>(s_key_bits + stage * BN, m.key_bits + static_cast<int64_t>(b) * m.sees_stride + k_first, k_valid);
+    }
+  };
+
+  TileCopier<T, BM, HD, LD, THREADS>(args.head_dim).copy(s_q, args.q, b, h, q_first, q_count);
+  VisitCursor current, upcoming;  // the tile computed now, the next one to load
+  if (visits.total > 0) {
+    load_keys(upcoming, 0);
+    upcoming.advance(visits);
   }
-  for (int i = threadIdx.x; i < BM; i += Tile::kThreads) {
-    s_row_max[i] = -kInf;
-    s_row_sum[i] = 0.0f;
-    s_sees[i] = (has_agents && i < q_count) ? visibility_row(m, b, q_first + i) : 0;
+  cp_async_commit();
+  const QueryRows<MT> rows(m, b, q_first, warp_row0);
+  float row_max[MT][2], row_sum[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = -kInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
   }
+  float o[MT][NO][4];
+  zero(o);
+  cp_async_wait<0>();
   __syncthreads();
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r0 = warp * 16, row = r0 + (lane >> 1), half = lane & 1;
-  const int position = m.offset + q_first + row;
-  const uint64_t sees = s_sees[row];
-  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> output(s_o + r0 * Tile::kLdO, Tile::kLdO, s_row_index);
+  const T* q_warp = s_q + warp_row0 * LD;
+  const RowFragments<T, MT, HD / 16, Tile::kTensorCores && Q_IN_REGISTERS> q_fragments(q_warp, LD);
+  const float scale_log2 = args.scale * kLog2e;
 
-  for (int k_first = 0; k_first < key_end; k_first += BN) {
-    const int k_valid = min(BN, key_end - k_first);
-    const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
-    if (decision.skip) continue;  // uniform over the CTA
-    __syncthreads();              // previous K/V block no longer in use
-    load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
-    __syncthreads();
+  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+    const int stage = visit & 1;
+    if (visit > 0) {
+      cp_async_wait<0>();  // this tile's copies (issued one iteration ago) have landed
+      __syncthreads();     // ... for every thread; and the other stage is no longer read
+    }
+    if (visit + 1 < visits.total) {
+      load_keys(upcoming, stage ^ 1);
+      upcoming.advance(visits);
+    }
+    cp_async_commit();
+    const T* k_tile = s_k + stage * BN * LD;
+    const T* v_tile = s_v + stage * BN * LD;
 
-    warp_gemm<T, true, HD, BN>(s_s + r0 * Tile::kLdS, Tile::kLdS, s_q + r0 * Tile::kLdT, Tile::kLdT, s_k, Tile::kLdT, false);
-    __syncwarp();
+    float s[MT][NS][4];
+    zero(s);
+    if constexpr (Tile::kTensorCores) {
+      mma_abt<T, MT, NS, HD>(s, q_fragments, k_tile, LD);
+    } else {
+      simt_abt<MT, NS, HD>(s, q_warp, LD, k_tile, LD);
+    }
+    if (current.partial(visits)) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
 
-    // Online softmax: two lanes per row, on alternate keys (adjacent words: fewer bank conflicts).
-    float* s_row = s_s + row * Tile::kLdS;
-    float block_max = -kInf;
-    for (int c = half; c < BN; c += 2) {
-      float s = s_row[c] * args.scale;
-      if (!decision.full && !allowed(m, k_first + c, k_first + k_valid, position, sees, s_key_agent[c])) s = -kInf;
-      s_row[c] = s;
-      block_max = fmaxf(block_max, s);
+    // Online softmax: the 4 lanes of a quad share each row.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float tile_max = -kInf;
+#pragma unroll
+        for (int nt = 0; nt < NS; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+        tile_max = fmaxf(tile_max, shuffle_xor(tile_max, 1));
+        tile_max = fmaxf(tile_max, shuffle_xor(tile_max, 2));
+        const float new_max = fmaxf(row_max[mt][half], tile_max);
+        // A row that has seen no key yet keeps max -inf: exponents are taken against 0 so
+        // that exp2(-inf) = 0 and never exp2(-inf - -inf).
+        const float base = new_max == -kInf ? 0.0f : new_max * scale_log2;
+        const float correction = exp2_approx(row_max[mt][half] * scale_log2 - base);
+        row_max[mt][half] = new_max;
+        float tile_sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2_approx(s[mt][nt][2 * half + e] * scale_log2 - base);
+            s[mt][nt][2 * half + e] = p;
+            tile_sum += p;
+          }
+        }
+        row_sum[mt][half] = row_sum[mt][half] * correction + tile_sum;
+#pragma unroll
+        for (int nt = 0; nt < NO; ++nt) {
+          o[mt][nt][2 * half] *= correction;
+          o[mt][nt][2 * half + 1] *= correction;
+        }
+      }
     }
-    block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
-    const float old_max = s_row_max[row];
-    const float new_max = fmaxf(old_max, block_max);
-    const float correction = new_max == -kInf ? 1.0f : __expf(old_max - new_max);
-    float block_sum = 0.0f;
-    T* p_row = s_p + row * Tile::kLdP;
-    for (int c = half; c < BN; c += 2) {
-      const float s = s_row[c];
-      const float p = s == -kInf ? 0.0f : __expf(s - new_max);
-      p_row[c] = from_float<T>(p);
-      block_sum += p;
+
+    if constexpr (Tile::kTensorCores) {
+      mma_ab<T, MT, NO, BN / 16>(o, [&](int mt, int kk, uint32_t (&f)[4]) { accumulator_to_a<T, NS>(f, s[mt], kk); },
+                                 v_tile, LD);
+    } else {
+      float* p_warp = s_p + warp_row0 * Tile::kLdP;
+      store_accumulators(p_warp, Tile::kLdP, s);
+      __syncwarp();
+      simt_ab<MT, NO, BN>(o, p_warp, Tile::kLdP, v_tile, LD);
+      __syncwarp();
     }
-    block_sum += __shfl_xor_sync(0xffffffffu, block_sum, 1);
-    __syncwarp();  // both lanes have read the old row statistics
-    if (half == 0) {
-      s_row_max[row] = new_max;
-      s_row_sum[row] = s_row_sum[row] * correction + block_sum;
-      s_scale[row] = correction;
-    }
-    __syncwarp();
-    output.scale_rows(s_scale + r0);
-    __syncwarp();
-    output.template add<false, BN>(s_p + r0 * Tile::kLdP, Tile::kLdP, s_v, Tile::kLdT);
   }
-  output.finish();
-  __syncwarp();
+  cp_async_wait<0>();  // the empty group of the last iteration
 
-  for (int r = 0; r < 16; ++r) {
-    const int i = r0 + r, query = q_first + i;
-    if (query >= m.num_queries) break;
-    const float total = s_row_sum[i];
-    const float inv_total = total > 0.0f ? 1.0f / total : 0.0f;  // rows with no key return 0
-    const int64_t out_row = static_cast<int64_t>(bh) * m.num_queries + query;
-    T* dst = args.out + out_row * args.head_dim;
-    for (int c = lane; c < args.head_dim; c += 32) dst[c] = from_float<T>(s_o[i * Tile::kLdO + c] * inv_total);
-    if (lane == 0) args.lse[out_row] = total > 0.0f ? s_row_max[i] + logf(total) : -kInf;
+  float inv_sum[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float total = row_sum[mt][half];
+      total += shuffle_xor(total, 1);
+      total += shuffle_xor(total, 2);
+      inv_sum[mt][half] = total > 0.0f ? 1.0f / total : 0.0f;  // rows with no key return 0
+      const int r = warp_row0 + 16 * mt + lane / 4 + 8 * half;
+      if (lane % 4 == 0 && r < q_count) {
+        args.lse[static_cast<int64_t>(bh) * m.num_queries + q_first + r] =
+            total > 0.0f ? row_max[mt][half] * args.scale + logf(total) : -kInf;
+      }
+    }
   }
+  store_rows<T, MT, NO>(args.out, static_cast<int64_t>(bh) * m.num_queries + q_first + warp_row0, q_count - warp_row0,
+                        args.head_dim, 0, o, inv_sum);
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, dQ: warps own 16 query rows; key blocks stream through shared memory.
+// Backward, dQ: warps own 16 query rows; K/V tiles stream through shared memory.
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BM, int BN, int WARPS>
 struct DqTile {
-  static constexpr int kWarps = BM / 16, kThreads = kWarps * 32;
-  static constexpr int kLdT = HD + pad_of<T>(), kLdP = BN + pad_of<T>(), kLdS = BN + 4, kLdO = HD + 4;
+  static constexpr bool kTensorCores = !std::is_same_v<T, float>;
+  static constexpr int kThreads = WARPS * 32;
+  static constexpr int kLd = HD + 16 / static_cast<int>(sizeof(T)), kLdP = BN + 4;
   static constexpr size_t kQ = 0;
-  static constexpr size_t kdO = align128(kQ + sizeof(T) * BM * kLdT);
-  static constexpr size_t kK = align128(kdO + sizeof(T) * BM * kLdT);
-  static constexpr size_t kV = align128(kK + sizeof(T) * BN * kLdT);
-  static constexpr size_t kS = align128(kV + sizeof(T) * BN * kLdT);
-  static constexpr size_t kdP = align128(kS + sizeof(float) * BM * kLdS);
-  static constexpr size_t kdS = align128(kdP + sizeof(float) * BM * kLdS);
-  static constexpr size_t kdQ = align128(kdS + sizeof(T) * BM * kLdP);
-  static constexpr size_t kLse = align128(kdQ + sizeof(float) * BM * kLdO);
-  static constexpr size_t kDelta = align128(kLse + sizeof(float) * BM);
-  static constexpr size_t kSees = align128(kDelta + sizeof(float) * BM);
-  static constexpr size_t kKeyAgent = align128(kSees + sizeof(uint64_t) * BM);
-  static constexpr size_t kBytes = align128(kKeyAgent + sizeof(int) * BN);
-  static_assert(BM % 16 == 0 && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
+  static constexpr size_t kdO = align128(kQ + sizeof(T) * BM * kLd);
+  static constexpr size_t kK = align128(kdO + sizeof(T) * BM * kLd);             // 2 stages
+  static constexpr size_t kV = align128(kK + 2 * sizeof(T) * BN * kLd);          // 2 stages
+  static constexpr size_t kKeyBits = align128(kV + 2 * sizeof(T) * BN * kLd);    // 2 stages
+  static constexpr size_t kdS = align128(kKeyBits + 2 * sizeof(uint64_t) * BN);  // fp32 only
+  static constexpr size_t kBytes = align128(kdS + (kTensorCores ? 0 : sizeof(float) * BM * kLdP));
+  static_assert(BM == 16 * WARPS && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
-__global__ void __launch_bounds__(DqTile<T, HD, BM, BN>::kThreads) dq_kernel(const BackwardArgs<T> args) {
-  using Tile = DqTile<T, HD, BM, BN>;
+template <typename T, int HD, int BM, int BN, int WARPS, bool IN_REGISTERS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const BackwardArgs<T> args) {
+  using Tile = DqTile<T, HD, BM, BN, WARPS>;
+  constexpr int NS = BN / 8, NO = HD / 8, LD = Tile::kLd, THREADS = Tile::kThreads;
   unsigned char* smem = dynamic_shared_memory();
   T* s_q = reinterpret_cast<T*>(smem + Tile::kQ);
   T* s_do = reinterpret_cast<T*>(smem + Tile::kdO);
   T* s_k = reinterpret_cast<T*>(smem + Tile::kK);
   T* s_v = reinterpret_cast<T*>(smem + Tile::kV);
-  float* s_s = reinterpret_cast<float*>(smem + Tile::kS);
-  float* s_dp = reinterpret_cast<float*>(smem + Tile::kdP);
-  T* s_ds = reinterpret_cast<T*>(smem + Tile::kdS);
-  float* s_dq = reinterpret_cast<float*>(smem + Tile::kdQ);
-  float* s_lse = reinterpret_cast<float*>(smem + Tile::kLse);
-  float* s_delta = reinterpret_cast<float*>(smem + Tile::kDelta);
-  uint64_t* s_sees = reinterpret_cast<uint64_t*>(smem + Tile::kSees);
-  int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
+  uint64_t* s_key_bits = reinterpret_cast<uint64_t*>(smem + Tile::kKeyBits);
+  float* s_ds = reinterpret_cast<float*>(smem + Tile::kdS);
 
   const MaskParams& m = args.mask;
-  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
-  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
+  const int bh = batch_head_of_block();
+  if (bh >= m.batch * m.heads) return;
+  const int b = bh / m.heads, h = bh % m.heads, kv_head = h / m.group;
   const int q_first = blockIdx.x * BM, q_count = min(BM, m.num_queries - q_first);
-  int key_end = seq_len_of(m, b);
-  if (m.causal) key_end = min(key_end, m.offset + q_first + q_count);
-  const int64_t row_base = static_cast<int64_t>(bh) * m.num_queries + q_first;
+  const Visits visits(args.query_tiles, b, blockIdx.x, 1);
+  const int warp = threadIdx.x / 32, g = lane_id() / 4;
+  const int warp_row0 = warp * 16;
 
-  load_query_block<BM, HD, Tile::kThreads>(args, b, h, q_first, q_count, s_q, s_do, Tile::kLdT, s_lse, s_delta,
-                                           s_sees);
-  if constexpr (!REGISTER_ACCUMULATOR) zero_floats<BM, HD, Tile::kThreads>(s_dq, Tile::kLdO);
+  const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
+  const auto load_keys = [&](const VisitCursor& at, int stage) {
+    const int k_first = at.tile(visits) * BN, k_valid = min(BN, m.num_keys - k_first);
+    key_copier.copy(s_k + stage * BN * LD, args.k, b, kv_head, k_first, k_valid);
+    key_copier.copy(s_v + stage * BN * LD, args.v, b, kv_head, k_first, k_valid);
+    if (m.has_agents) {
+      load_values<uint64_t, BN, THREADS>(s_key_bits + stage * BN, m.key_bits + static_cast<int64_t>(b) * m.sees_stride + k_first, k_valid);
+    }
+  };
+
+  const TileCopier<T, BM, HD, LD, THREADS> query_copier(args.head_dim);
+  query_copier.copy(s_q, args.q, b, h, q_first, q_count);
+  query_copier.copy(s_do, args.grad_out, b, h, q_first, q_count);
+  VisitCursor current, upcoming;
+  if (visits.total > 0) {
+    load_keys(upcoming, 0);
+    upcoming.advance(visits);
+  }
+  cp_async_commit();
+  const QueryRows<1> rows(m, b, q_first, warp_row0);
+  float lse_log2[2], delta[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = warp_row0 + g + 8 * half;
+    const int64_t at = static_cast<int64_t>(bh) * args.row_stride + q_first + r;
+    lse_log2[half] = r < q_count ? args.lse_log2[at] : kInf;  // padding rows: P = 0
+    delta[half] = r < q_count ? args.delta[at] : 0.0f;
+  }
+  float dq[1][NO][4];
+  zero(dq);
+  cp_async_wait<0>();
   __syncthreads();
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r0 = warp * 16, row = r0 + (lane >> 1), half = lane & 1;
-  const int position = m.offset + q_first + row;
-  const uint64_t sees = s_sees[row];
-  const float row_lse = s_lse[row], row_delta = s_delta[row];
-  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_q(s_dq + r0 * Tile::kLdO, Tile::kLdO);
+  const T* q_warp = s_q + warp_row0 * LD;
+  const T* do_warp = s_do + warp_row0 * LD;
+  const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> q_fragments(q_warp, LD);
+  const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> do_fragments(do_warp, LD);
+  const float scale_log2 = args.scale * kLog2e;
 
-  for (int k_first = 0; k_first < key_end; k_first += BN) {
-    const int k_valid = min(BN, key_end - k_first);
-    const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
-    if (decision.skip) continue;
-    __syncthreads();
-    load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
-    __syncthreads();
-
-    warp_gemm<T, true, HD, BN>(s_s + r0 * Tile::kLdS, Tile::kLdS, s_q + r0 * Tile::kLdT, Tile::kLdT, s_k, Tile::kLdT, false);
-    warp_gemm<T, true, HD, BN>(s_dp + r0 * Tile::kLdS, Tile::kLdS, s_do + r0 * Tile::kLdT, Tile::kLdT, s_v, Tile::kLdT, false);
-    __syncwarp();
-    for (int c = half; c < BN; c += 2) {
-      const bool ok = decision.full || allowed(m, k_first + c, k_first + k_valid, position, sees, s_key_agent[c]);
-      const float p = ok ? __expf(s_s[row * Tile::kLdS + c] * args.scale - row_lse) : 0.0f;
-      s_ds[row * Tile::kLdP + c] = from_float<T>(p * (s_dp[row * Tile::kLdS + c] - row_delta));
+  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+    const int stage = visit & 1;
+    if (visit > 0) {
+      cp_async_wait<0>();
+      __syncthreads();
     }
-    __syncwarp();
-    grad_q.template add<false, BN>(s_ds + r0 * Tile::kLdP, Tile::kLdP, s_k, Tile::kLdT);
-  }
-  grad_q.finish();
-  __syncwarp();
+    if (visit + 1 < visits.total) {
+      load_keys(upcoming, stage ^ 1);
+      upcoming.advance(visits);
+    }
+    cp_async_commit();
+    const T* k_tile = s_k + stage * BN * LD;
+    const T* v_tile = s_v + stage * BN * LD;
 
-  for (int r = 0; r < 16; ++r) {
-    const int i = r0 + r;
-    if (q_first + i >= m.num_queries) break;
-    T* dst = args.grad_q + (row_base + i) * args.head_dim;
-    for (int c = lane; c < args.head_dim; c += 32) dst[c] = from_float<T>(s_dq[i * Tile::kLdO + c] * args.scale);
+    float s[1][NS][4], dp[1][NS][4];
+    zero(s);
+    zero(dp);
+    if constexpr (Tile::kTensorCores) {
+      mma_abt<T, 1, NS, HD>(s, q_fragments, k_tile, LD);
+      mma_abt<T, 1, NS, HD>(dp, do_fragments, v_tile, LD);
+    } else {
+      simt_abt<1, NS, HD>(s, q_warp, LD, k_tile, LD);
+      simt_abt<1, NS, HD>(dp, do_warp, LD, v_tile, LD);
+    }
+    if (current.partial(visits)) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
+    // dS = P (dP - delta), in place of dP.
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float p = exp2_approx(s[0][nt][i] * scale_log2 - lse_log2[i / 2]);
+        dp[0][nt][i] = p * (dp[0][nt][i] - delta[i / 2]);
+      }
+    }
+    if constexpr (Tile::kTensorCores) {
+      mma_ab<T, 1, NO, BN / 16>(dq, [&](int, int kk, uint32_t (&f)[4]) { accumulator_to_a<T, NS>(f, dp[0], kk); }, k_tile,
+                                LD);
+    } else {
+      float* ds_warp = s_ds + warp_row0 * Tile::kLdP;
+      store_accumulators(ds_warp, Tile::kLdP, dp);
+      __syncwarp();
+      simt_ab<1, NO, BN>(dq, ds_warp, Tile::kLdP, k_tile, LD);
+      __syncwarp();
+    }
   }
+  cp_async_wait<0>();
+
+  const float factor[1][2] = {{args.scale, args.scale}};
+  store_rows<T, 1, NO>(args.grad_q, static_cast<int64_t>(bh) * m.num_queries + q_first + warp_row0, q_count - warp_row0,
+                       args.head_dim, 0, dq, factor);
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, dK and dV: warps own 16 keys each; query blocks stream through shared memory.
-// Scores are formed transposed (keys x queries) so each warp's rows are its own keys.
+// Backward, dK and dV: warps own 16 keys each; query tiles of every query head of the kv head
+// stream through shared memory. Scores are formed transposed (keys x queries).
 
-template <typename T, int HD, int BM, int BN>
+template <typename T, int HD, int BN, int BM, int WARPS, int SLICES>
 struct DkvTile {
-  static constexpr int kWarps = BN / 16, kThreads = kWarps * 32;
-  static constexpr int kLdT = HD + pad_of<T>(), kLdP = BM + pad_of<T>(), kLdS = BM + 4, kLdO = HD + 4;
+  static constexpr bool kTensorCores = !std::is_same_v<T, float>;
+  static constexpr int kThreads = WARPS * 32, kSliceDim = HD / SLICES;
+  static constexpr int kLd = HD + 16 / static_cast<int>(sizeof(T)), kLdP = BM + 4;
   static constexpr size_t kK = 0;
-  static constexpr size_t kV = align128(kK + sizeof(T) * BN * kLdT);
-  static constexpr size_t kQ = align128(kV + sizeof(T) * BN * kLdT);
-  static constexpr size_t kdO = align128(kQ + sizeof(T) * BM * kLdT);
-  static constexpr size_t kST = align128(kdO + sizeof(T) * BM * kLdT);
-  static constexpr size_t kdPT = align128(kST + sizeof(float) * BN * kLdS);
-  static constexpr size_t kPT = align128(kdPT + sizeof(float) * BN * kLdS);
-  static constexpr size_t kdST = align128(kPT + sizeof(T) * BN * kLdP);
-  static constexpr size_t kdK = align128(kdST + sizeof(T) * BN * kLdP);
-  static constexpr size_t kdV = align128(kdK + sizeof(float) * BN * kLdO);
-  static constexpr size_t kLse = align128(kdV + sizeof(float) * BN * kLdO);
-  static constexpr size_t kDelta = align128(kLse + sizeof(float) * BM);
-  static constexpr size_t kSees = align128(kDelta + sizeof(float) * BM);
-  static constexpr size_t kKeyAgent = align128(kSees + sizeof(uint64_t) * BM);
-  static constexpr size_t kBytes = align128(kKeyAgent + sizeof(int) * BN);
-  static_assert(BM % 32 == 0 && BN % 16 == 0 && HD % 16 == 0, "tile sizes");
+  static constexpr size_t kV = align128(kK + sizeof(T) * BN * kLd);
+  static constexpr size_t kQ = align128(kV + sizeof(T) * BN * kLd);             // 2 stages
+  static constexpr size_t kdO = align128(kQ + 2 * sizeof(T) * BM * kLd);        // 2 stages
+  static constexpr size_t kLse = align128(kdO + 2 * sizeof(T) * BM * kLd);      // 2 stages
+  static constexpr size_t kDelta = align128(kLse + 2 * sizeof(float) * BM);     // 2 stages
+  static constexpr size_t kSees = align128(kDelta + 2 * sizeof(float) * BM);    // 2 stages
+  static constexpr size_t kP = align128(kSees + 2 * sizeof(uint64_t) * BM);     // fp32 only
+  static constexpr size_t kBytes = align128(kP + (kTensorCores ? 0 : sizeof(float) * BN * kLdP));
+  static_assert(BN == 16 * WARPS && BM % 16 == 0 && HD % (16 * SLICES) == 0, "tile sizes");
 };
 
-template <typename T, int HD, int BM, int BN, bool REGISTER_ACCUMULATOR>
-__global__ void __launch_bounds__(DkvTile<T, HD, BM, BN>::kThreads) dkdv_kernel(const BackwardArgs<T> args) {
-  using Tile = DkvTile<T, HD, BM, BN>;
+// The lane's two keys (rows g and g + 8 of its warp's 16): whether each lies below seq_len and
+// its one-hot agent bit.
+struct KeyRows {
+  int key[2];
+  bool live[2];
+  uint64_t bit[2];
+
+  __device__ __forceinline__ KeyRows(const MaskParams& m, int b, int warp_key0) {
+    const int g = lane_id() / 4, key_end = m.key_end(b);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      key[half] = warp_key0 + g + 8 * half;
+      live[half] = key[half] < key_end;
+      bit[half] = m.has_agents && key[half] < m.num_keys ? m.key_bits[static_cast<int64_t>(b) * m.sees_stride + key[half]] : 0;
+    }
+  }
+
+  // P^T of the pairs mask_rule::allowed forbids becomes 0: queries [q_first, q_first + 8 NT),
+  // their visibility rows in shared memory. Key j < key_limit(position p) is j < key_end and,
+  // when causal, j <= p: for the lane's query columns 8 nt + 2t + e, a constant comparison.
+  template <bool AGENTS, int NT>
+  __device__ __forceinline__ void mask(float (&p)[1][NT][4], const MaskParams& m, int q_first, const uint64_t* sees) const {
+    const int t = lane_id() % 4;
+    int from[2];  // the first allowed column (8 nt + e), per key
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      from[half] = !live[half] ? (1 << 30) : (m.causal ? key[half] - m.offset - q_first - 2 * t : -(1 << 30));
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      uint64_t rows[2] = {0, 0};
+      if constexpr (AGENTS) {
+        rows[0] = sees[8 * nt + 2 * t];
+        rows[1] = sees[8 * nt + 2 * t + 1];
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const bool ok = 8 * nt + e >= from[half] && (!AGENTS || mask_rule::sees_bit(rows[e], bit[half]));
+          if (!ok) p[0][nt][2 * half + e] = 0.0f;
+        }
+      }
+    }
+  }
+};
+
+template <typename T, int HD, int BN, int BM, int WARPS, int SLICES, bool IN_REGISTERS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const BackwardArgs<T> args) {
+  using Tile = DkvTile<T, HD, BN, BM, WARPS, SLICES>;
+  constexpr int NS = BM / 8, NA = Tile::kSliceDim / 8, LD = Tile::kLd, THREADS = Tile::kThreads;
   unsigned char* smem = dynamic_shared_memory();
   T* s_k = reinterpret_cast<T*>(smem + Tile::kK);
   T* s_v = reinterpret_cast<T*>(smem + Tile::kV);
   T* s_q = reinterpret_cast<T*>(smem + Tile::kQ);
   T* s_do = reinterpret_cast<T*>(smem + Tile::kdO);
-  float* s_st = reinterpret_cast<float*>(smem + Tile::kST);
-  float* s_dpt = reinterpret_cast<float*>(smem + Tile::kdPT);
-  T* s_pt = reinterpret_cast<T*>(smem + Tile::kPT);
-  T* s_dst = reinterpret_cast<T*>(smem + Tile::kdST);
-  float* s_dk = reinterpret_cast<float*>(smem + Tile::kdK);
-  float* s_dv = reinterpret_cast<float*>(smem + Tile::kdV);
   float* s_lse = reinterpret_cast<float*>(smem + Tile::kLse);
   float* s_delta = reinterpret_cast<float*>(smem + Tile::kDelta);
   uint64_t* s_sees = reinterpret_cast<uint64_t*>(smem + Tile::kSees);
-  int* s_key_agent = reinterpret_cast<int*>(smem + Tile::kKeyAgent);
+  float* s_p = reinterpret_cast<float*>(smem + Tile::kP);
 
   const MaskParams& m = args.mask;
-  const int bh = batch_head_of_block(), b = bh / m.heads, h = bh % m.heads;
-  if (bh >= m.batch_heads) return;  // uniform over the CTA, before any barrier
-  const int k_first = blockIdx.x * BN;
-  const int rows_out = min(BN, m.num_keys - k_first);
-  const int k_valid = max(0, min(BN, seq_len_of(m, b) - k_first));  // keys past seq_len get 0
+  const int bkv = batch_head_of_block();
+  if (bkv >= m.batch * m.kv_heads) return;
+  const int b = bkv / m.kv_heads, kv_head = bkv % m.kv_heads;
+  const int key_tile = blockIdx.x / SLICES, slice = blockIdx.x % SLICES, col0 = slice * Tile::kSliceDim;
+  const int k_first = key_tile * BN, k_count = min(BN, m.num_keys - k_first);
+  // Every query head of the group, in order: the sums over heads are deterministic.
+  const Visits visits(args.key_tiles, b, key_tile, m.group);
+  const int warp = threadIdx.x / 32, t = lane_id() % 4;
+  const int warp_key0 = warp * 16;
 
-  if constexpr (!REGISTER_ACCUMULATOR) {
-    zero_floats<BN, HD, Tile::kThreads>(s_dk, Tile::kLdO);
-    zero_floats<BN, HD, Tile::kThreads>(s_dv, Tile::kLdO);
-  }
-  if (k_valid > 0) load_key_block<BN, HD, Tile::kThreads>(args, b, h, k_first, k_valid, s_k, s_v, Tile::kLdT, s_key_agent);
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r0 = warp * 16, key_row = r0 + (lane >> 1), half = lane & 1;
-  const int key = k_first + key_row;
-  // Causal: queries at positions before k_first see none of these keys.
-  const int first_query = m.causal ? max(0, k_first - m.offset) : 0;
-  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_v(s_dv + r0 * Tile::kLdO, Tile::kLdO);
-  WarpAccumulator<T, HD, REGISTER_ACCUMULATOR> grad_k(s_dk + r0 * Tile::kLdO, Tile::kLdO);
-
-  for (int q_first = k_valid > 0 ? first_query / BM * BM : m.num_queries; q_first < m.num_queries; q_first += BM) {
-    const int q_count = min(BM, m.num_queries - q_first);
-    const BlockDecision decision = classify_block(m, b, q_first, q_count, k_first, k_valid, BN);
-    if (decision.skip) continue;
-    __syncthreads();  // previous query block no longer in use (and K/V/agents loaded)
-    load_query_block<BM, HD, Tile::kThreads>(args, b, h, q_first, q_count, s_q, s_do, Tile::kLdT, s_lse, s_delta,
-                                             s_sees);
-    __syncthreads();
-
-    warp_gemm<T, true, HD, BM>(s_st + r0 * Tile::kLdS, Tile::kLdS, s_k + r0 * Tile::kLdT, Tile::kLdT, s_q, Tile::kLdT, false);
-    warp_gemm<T, true, HD, BM>(s_dpt + r0 * Tile::kLdS, Tile::kLdS, s_v + r0 * Tile::kLdT, Tile::kLdT, s_do, Tile::kLdT, false);
-    __syncwarp();
-    const int agent = s_key_agent[key_row];
-    for (int c = half; c < BM; c += 2) {
-      const int position = m.offset + q_first + c;
-      const bool ok = decision.full || allowed(m, key, k_first + k_valid, position, s_sees[c], agent);
-      const float p = ok ? __expf(s_st[key_row * Tile::kLdS + c] * args.scale - s_lse[c]) : 0.0f;
-      s_pt[key_row * Tile::kLdP + c] = from_float<T>(p);
-      s_dst[key_row * Tile::kLdP + c] = from_float<T>(p * (s_dpt[key_row * Tile::kLdS + c] - s_delta[c]));
+  const TileCopier<T, BM, HD, LD, THREADS> query_copier(args.head_dim);
+  const auto load_queries = [&](const VisitCursor& at, int stage) {
+    const int h = kv_head * m.group + at.pass;
+    const int q_first = at.tile(visits) * BM, q_valid = min(BM, m.num_queries - q_first);
+    query_copier.copy(s_q + stage * BM * LD, args.q, b, h, q_first, q_valid);
+    query_copier.copy(s_do + stage * BM * LD, args.grad_out, b, h, q_first, q_valid);
+    const int64_t row = (static_cast<int64_t>(b) * m.heads + h) * args.row_stride + q_first;
+    load_values<float, BM, THREADS>(s_lse + stage * BM, args.lse_log2 + row, q_valid);
+    load_values<float, BM, THREADS>(s_delta + stage * BM, args.delta + row, q_valid);
+    if (m.has_agents) {
+      load_values<uint64_t, BM, THREADS>(s_sees + stage * BM, m.query_sees + static_cast<int64_t>(b) * m.sees_stride + q_first, q_valid);
     }
-    __syncwarp();
-    grad_v.template add<false, BM>(s_pt + r0 * Tile::kLdP, Tile::kLdP, s_do, Tile::kLdT);
-    grad_k.template add<false, BM>(s_dst + r0 * Tile::kLdP, Tile::kLdP, s_q, Tile::kLdT);
-  }
-  grad_v.finish();
-  grad_k.finish();
-  __syncthreads();  // the zero fill above may come from other warps when no block was visited
+  };
 
-  for (int r = 0; r < 16; ++r) {
-    const int j = r0 + r;
-    if (j >= rows_out) break;
-    const int64_t out_row = static_cast<int64_t>(bh) * m.num_keys + k_first + j;
-    T* dk = args.grad_k + out_row * args.head_dim;
-    T* dv = args.grad_v + out_row * args.head_dim;
-    for (int c = lane; c < args.head_dim; c += 32) {
-      dk[c] = from_float<T>(s_dk[j * Tile::kLdO + c] * args.scale);
-      dv[c] = from_float<T>(s_dv[j * Tile::kLdO + c]);
+  const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
+  key_copier.copy(s_k, args.k, b, kv_head, k_first, k_count);
+  key_copier.copy(s_v, args.v, b, kv_head, k_first, k_count);
+  VisitCursor current, upcoming;
+  if (visits.total > 0) {
+    load_queries(upcoming, 0);
+    upcoming.advance(visits);
+  }
+  cp_async_commit();
+  const KeyRows keys(m, b, k_first + warp_key0);
+  float dk[1][NA][4], dv[1][NA][4];
+  zero(dk);
+  zero(dv);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const T* k_warp = s_k + warp_key0 * LD;
+  const T* v_warp = s_v + warp_key0 * LD;
+  const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> k_fragments(k_warp, LD);
+  const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> v_fragments(v_warp, LD);
+  const float scale_log2 = args.scale * kLog2e;
+
+  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+    const int stage = visit & 1;
+    if (visit > 0) {
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    if (visit + 1 < visits.total) {
+      load_queries(upcoming, stage ^ 1);
+      upcoming.advance(visits);
+    }
+    cp_async_commit();
+    const T* q_tile = s_q + stage * BM * LD;
+    const T* do_tile = s_do + stage * BM * LD;
+    const float* lse_tile = s_lse + stage * BM;
+    const float* delta_tile = s_delta + stage * BM;
+
+    float st[1][NS][4], dpt[1][NS][4];
+    zero(st);
+    zero(dpt);
+    if constexpr (Tile::kTensorCores) {
+      mma_abt<T, 1, NS, HD>(st, k_fragments, q_tile, LD);
+      mma_abt<T, 1, NS, HD>(dpt, v_fragments, do_tile, LD);
+    } else {
+      simt_abt<1, NS, HD>(st, k_warp, LD, q_tile, LD);
+      simt_abt<1, NS, HD>(dpt, v_warp, LD, do_tile, LD);
+    }
+    // P^T, with the rule applied on partial tiles. Padding query columns have zero Q and dO
+    // (and lse, delta 0), so they add nothing below.
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float lse_col = lse_tile[8 * nt + 2 * t + e];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) st[0][nt][2 * half + e] = exp2_approx(st[0][nt][2 * half + e] * scale_log2 - lse_col);
+      }
+    }
+    if (current.partial(visits)) {
+      const int q_first = current.tile(visits) * BM;
+      if (m.has_agents) {
+        keys.mask<true>(st, m, q_first, s_sees + stage * BM);
+      } else {
+        keys.mask<false>(st, m, q_first, nullptr);
+      }
+    }
+    // dS^T = P^T (dP^T - delta), in place of dP^T.
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float delta_col = delta_tile[8 * nt + 2 * t + e];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          dpt[0][nt][2 * half + e] = st[0][nt][2 * half + e] * (dpt[0][nt][2 * half + e] - delta_col);
+        }
+      }
+    }
+    if constexpr (Tile::kTensorCores) {
+      mma_ab<T, 1, NA, BM / 16>(dv, [&](int, int kk, uint32_t (&f)[4]) { accumulator_to_a<T, NS>(f, st[0], kk); },
+                                do_tile + col0, LD);
+      mma_ab<T, 1, NA, BM / 16>(dk, [&](int, int kk, uint32_t (&f)[4]) { accumulator_to_a<T, NS>(f, dpt[0], kk); },
+                                q_tile + col0, LD);
+    } else {
+      float* p_warp = s_p + warp_key0 * Tile::kLdP;
+      store_accumulators(p_warp, Tile::kLdP, st);
+      __syncwarp();
+      simt_ab<1, NA, BM>(dv, p_warp, Tile::kLdP, do_tile + col0, LD);
+      __syncwarp();
+      store_accumulators(p_warp, Tile::kLdP, dpt);
+      __syncwarp();
+      simt_ab<1, NA, BM>(dk, p_warp, Tile::kLdP, q_tile + col0, LD);
+      __syncwarp();
     }
   }
+  cp_async_wait<0>();
+
+  // Keys past seq_len or seen by no query were never touched: their gradients are 0.
+  const int64_t row0 = static_cast<int64_t>(bkv) * m.num_keys + k_first + warp_key0;
+  const float dk_factor[1][2] = {{args.scale, args.scale}}, dv_factor[1][2] = {{1.0f, 1.0f}};
+  store_rows<T, 1, NA>(args.grad_k, row0, k_count - warp_key0, args.head_dim, col0, dk, dk_factor);
+  store_rows<T, 1, NA>(args.grad_v, row0, k_count - warp_key0, args.head_dim, col0, dv, dv_factor);
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Host side: everything but the device checks, the stream and the launch itself, which the
 // Launcher brings.
 
-// Tile shapes per head-dim bucket, chosen so every kernel fits 163 KiB of shared memory
-// (A100; H100 allows 227 KiB) in fp32, the widest dtype. fp16/bf16 kernels keep their
-// output accumulators in registers where those take at most 64 per thread.
-template <int HD>
+// Tile shapes per dtype family and head-dim bucket. fp16/bf16: FlashAttention-2's shapes for
+// sm_80/sm_90 within the registers each warp's accumulators need; fp32 keeps every kernel
+// within 163 KiB of shared memory (A100; H100 allows 227 KiB).
+template <bool TENSOR_CORES, int HD>
 struct Config;
-template <>
-struct Config<64> {
-  static constexpr int kFwdM = 64, kFwdN = 64, kDqM = 64, kDqN = 64, kKvM = 32, kKvN = 64;
-  static constexpr bool kFwdInRegisters = true;
-  static constexpr bool kDqInRegisters = true, kKvInRegisters = true;
-};
-template <>
-struct Config<128> {
-  static constexpr int kFwdM = 64, kFwdN = 32, kDqM = 32, kDqN = 32, kKvM = 32, kKvN = 32;
-  static constexpr bool kFwdInRegisters = true;
-  static constexpr bool kDqInRegisters = true, kKvInRegisters = false;  // dK + dV: 128 registers
-};
-template <>
-struct Config<256> {
-  static constexpr int kFwdM = 32, kFwdN = 32, kDqM = 32, kDqN = 16, kKvM = 32, kKvN = 16;
-  static constexpr bool kFwdInRegisters = false;
-  static constexpr bool kDqInRegisters = false, kKvInRegisters = false;
-};
+// Fields: forward BM x BN tiles, warps, Q fragments in registers, the blocks per SM its register
+// budget is set for (__launch_bounds__); dQ the same with warps = BM / 16; dK/dV BN keys x BM
+// queries per tile, warps = BN / 16, and head-dim slices.
+#define AGENTFAST_CONFIG(TC, HD, FM, FN, FW, FQ, FB, QM, QN, QR, QB, KN, KM, KS, KR, KB)                              \
+  template <>                                                                                                       \
+  struct Config<TC, HD> {                                                                                           \
+    static constexpr int kFwdM = FM, kFwdN = FN, kFwdWarps = FW, kFwdMinBlocks = FB;                                 \
+    static constexpr bool kFwdQInRegisters = FQ;                                                                    \
+    static constexpr int kDqM = QM, kDqN = QN, kDqMinBlocks = QB;                                                   \
+    static constexpr bool kDqInRegisters = QR;                                                                      \
+    static constexpr int kKvN = KN, kKvM = KM, kKvSlices = KS, kKvMinBlocks = KB;                                   \
+    static constexpr bool kKvInRegisters = KR;                                                                      \
+  };
+//               TC     HD   forward               dQ                    dK/dV
+AGENTFAST_CONFIG(true,  64,  128, 64, 4, true,  2,  64, 64, true,  2,  64, 64, 1, true,  2)
+AGENTFAST_CONFIG(true,  128, 64,  64, 4, true,  2,  64, 32, true,  2,  64, 32, 1, false, 2)
+AGENTFAST_CONFIG(true,  256, 64,  32, 4, false, 1,  64, 32, false, 1,  64, 32, 2, false, 1)
+AGENTFAST_CONFIG(false, 64,  64,  64, 4, false, 1,  64, 32, false, 1,  64, 32, 1, false, 1)
+AGENTFAST_CONFIG(false, 128, 64,  32, 4, false, 1,  32, 32, false, 1,  32, 32, 2, false, 1)
+AGENTFAST_CONFIG(false, 256, 32,  16, 2, false, 1,  32, 16, false, 1,  32, 16, 4, false, 1)
+#undef AGENTFAST_CONFIG
+
+template <typename T, int HD>
+using ConfigOf = Config<!std::is_same_v<T, float>, HD>;
+
+template <typename T, int HD>
+using ForwardTileOf = ForwardTile<T, HD, ConfigOf<T, HD>::kFwdM, ConfigOf<T, HD>::kFwdN, ConfigOf<T, HD>::kFwdWarps>;
+template <typename T, int HD>
+using DqTileOf = DqTile<T, HD, ConfigOf<T, HD>::kDqM, ConfigOf<T, HD>::kDqN, ConfigOf<T, HD>::kDqM / 16>;
+template <typename T, int HD>
+using DkvTileOf = DkvTile<T, HD, ConfigOf<T, HD>::kKvN, ConfigOf<T, HD>::kKvM, ConfigOf<T, HD>::kKvN / 16,
+                          ConfigOf<T, HD>::kKvSlices>;
+
+int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 // Owns the mask tensors the kernels read, so they live until the launches are queued.
 struct MaskTensors {
-  Tensor seq_lens, agent_ids, bitmask, key_presence, query_union, query_common;
+  Tensor seq_lens, agent_ids, bitmask, query_sees, key_bits, key_agents, query_any, query_all;
   MaskParams params{};
+  SummaryArrays summaries{};
 };
 
 template <typename Launcher>
-MaskTensors prepare_mask(const Launcher& launch, const AttentionShape& shape, bool causal, const OptionalTensor& seq_lens,
-                         const OptionalTensor& agent_ids, const OptionalTensor& agent_bitmask) {
+MaskTensors prepare_mask(const Launcher& launch, const AttentionShape& shape, bool causal,
+                         const OptionalTensor& seq_lens, const OptionalTensor& agent_ids,
+                         const OptionalTensor& agent_bitmask, const at::TensorOptions& device) {
   MaskTensors t;
   MaskParams& p = t.params;
-  p.batch_heads = static_cast<int>(shape.batch * shape.heads);
+  p.batch = static_cast<int>(shape.batch);
   p.heads = static_cast<int>(shape.heads);
+  p.kv_heads = static_cast<int>(shape.kv_heads);
+  p.group = static_cast<int>(shape.heads / shape.kv_heads);
   p.num_queries = static_cast<int>(shape.num_queries);
   p.num_keys = static_cast<int>(shape.num_keys);
   p.offset = static_cast<int>(shape.query_offset());
-  p.num_agents = static_cast<int>(shape.num_agents);
   p.causal = causal;
   if (seq_lens.has_value()) {
     t.seq_lens = seq_lens->to(at::kLong).contiguous();
     p.seq_lens = t.seq_lens.data_ptr<int64_t>();
   }
   if (!agent_ids.has_value()) return t;
-  t.agent_ids = agent_ids->to(at::kInt).contiguous();
+  p.has_agents = true;
+  // Rows padded to 16 bytes, so tiles of them move by cp.async.
+  p.agent_stride = static_cast<int>(round_up(shape.num_keys, 4));
+  p.sees_stride = static_cast<int>(round_up(std::max(shape.num_queries, shape.num_keys), 2));
+  t.agent_ids = at::zeros({shape.batch, p.agent_stride}, device.dtype(at::kInt));
+  // Ids are validated upstream; clamping keeps a bad one from shifting by 64 or more.
+  t.agent_ids.narrow(1, 0, shape.num_keys).copy_(agent_ids->clamp(0, shape.num_agents - 1));
   t.bitmask = agent_bitmask->contiguous();
+  t.query_sees = at::zeros({shape.batch, p.sees_stride}, device.dtype(at::kLong));
+  t.key_bits = at::zeros({shape.batch, p.sees_stride}, device.dtype(at::kLong));
   p.agent_ids = t.agent_ids.data_ptr<int32_t>();
-  p.agent_bitmask = t.bitmask.data_ptr<int64_t>();
-  p.key_granules = static_cast<int>((shape.num_keys + kGranule - 1) / kGranule);
-  p.query_granules = static_cast<int>((shape.num_queries + kGranule - 1) / kGranule);
-  const auto options = t.agent_ids.options().dtype(at::kLong);
-  t.key_presence = at::empty({shape.batch, p.key_granules}, options);
-  t.query_union = at::empty({shape.batch, p.query_granules}, options);
-  t.query_common = at::empty({shape.batch, p.query_granules}, options);
-  p.key_presence = reinterpret_cast<const uint64_t*>(t.key_presence.data_ptr<int64_t>());
-  p.query_union = reinterpret_cast<const uint64_t*>(t.query_union.data_ptr<int64_t>());
-  p.query_common = reinterpret_cast<const uint64_t*>(t.query_common.data_ptr<int64_t>());
-  const int64_t entries = shape.batch * (p.key_granules + p.query_granules);
+  p.query_sees = reinterpret_cast<const uint64_t*>(t.query_sees.data_ptr<int64_t>());
+  p.key_bits = reinterpret_cast<const uint64_t*>(t.key_bits.data_ptr<int64_t>());
+
+  SummaryArrays& s = t.summaries;
+  s.num_agents = static_cast<int>(shape.num_agents);
+  s.key_granules = static_cast<int>((shape.num_keys + kGranule - 1) / kGranule);
+  s.query_granules = static_cast<int>((shape.num_queries + kGranule - 1) / kGranule);
+  t.key_agents = at::empty({shape.batch, s.key_granules}, device.dtype(at::kLong));
+  t.query_any = at::empty({shape.batch, s.query_granules}, device.dtype(at::kLong));
+  t.query_all = at::empty({shape.batch, s.query_granules}, device.dtype(at::kLong));
+  s.key_agents = reinterpret_cast<uint64_t*>(t.key_agents.data_ptr<int64_t>());
+  s.query_any = reinterpret_cast<uint64_t*>(t.query_any.data_ptr<int64_t>());
+  s.query_all = reinterpret_cast<uint64_t*>(t.query_all.data_ptr<int64_t>());
+  s.query_sees = reinterpret_cast<uint64_t*>(t.query_sees.data_ptr<int64_t>());
+  s.key_bits = reinterpret_cast<uint64_t*>(t.key_bits.data_ptr<int64_t>());
+  s.bitmask = t.bitmask.data_ptr<int64_t>();
+  const int64_t entries = shape.batch * (s.key_granules + s.query_granules);
   if (entries > 0) {
     const int threads = 256;
-    launch(tile_masks_kernel, dim3(static_cast<unsigned>((entries + threads - 1) / threads)), threads, 0, p,
-           static_cast<int>(shape.batch), reinterpret_cast<uint64_t*>(t.key_presence.data_ptr<int64_t>()),
-           reinterpret_cast<uint64_t*>(t.query_union.data_ptr<int64_t>()),
-           reinterpret_cast<uint64_t*>(t.query_common.data_ptr<int64_t>()));
+    launch(tile_summaries_kernel, dim3(static_cast<unsigned>((entries + threads - 1) / threads)), threads, 0, p, s);
   }
   return t;
 }
 
+// A tile list and the tensors behind it.
+struct TileListTensors {
+  Tensor counts, indices;
+  TileList list{};
+};
+
+template <typename Launcher>
+TileListTensors build_tile_list(const Launcher& launch, const MaskTensors& mask, bool rows_are_queries, int row_tile,
+                                int col_tile, const at::TensorOptions& device) {
+  const MaskParams& m = mask.params;
+  const int row_count = rows_are_queries ? m.num_queries : m.num_keys;
+  const int col_count = rows_are_queries ? m.num_keys : m.num_queries;
+  TileListSpec spec{rows_are_queries, row_tile, col_tile, (row_count + row_tile - 1) / row_tile,
+                    (col_count + col_tile - 1) / col_tile};
+  TileListTensors t;
+  t.counts = at::empty({m.batch, spec.rows, 2}, device.dtype(at::kInt));
+  t.indices = at::empty({m.batch, spec.rows, std::max(spec.cols, 1)}, device.dtype(at::kInt));
+  t.list = {t.counts.data_ptr<int32_t>(), t.indices.data_ptr<int32_t>(), spec.rows, std::max(spec.cols, 1)};
+  const int64_t entries = static_cast<int64_t>(m.batch) * spec.rows;
+  if (entries > 0) {
+    const int threads = 128;
+    launch(tile_list_kernel, dim3(static_cast<unsigned>((entries + threads - 1) / threads)), threads, 0, m,
+           mask.summaries, spec, t.counts.data_ptr<int32_t>(), t.indices.data_ptr<int32_t>());
+  }
+  return t;
+}
 
 // blocks x (B * H) CTAs, B * H folded over grid.y and grid.z (each at most 65535).
 // CUDA's limit on gridDim.y and gridDim.z; the emulation lowers it so that small tests fold too.
@@ -867,27 +1273,51 @@ struct DeviceType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
 
-template <typename T, int HD, typename Launcher>
-void run_forward(const Launcher& launch, const ForwardArgs<T>& args, int64_t batch_heads) {
-  using C = Config<HD>;
-  using Tile = ForwardTile<T, HD, C::kFwdM, C::kFwdN>;
-  constexpr bool kInRegisters = !std::is_same_v<T, float> && C::kFwdInRegisters;
-  const dim3 grid = grid_of((args.mask.num_queries + C::kFwdM - 1) / C::kFwdM, batch_heads);
-  launch(forward_kernel<T, HD, C::kFwdM, C::kFwdN, kInRegisters>, grid, Tile::kThreads, Tile::kBytes, args);
+// Whether the rows of `t` can move in 16-byte cp.async chunks: a contiguous head dim that is a
+// whole number of chunks, and every row starting 16-byte aligned.
+bool moves_in_chunks(const Tensor& t) {
+  const int64_t per_chunk = 16 / static_cast<int64_t>(t.element_size());
+  if ((t.size(3) > 1 && t.stride(3) != 1) || t.size(3) % per_chunk != 0) return false;
+  for (int dim = 0; dim < 3; ++dim) {
+    if (t.size(dim) > 1 && t.stride(dim) % per_chunk != 0) return false;
+  }
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+template <typename T>
+InputTensor<T> input_of(const Tensor& t) {
+  return {reinterpret_cast<const T*>(t.data_ptr()), {t.stride(0), t.stride(1), t.stride(2), t.stride(3)},
+          moves_in_chunks(t)};
 }
 
 template <typename T, int HD, typename Launcher>
-void run_backward(const Launcher& launch, const BackwardArgs<T>& args, int64_t batch_heads) {
-  using C = Config<HD>;
-  using Dq = DqTile<T, HD, C::kDqM, C::kDqN>;
-  using Kv = DkvTile<T, HD, C::kKvM, C::kKvN>;
-  constexpr bool kTensorCores = !std::is_same_v<T, float>;
-  const dim3 dq_grid = grid_of((args.mask.num_queries + C::kDqM - 1) / C::kDqM, batch_heads);
-  launch(dq_kernel<T, HD, C::kDqM, C::kDqN, kTensorCores && C::kDqInRegisters>, dq_grid, Dq::kThreads, Dq::kBytes,
-         args);
-  const dim3 kv_grid = grid_of((args.mask.num_keys + C::kKvN - 1) / C::kKvN, batch_heads);
-  launch(dkdv_kernel<T, HD, C::kKvM, C::kKvN, kTensorCores && C::kKvInRegisters>, kv_grid, Kv::kThreads, Kv::kBytes,
-         args);
+void run_forward(const Launcher& launch, ForwardArgs<T> args, const MaskTensors& mask, const at::TensorOptions& device) {
+  using C = ConfigOf<T, HD>;
+  using Tile = ForwardTileOf<T, HD>;
+  const TileListTensors tiles = build_tile_list(launch, mask, true, C::kFwdM, C::kFwdN, device);
+  args.tiles = tiles.list;
+  const dim3 grid = grid_of((args.mask.num_queries + C::kFwdM - 1) / C::kFwdM,
+                            static_cast<int64_t>(args.mask.batch) * args.mask.heads);
+  launch(forward_kernel<T, HD, C::kFwdM, C::kFwdN, C::kFwdWarps, C::kFwdQInRegisters, C::kFwdMinBlocks>, grid,
+         Tile::kThreads, Tile::kBytes, args);
+}
+
+template <typename T, int HD, typename Launcher>
+void run_backward(const Launcher& launch, BackwardArgs<T> args, const MaskTensors& mask, const at::TensorOptions& device) {
+  using C = ConfigOf<T, HD>;
+  using Dq = DqTileOf<T, HD>;
+  using Kv = DkvTileOf<T, HD>;
+  const TileListTensors query_tiles = build_tile_list(launch, mask, true, C::kDqM, C::kDqN, device);
+  const TileListTensors key_tiles = build_tile_list(launch, mask, false, C::kKvN, C::kKvM, device);
+  args.query_tiles = query_tiles.list;
+  args.key_tiles = key_tiles.list;
+  const MaskParams& m = args.mask;
+  const dim3 dq_grid = grid_of((m.num_queries + C::kDqM - 1) / C::kDqM, static_cast<int64_t>(m.batch) * m.heads);
+  launch(dq_kernel<T, HD, C::kDqM, C::kDqN, C::kDqM / 16, C::kDqInRegisters, C::kDqMinBlocks>, dq_grid, Dq::kThreads,
+         Dq::kBytes, args);
+  const dim3 kv_grid = grid_of((m.num_keys + C::kKvN - 1) / C::kKvN * C::kKvSlices, static_cast<int64_t>(m.batch) * m.kv_heads);
+  launch(dkdv_kernel<T, HD, C::kKvN, C::kKvM, C::kKvN / 16, C::kKvSlices, C::kKvInRegisters, C::kKvMinBlocks>, kv_grid,
+         Kv::kThreads, Kv::kBytes, args);
 }
 
 template <typename Fn>
@@ -910,29 +1340,33 @@ std::tuple<Tensor, Tensor> launch_forward(const Launcher& launch, const Tensor& 
   Tensor out = at::empty(q.sizes(), q.options());
   Tensor lse = at::empty({shape.batch, shape.heads, shape.num_queries}, q.options().dtype(at::kFloat));
   if (shape.num_queries == 0 || shape.batch * shape.heads == 0) return {out, lse};
-  const MaskTensors mask = prepare_mask(launch, shape, causal, seq_lens, agent_ids, agent_bitmask);
+  const MaskTensors mask = prepare_mask(launch, shape, causal, seq_lens, agent_ids, agent_bitmask, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_cuda", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       using T = typename DeviceType<scalar_t>::type;
       ForwardArgs<T> args{};
-      args.q = reinterpret_cast<const T*>(q.data_ptr<scalar_t>());
-      args.k = reinterpret_cast<const T*>(k.data_ptr<scalar_t>());
-      args.v = reinterpret_cast<const T*>(v.data_ptr<scalar_t>());
+      args.q = input_of<T>(q);
+      args.k = input_of<T>(k);
+      args.v = input_of<T>(v);
       args.out = reinterpret_cast<T*>(out.data_ptr<scalar_t>());
       args.lse = lse.data_ptr<float>();
-      args.qs = strides_of(q);
-      args.ks = strides_of(k);
-      args.vs = strides_of(v);
       args.head_dim = static_cast<int>(shape.head_dim);
       args.scale = static_cast<float>(scale);
       args.mask = mask.params;
-      dispatch_head_dim(shape.head_dim, [&](auto hd) { run_forward<T, decltype(hd)::value>(launch, args, shape.batch * shape.heads); });
+      dispatch_head_dim(shape.head_dim, [&](auto hd) { run_forward<T, decltype(hd)::value>(launch, args, mask, q.options()); });
     }
   });
   return {out, lse};
 }
 
-// (dq, dk, dv) of validated inputs; lse is float32 and contiguous, delta = rowsum(dO * O) - grad_lse.
+// [B * H, Nq] float rows padded to 16 bytes, so tiles of them move by cp.async.
+Tensor padded_rows(const Tensor& values, const AttentionShape& shape, int64_t stride) {
+  Tensor padded = at::zeros({shape.batch * shape.heads, stride}, values.options().dtype(at::kFloat));
+  padded.narrow(1, 0, shape.num_queries).copy_(values.reshape({shape.batch * shape.heads, shape.num_queries}));
+  return padded;
+}
+
+// (dq, dk, dv) of validated inputs; delta = rowsum(dO * O) - grad_lse.
 template <typename Launcher>
 std::tuple<Tensor, Tensor, Tensor> launch_backward(const Launcher& launch, const Tensor& grad_out, const Tensor& q,
                                                    const Tensor& k, const Tensor& v, const Tensor& lse,
@@ -941,28 +1375,32 @@ std::tuple<Tensor, Tensor, Tensor> launch_backward(const Launcher& launch, const
                                                    const OptionalTensor& agent_bitmask, bool causal, double scale) {
   BackwardOutputs grads = allocate_backward_outputs(shape, q, k, v);
   if (grads.done) return grads.tuple();
-  const MaskTensors mask = prepare_mask(launch, shape, causal, seq_lens, agent_ids, agent_bitmask);
+  const MaskTensors mask = prepare_mask(launch, shape, causal, seq_lens, agent_ids, agent_bitmask, q.options());
+  // exp2(s * scale * log2(e) - lse * log2(e)) = P; rows that see no key get +inf, so P = 0.
+  const Tensor lse_float = lse.to(at::kFloat);
+  const int64_t row_stride = round_up(shape.num_queries, 4);
+  const Tensor lse_log2 = padded_rows(
+      at::where(at::isinf(lse_float) & (lse_float < 0), at::full({}, kInf, lse_float.options()), lse_float * kLog2e), shape,
+      row_stride);
+  const Tensor delta_rows = padded_rows(delta.to(at::kFloat), shape, row_stride);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "masked_attention_backward_cuda", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       using T = typename DeviceType<scalar_t>::type;
       BackwardArgs<T> args{};
-      args.q = reinterpret_cast<const T*>(q.data_ptr<scalar_t>());
-      args.k = reinterpret_cast<const T*>(k.data_ptr<scalar_t>());
-      args.v = reinterpret_cast<const T*>(v.data_ptr<scalar_t>());
-      args.grad_out = reinterpret_cast<const T*>(grad_out.data_ptr<scalar_t>());
-      args.lse = lse.data_ptr<float>();
-      args.delta = delta.data_ptr<float>();
+      args.q = input_of<T>(q);
+      args.k = input_of<T>(k);
+      args.v = input_of<T>(v);
+      args.grad_out = input_of<T>(grad_out);
+      args.lse_log2 = lse_log2.data_ptr<float>();
+      args.delta = delta_rows.data_ptr<float>();
+      args.row_stride = static_cast<int>(row_stride);
       args.grad_q = reinterpret_cast<T*>(grads.grad_q.data_ptr<scalar_t>());
       args.grad_k = reinterpret_cast<T*>(grads.grad_k.data_ptr<scalar_t>());
       args.grad_v = reinterpret_cast<T*>(grads.grad_v.data_ptr<scalar_t>());
-      args.qs = strides_of(q);
-      args.ks = strides_of(k);
-      args.vs = strides_of(v);
-      args.gs = strides_of(grad_out);
       args.head_dim = static_cast<int>(shape.head_dim);
       args.scale = static_cast<float>(scale);
       args.mask = mask.params;
-      dispatch_head_dim(shape.head_dim, [&](auto hd) { run_backward<T, decltype(hd)::value>(launch, args, shape.batch * shape.heads); });
+      dispatch_head_dim(shape.head_dim, [&](auto hd) { run_backward<T, decltype(hd)::value>(launch, args, mask, q.options()); });
     }
   });
   return grads.tuple();

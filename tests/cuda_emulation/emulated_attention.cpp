@@ -1,10 +1,12 @@
 // The CUDA kernels of agentfast::masked_attention, compiled for the CPU against the emulation
 // in cuda_emulation.h and driven by the same host code as on a GPU (launch_forward and
-// launch_backward of masked_attention_kernels.cuh). Built by tests/test_cuda_attention.py.
+// launch_backward of masked_attention_kernels.cuh), and the checks of the emulated vocabulary
+// (vocabulary_checks.h). Built by tests/cuda_emulation/build.py for the tests.
 #include <torch/extension.h>
 
 #include "cuda_emulation.h"
 #include "masked_attention_kernels.cuh"
+#include "vocabulary_checks.h"
 
 namespace {
 
@@ -15,6 +17,7 @@ agentfast::AttentionShape shape_of(const at::Tensor& q, const at::Tensor& k,
   agentfast::AttentionShape shape;
   shape.batch = q.size(0);
   shape.heads = q.size(1);
+  shape.kv_heads = k.size(1);
   shape.num_queries = q.size(2);
   shape.num_keys = k.size(2);
   shape.head_dim = q.size(3);
@@ -47,4 +50,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "agentfast's CUDA attention kernels run on the CPU by emulation (tests only)";
   m.def("forward", &forward, "(out, lse) of the CUDA forward kernels");
   m.def("backward", &backward, "(dq, dk, dv) of the CUDA backward kernels");
+  vocabulary_checks::register_checks(m);
 }
