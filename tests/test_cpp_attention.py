@@ -8,7 +8,7 @@ import torch
 from agentfast.attention import (attention, dense_mask, get_backend, make_call, select_backend,
                                  visibility_to_bitmask)
 from agentfast.attention.backends.extension import masked_attention
-from attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
+from tests.attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -125,6 +125,41 @@ def test_backward_splits_key_blocks_when_threads_outnumber_heads(threads, batch,
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2, 4], ids=lambda h: f"Hkv{h}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("features", ["causal", "padding+agents", "causal+padding+agents", "empty-rows"], ids=str)
+def test_grouped_query_attention_matches_reference(features, dtype, kv_heads):
+    """k/v with 1 (multi-query), 2 or all 4 heads: dK/dV sum over each group's query heads."""
+    case = make_case(2, 4, 37, 70, 24, dtype=dtype, kv_heads=kv_heads, seed=12, **MASK_FEATURES[features])
+    check_backend(case, run_cpp)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_grouped_query_backward_split_over_threads_is_deterministic(threads):
+    """One (batch, kv head) and more threads than that: the key blocks of the multi-query
+    backward are dealt to several tasks, each owning the dQ of all four query heads."""
+    case = make_case(1, 4, 300, head_dim=32, kv_heads=1, causal=True, agents=3, padding=True, seed=14)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_backend(case, run_cpp)
+        grads = []
+        for _ in range(2):
+            q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+            run_cpp(q, k, v, **case.mask_kwargs()).sum().backward()
+            grads.append((q.grad, k.grad, v.grad))
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_auto_serves_grouped_query_calls_with_cpp():
+    case = make_case(1, 4, 8, kv_heads=2, causal=True, agents=2)
+    call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
+    assert select_backend(call).name == "cpp"
+    assert get_backend("cpp").why_not(call) is None
+
+
 def test_lse_matches_logsumexp_and_is_differentiable():
     case = make_case(2, 2, 30, 50, 16, dtype=torch.float64, causal=True, agents=3, padding=True, seed=4)
     call = make_call(case.q, case.k, case.v, **case.mask_kwargs())
@@ -215,8 +250,8 @@ def test_op_rejects_bad_inputs_with_clear_errors():
 
 def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
     """The cuda backend's why_not against described devices (no GPU needed): a Hopper card
-    has room for every kernel; an sm_89 card (99 KiB of shared memory per block) not for the
-    fp32 kernels at head dim 64; a Turing card has no bf16 tensor-core path; a call without
+    has room for every kernel; a card with less shared memory per block than a kernel needs
+    is refused with the figures; a Turing card has no bf16 tensor-core path; a call without
     gradients needs room for the forward kernel alone."""
     import types
 
@@ -225,6 +260,7 @@ def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
     if not extension._BUILT_WITH_CUDA:
         pytest.skip("agentfast._C was built without its CUDA kernels")
     backend = get_backend("cuda")
+    needs = extension._EXTENSION.cuda_shared_memory_bytes
 
     def call(dtype, head_dim, needs_grad=True):
         return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, head_dim=head_dim,
@@ -238,16 +274,21 @@ def test_cuda_backend_says_which_gpus_cannot_run_it(monkeypatch):
     gpu("H100", 9, 0, 227)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         assert all(backend.why_not(call(dtype, head_dim)) is None for head_dim in (24, 64, 128, 256))
+    # Every configuration fits 163 KiB (A100); fp16/bf16 at head dim <= 128 fit 99 KiB (sm_86/89).
+    assert all(needs(fp32, head_dim, True) <= 163 * 1024 for fp32 in (True, False) for head_dim in (64, 128, 256))
+    assert all(needs(False, head_dim, True) <= 99 * 1024 for head_dim in (64, 128))
     gpu("L4", 8, 9, 99)
-    reason = backend.why_not(call(torch.float32, 64))
-    assert reason is not None and "shared memory" in reason and "L4 allows 99 KiB" in reason
     assert backend.why_not(call(torch.bfloat16, 64)) is None
+    reason = backend.why_not(call(torch.bfloat16, 256))
+    assert reason is not None and "shared memory" in reason and "L4 allows 99 KiB" in reason
     gpu("T4", 7, 5, 64)
     assert "compute capability 8.0+" in backend.why_not(call(torch.bfloat16, 64))
     # Room for the forward kernel only: inference is served, training is not.
-    gpu("a 110 KiB card", 8, 7, 110)
-    assert backend.why_not(call(torch.float32, 64, needs_grad=False)) is None
-    assert "with gradients" in backend.why_not(call(torch.float32, 64, needs_grad=True))
+    forward, both = needs(False, 256, False), needs(False, 256, True)
+    assert forward < both
+    gpu("a card between", 8, 7, (forward + both) // 2 // 1024)
+    assert backend.why_not(call(torch.bfloat16, 256, needs_grad=False)) is None
+    assert "with gradients" in backend.why_not(call(torch.bfloat16, 256, needs_grad=True))
 
 
 def test_reference_outputs_helper_agrees_with_cpp_in_float64():

@@ -5,8 +5,9 @@ Every numerics test runs on two targets: ``gpu`` (agentfast._C on a CUDA device;
 without one) and ``emulated``: the same kernels (csrc/cuda/masked_attention_kernels.cuh) and
 host code compiled for the CPU against tests/cuda_emulation, where each CUDA thread is a
 fiber and warps exchange tensor-core fragments lane by lane as the PTX ISA lays them out
-(tests/test_cuda_emulation.py checks the emulation itself). The emulation checks the kernels' indexing, masking, tile skipping, synchronisation
-and numerics on any machine; speed, streams and devices need the GPU tests.
+(tests/test_cuda_emulation.py checks the emulation itself). The emulation checks the
+kernels' indexing, masking, tile skipping, synchronisation and numerics on any machine;
+speed, streams and devices need the GPU tests.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import torch
 
 from agentfast.attention import attention, dense_mask, get_backend, make_call
 from agentfast.attention.backends.extension import masked_attention
-from attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
+from tests.attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
 
 
 @pytest.fixture(scope="session")
 def emulated_kernels():
     """The CUDA kernels built for the CPU against the emulation."""
-    from cuda_emulation.build import emulated_kernels
+    from tests.cuda_emulation.build import emulated_kernels
 
     return emulated_kernels()
 
@@ -185,9 +186,22 @@ def test_strided_inputs_from_a_fused_projection(dtype, target):
     check_backend(case, target)
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2, 4], ids=lambda h: f"Hkv{h}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_grouped_query_attention_matches_reference(dtype, kv_heads, target):
+    """k/v with 1 (multi-query), 2 or all 4 heads, read in place: dK/dV sum over each
+    group's query heads (several query tiles per head, so the dK/dV kernel walks the group's
+    heads and their tiles)."""
+    case = make_case(2, 4, 70, 90, 40, dtype=dtype, kv_heads=kv_heads, device=target.device, causal=True,
+                     padding=True, agents=3, seed=21)
+    check_backend(case, target)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1], ids=lambda h: f"Hkv{h}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
-def test_rerun_is_bitwise_identical(dtype, target):
-    case = make_case(2, 4, 300, head_dim=64, dtype=dtype, device=target.device, causal=True, agents=4, padding=True)
+def test_rerun_is_bitwise_identical(dtype, kv_heads, target):
+    case = make_case(2, 4, 300, head_dim=64, dtype=dtype, kv_heads=kv_heads, device=target.device, causal=True,
+                     agents=4, padding=True)
 
     def run_once():
         q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))

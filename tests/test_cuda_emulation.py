@@ -11,7 +11,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def emulation():
-    from cuda_emulation.build import emulated_kernels
+    from tests.cuda_emulation.build import emulated_kernels
 
     return emulated_kernels()
 

@@ -1,5 +1,10 @@
 """The ``cpp`` (CPU) and ``cuda`` (GPU) backends: the compiled op ``agentfast::masked_attention``.
 
+q is ``[B, H, Nq, D]``; k and v ``[B, Hkv, Nk, D]`` with H a multiple of Hkv (grouped-query and
+multi-query attention, no repeated copies of k/v). On CUDA, fp16/bf16 run on tensor cores
+(mma.sync, FlashAttention-2 design); fp32 runs the same kernels with FMA products (tf32 would
+miss the fp32 accuracy rule).
+
 ``agentfast._C`` defines the op and its backward (``csrc/``) with CPU and CUDA kernels. This
 module adds what torch needs around them: fake (meta) kernels, so ``torch.compile`` can trace
 the op, and the autograd formula, so gradients flow. The C++ library names this module as its
@@ -51,6 +56,10 @@ def masked_attention(
 
 class _ExtensionBackend(AttentionBackend):
     """One device's half of agentfast._C."""
+
+    # k/v with fewer heads than q: the kernels read kv head h // (H // Hkv) in place and sum
+    # dK/dV over each group's query heads in a fixed order.
+    supports_grouped_query = True
 
     def __init__(self, name: str, device: str, dtypes: tuple[torch.dtype, ...]) -> None:
         self.name = name
