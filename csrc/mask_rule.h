@@ -1,5 +1,5 @@
-// The attention mask rule of SPEC section 2, once, for the CPU kernels (masked_attention_cpu.cpp)
-// and the CUDA kernels (cuda/masked_attention_kernels.cuh, on the GPU and in the emulation).
+// The attention mask rule (docs/attention-contract.md, "The rule"), once, for the CPU kernels
+// (masked_attention_cpu.cpp) and the CUDA kernels (cuda/masked_attention_kernels.cuh, on the GPU and in the emulation).
 //
 // Query i sits at key position p = Nk - Nq + i and may attend key j iff
 //   j < key_end                       key_end = min(seq_lens[b], Nk): padding keys are invisible

@@ -1,8 +1,9 @@
 // agentfast::masked_attention: shared declarations of the CPU and CUDA implementations.
 //
-// The mask rule (SPEC section 2, mask_rule.h): query i sits at key position p = Nk - Nq + i and
-// may attend key j iff (!causal || j <= p) && j < seq_lens[b] && (agent_bitmask[b, agent_ids[b, p]]
-// >> agent_ids[b, j]) & 1. A row with no allowed key returns 0 and has lse = -inf.
+// The mask rule (docs/attention-contract.md, "The rule"; mask_rule.h): query i sits at key
+// position p = Nk - Nq + i and may attend key j iff (!causal || j <= p) && j < seq_lens[b] &&
+// (agent_bitmask[b, agent_ids[b, p]] >> agent_ids[b, j]) & 1. A row with no allowed key returns 0
+// and has lse = -inf.
 // q is [B, H, Nq, D]; k and v are [B, Hkv, Nk, D] with H a multiple of Hkv (grouped-query and
 // multi-query attention): query head h reads kv head h / (H / Hkv).
 #pragma once

@@ -1,4 +1,5 @@
-"""The ``cpp`` backend (agentfast._C on CPU) against the reference, under SPEC section 6."""
+"""The ``cpp`` backend (agentfast._C on CPU) against the reference, under the numerics rule of
+docs/attention-contract.md ("How the backends are tested")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The ``cuda`` backend's kernels against the reference: the numerics tests of the CPU path
-(SPEC section 6), plus head dims up to 256, dtypes, strides and the lse output.
+(docs/attention-contract.md, "How the backends are tested"), plus head dims up to 256, dtypes,
+strides and the lse output.
 
 Every numerics test runs on two targets: ``gpu`` (agentfast._C on a CUDA device; skipped
 without one) and ``emulated``: the same kernels (csrc/cuda/masked_attention_kernels.cuh) and
