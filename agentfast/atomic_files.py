@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from .errors import FileAccessError, accessing
+from .interruption import pause_point
 
 try:
     import fcntl
@@ -216,6 +217,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             staged = _Staged(target)
             try:
                 _as_os_error(write, staged.path)
+                pause_point(f"write-{target.name}")
                 if staged.relock():
                     staged.commit(mode)
                     return target
@@ -281,6 +283,7 @@ def atomic_open(path: str | os.PathLike, *, binary: bool = False,
             raise
         with accessing(path, "write"):
             handle.close()  # flushes: a full disk shows here at the latest
+            pause_point(f"write-{target.name}")
             staged.commit(mode)
     finally:
         staged.close()

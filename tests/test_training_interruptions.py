@@ -5,7 +5,7 @@ holds each step once.
 Each run is an `agentfast train` process of its own on a tiny model, forked from a server
 that has imported torch and agentfast once (``multiprocessing``'s forkserver), so a run costs
 its training, not the imports. The kill points are reached deterministically:
-``AGENTFAST_PAUSE_AT`` holds the process at a named point (``agentfast.training.interruption``)
+``AGENTFAST_PAUSE_AT`` holds the process at a named point (``agentfast.interruption``)
 until the test kills it.
 """
 

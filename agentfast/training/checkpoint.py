@@ -52,7 +52,7 @@ from ..models.policy_files import (
     unwrap,
 )
 from ..models.registry import POLICIES, policy_class
-from .interruption import pause_point
+from ..interruption import pause_point
 
 TRAINING_FORMAT_NAME = "agentfast-training-checkpoint"
 BEST_WEIGHTS_FILE = "best_model.safetensors"

@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistributedContext, ResumableSampler
-from .interruption import pause_point
+from ..interruption import pause_point
 from .losses import LossWeights, compute_losses, per_step_action_loss, target_mask
 from .modeling import move_batch
 from .precision import (

@@ -1,9 +1,9 @@
-"""Named points in a training run where a test can hold the process, to kill it there.
+"""Named points where a test can hold the process, to kill it there.
 
-A kill at any moment must lose nothing: the resumed run ends with the weights of a run that
-was never interrupted. Proving that needs kills at exact places (mid-step, mid-checkpoint
-write), not wherever a timer happens to fire, so the trainer names its places with
-``pause_point("step-6-backward")``. With ``AGENTFAST_PAUSE_AT`` set to a comma-separated list
+A kill at any moment must lose nothing: a resumed run ends with the weights of a run that
+was never interrupted, a killed write leaves the old file. Proving that needs kills at exact
+places (mid-step, mid-checkpoint write, mid-file), not wherever a timer happens to fire, so
+the code names its places with ``pause_point("step-6-backward")``. With ``AGENTFAST_PAUSE_AT`` set to a comma-separated list
 of such names, a process reaching one writes its name to the file ``AGENTFAST_PAUSE_FILE``
 and waits there until it is killed (or, after ten minutes, exits with status 75). Unset, as
 always outside such tests, a pause point costs one environment lookup.
@@ -11,7 +11,8 @@ always outside such tests, a pause point costs one environment lookup.
 Names: ``step-N-backward`` (gradients of step N computed, the optimiser not yet stepped),
 ``checkpoint-N-weights`` (the weights of checkpoint N written to its staging folder, the
 trainer state not yet), ``checkpoint-N-renamed`` (checkpoint N in place, ``latest`` not yet
-moved to it).
+moved to it), ``write-NAME`` (every byte of the file NAME written to its temporary file,
+not yet renamed over NAME: ``agentfast.atomic_files``).
 """
 
 from __future__ import annotations
