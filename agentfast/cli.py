@@ -730,7 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--heads", action="store_true", help="also draw every head of every layer")
     inspect.add_argument("--output", default=None, metavar="DIR",
                          help="where the PNG and JSON files go (default: RUN/inspect/episode_N)")
-    inspect.add_argument("--format", default="auto", help="input format (default: detect)")
+    inspect.add_argument("--format", default="auto", choices=("auto", *CONVERT_FORMATS),
+                         help="record format of EPISODES (default: auto, detected from the first "
+                              "record)")
     inspect.add_argument("--device", default="auto", help="auto, cpu or cuda")
     inspect.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_encoder_args(inspect, defaults_from_policy=True)

@@ -9,7 +9,12 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import signal
+import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +28,7 @@ from tests.training_fixtures import make_episode_dicts, save_tiny_encoder, write
 TINY = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--hidden-dim", "32",
         "--max-seq-len", "4", "--batch-size", "4", "--warmup-steps", "2", "--no-progress",
         "--max-steps", "4", "--eval-every", "2"]
+REPO = Path(__file__).resolve().parents[1]
 FULL, READ_ONLY = os.strerror(errno.ENOSPC), os.strerror(errno.EROFS)
 
 
@@ -102,7 +108,8 @@ def test_train_onto_a_full_disk(workspace, tmp_path, monkeypatch, capsys, real):
 
 
 @REAL
-@pytest.mark.parametrize("command", ["convert", "train", "embed", "evaluate --json", "predict --log"])
+@pytest.mark.parametrize("command", ["convert", "train", "embed", "evaluate --json", "evaluate --plots",
+                                     "predict --log"])
 def test_a_read_only_folder_is_one_line_for_every_command(workspace, policy, tmp_path, monkeypatch,
                                                           capsys, command, real):
     with _unlucky_folder(tmp_path / "ro", monkeypatch, real, errno.EROFS) as ro:
@@ -113,6 +120,8 @@ def test_a_read_only_folder_is_one_line_for_every_command(workspace, policy, tmp
             "embed": ["embed", str(workspace["data"]), "--no-progress", *_encoder(workspace, ro)],
             "evaluate --json": ["evaluate", str(policy), "--json", str(ro / "report.json"),
                                 "--no-progress", "--cache-dir", str(workspace["cache"])],
+            "evaluate --plots": ["evaluate", str(policy), "--plots", str(ro / "plots"),
+                                 "--no-progress", "--cache-dir", str(workspace["cache"])],
             "predict --log": ["predict", str(policy), "hi", "--log", str(ro / "predictions.jsonl")],
         }[command]
         err = _one_line_error(capsys, argv, f": {READ_ONLY}", f"{ro}")
@@ -131,12 +140,12 @@ def test_a_log_whose_every_record_is_bad_fails_saying_why(workspace, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("command", ["convert", "embed", "train"])
+@pytest.mark.parametrize("command", ["convert", "embed", "train", "inspect"])
 def test_every_format_option_offers_the_readers_formats(capsys, command):
     from agentfast.data.readers import FORMATS
 
     argv = {"convert": ["convert", "in.jsonl", "out.jsonl"], "embed": ["embed", "in.jsonl"],
-            "train": ["train", "in.jsonl", "--output", "run"]}[command]
+            "train": ["train", "in.jsonl", "--output", "run"], "inspect": ["inspect", "run", "in.jsonl"]}[command]
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--format", "csv"])
     assert exit_.value.code == 2
@@ -153,18 +162,107 @@ def test_predict_on_an_unfinished_run_says_how_to_finish_it(workspace, tmp_path,
                     f"--output {output} --resume")
 
 
-def test_resuming_from_a_damaged_checkpoint_names_the_file(workspace, tmp_path, capsys):
+def _garbage_under_the_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)  # NaN as float32
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["garbage weights", "empty trainer state"])
+def test_resuming_from_a_damaged_checkpoint_names_the_file(workspace, tmp_path, capsys, damage):
     """Garbage tensor bytes under a valid header are found when the checkpoint loads, not as
-    a NaN loss later."""
+    a NaN loss later; a 0-byte trainer state says it is empty."""
     output = tmp_path / "run"
     base = ["train", str(workspace["data"]), "--output", str(output), "--no-eval", *_encoder(workspace), *TINY]
     assert main([*base, "--stop-after-step", "2"]) == 0
-    weights = output / "checkpoints" / "step-00000002" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    start = 8 + int.from_bytes(data[:8], "little")
-    data[start:] = b"\xff" * (len(data) - start)
-    weights.write_bytes(bytes(data))
-    err = _one_line_error(capsys, [*base, "--resume"], f"weights {weights} is damaged: tensor ")
+    checkpoint = output / "checkpoints" / "step-00000002"
+    if damage == "garbage weights":
+        _garbage_under_the_header(checkpoint / "model.safetensors")
+        expected = f"weights {checkpoint / 'model.safetensors'} is damaged: tensor "
+    else:
+        (checkpoint / "trainer_state.pt").write_bytes(b"")
+        expected = f"training state {checkpoint / 'trainer_state.pt'} is empty (0 bytes"
+    err = _one_line_error(capsys, [*base, "--resume"], expected, "delete step-00000002"
+                          if damage != "garbage weights" else "resume from an earlier checkpoint")
     assert "loss became" not in err
     events = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     assert max(e.get("step", 0) for e in events) == 2
+
+
+def test_a_policy_folder_without_its_vocabulary_is_one_line(policy, tmp_path, capsys):
+    copy = tmp_path / "policy"
+    shutil.copytree(policy, copy)
+    (copy / "vocab.json").unlink()
+    err = _one_line_error(capsys, ["predict", str(copy), "hi"], f"policy {copy} has no vocab.json")
+    assert "action bank is empty" not in err
+
+
+def test_a_killed_convert_leaves_the_old_output_and_the_next_write_removes_its_temporary(workspace, tmp_path,
+                                                                                        capsys):
+    """SIGKILL once every episode is in the temporary file, before the rename: the output
+    keeps its old content, and the next write into the folder removes the orphan."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    target = folder / "episodes.jsonl"
+    target.write_text("old\n")
+    marker = tmp_path / "paused"
+    env = {**os.environ, "AGENTFAST_PAUSE_AT": f"write-{target.name}", "AGENTFAST_PAUSE_FILE": str(marker)}
+    process = subprocess.Popen([sys.executable, "-m", "agentfast", "convert", str(workspace["data"]),
+                                str(target)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "convert never reached its rename"
+        time.sleep(0.02)
+    process.kill()
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    orphans = _leftovers(folder)
+    assert target.read_text() == "old\n" and len(orphans) == 1
+    assert main(["convert", str(workspace["data"]), str(folder / "again.jsonl")]) == 0
+    assert _leftovers(folder) == [] and target.read_text() == "old\n"
+    assert orphans[0].name.startswith(f".{target.name}.")  # the killed write's, now gone
+    assert (folder / "again.jsonl").read_text().count("\n") == 16  # make_episode_dicts(4): 16 episodes
+
+
+def test_every_output_follows_the_umask(workspace, tmp_path):
+    """What train, embed and convert write (policy, checkpoints, logs, event files, the
+    embedding cache, episodes) gets the modes open() and mkdir() give under the umask."""
+    run, cache, episodes = tmp_path / "run", tmp_path / "cache", tmp_path / "episodes.jsonl"
+    old = os.umask(0o027)
+    try:
+        assert main(["train", str(workspace["data"]), "--output", str(run), "--no-eval",
+                     "--log", str(tmp_path / "runs.jsonl"), *_encoder(workspace, cache), *TINY]) == 0
+        assert main(["embed", str(workspace["data"]), "--no-progress", *_encoder(workspace, cache)]) == 0
+        assert main(["convert", str(workspace["data"]), str(episodes)]) == 0
+    finally:
+        os.umask(old)
+    written = [run, cache, *run.rglob("*"), *cache.rglob("*"), episodes, tmp_path / "runs.jsonl"]
+    assert any(p.name == "model.safetensors" for p in written) and any(p.parent.name.startswith("step-")
+                                                                        for p in written)
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in written
+             if not p.is_symlink()}
+    expected = {name: oct(0o750 if (tmp_path / name).is_dir() else 0o640) for name in modes}
+    assert modes == expected
+
+
+def test_train_reads_standard_input_and_evaluate_asks_for_the_data_again(workspace, tmp_path,
+                                                                         monkeypatch, capsys):
+    import io
+    import threading
+
+    read_end, write_end = os.pipe()
+    data = workspace["data"].read_bytes()
+    feeder = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    feeder.start()
+    output = tmp_path / "run"
+    with os.fdopen(read_end, "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+        assert main(["train", "-", "--output", str(output), "--no-eval", *_encoder(workspace), *TINY]) == 0
+    feeder.join()
+    assert "read 16 episodes from <stdin>" in capsys.readouterr().out
+    assert json.loads((output / "config.json").read_text())["data"]["path"] == "-"
+    _one_line_error(capsys, ["evaluate", str(output), "--no-progress", "--cache-dir", str(workspace["cache"])],
+                    "trained on standard input ('-'), which cannot be read again: pass --data")

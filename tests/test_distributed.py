@@ -117,3 +117,17 @@ def test_the_logged_train_loss_is_the_mean_over_ranks(tmp_path):
     logged = [e["loss"] for e in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
               if e["event"] == "train"]
     assert logged == pytest.approx([(a + b) / 2 for a, b in zip(*ranks)], abs=1e-6)
+
+
+def test_standard_input_is_refused_under_several_processes(tmp_path):
+    """Only one process of a torchrun job gets the pipe: each rank would read part of it."""
+    from agentfast.data.settings import DataSettings, EncoderSettings
+    from agentfast.training.config import TrainConfig
+    from agentfast.training.distributed import DistributedContext
+    from agentfast.training.run import train_policy
+
+    for rank in (0, 1):
+        with pytest.raises(ValueError, match=r"standard input \('-'\) reaches one process only"):
+            train_policy(TrainConfig(), DataSettings(path="-"), EncoderSettings(), tmp_path / "run",
+                         context=DistributedContext(rank=rank, world_size=2))
+    assert not (tmp_path / "run").exists()

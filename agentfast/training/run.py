@@ -142,6 +142,9 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     event files in ``output_dir`` too (when the tensorboard package is installed).
     """
     context = context or DistributedContext()
+    if context.enabled and episodes is None and data.path == "-":
+        raise ValueError("standard input ('-') reaches one process only: under torchrun, "
+                         "pass the data as a file")
     output_dir = Path(output_dir)
     old_run: list[str] = []
     checkpoint = None
@@ -156,7 +159,7 @@ def train_policy(config: TrainConfig, data: DataSettings, encoder_settings: Enco
     log_path = log_path or output_dir / "train_log.jsonl"
     read_errors: list[str] = []
     if episodes is None:
-        report = read_log(data, progress=progress)
+        report = read_log(data, progress=progress and context.is_main)  # one bar, not one per rank
         if context.is_main:
             read_errors = print_read_report(report)
         episodes = report.episodes

@@ -20,6 +20,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import atomic_open, atomic_write_text
+
 PLOT_EXTRA = "pip install 'agentfast[plot]'"
 DPI = 120
 
@@ -49,14 +51,14 @@ def wrapped_title(figure: Any, text: str, fontsize: float) -> Any:
 
 def save_figure(figure: Any, path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write ``figure`` to ``path`` (a ``.png``) and ``data`` to the ``.json`` beside it;
-    returns the PNG's path. Parent directories are created."""
+    returns the PNG's path. Parent directories are created; each file is written whole or
+    not at all (``agentfast.atomic_files``)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"figures are written as PNG; name a .png file, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
-    json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(_finite(data), indent=1) + "\n", encoding="utf-8")
+    with atomic_open(path, binary=True) as handle:  # whole or not at all, like every output
+        figure.savefig(handle, format="png", dpi=DPI)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(_finite(data), indent=1) + "\n")
     return path
 
 
