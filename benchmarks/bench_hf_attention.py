@@ -18,6 +18,10 @@ median over rounds of the ratio to sdpa in the same round.
 gets ``agent_ids`` / ``agent_visibility``; sdpa and eager get the same rule as a 4-D mask
 (the only way they can express it), built once per batch outside the timed step.
 
+The report names the ``agentfast.attention`` backend(s) the agentfast runs used underneath
+(``auto`` picks per call; a call that would fall back to transformers' attention skips the
+implementation instead of timing the fallback).
+
 Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``hf_attention`` or
 ``hf_attention_agents``) to --out (default benchmarks/results/<device slug>/).
 """
@@ -25,8 +29,10 @@ Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``hf_attention`` o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import re
 import statistics
@@ -45,24 +51,27 @@ if str(ROOT) not in sys.path:
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 import agentfast.integrations.transformers  # noqa: E402,F401  (registers "agentfast")
+from agentfast.attention import api as attention_api  # noqa: E402
 from agentfast.attention.mask import dense_mask  # noqa: E402
 from agentfast.integrations.transformers import AttentionFallbackWarning  # noqa: E402
 
 NUM_AGENTS = 3
 
 
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
 def device_slug(device: str) -> str:
     """The results folder, named as the other benchmarks name it (cpu-<model name> or the GPU's name)."""
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or "cpu"
-        cpuinfo = Path("/proc/cpuinfo")
-        for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
     return slug if device.startswith("cuda") else f"cpu-{slug}"
 
 
@@ -115,6 +124,23 @@ def model_inputs(batch: dict, implementation: str, dtype: torch.dtype) -> dict:
     return dict(plain, attention_mask=four_d_mask(batch, dtype))
 
 
+@contextlib.contextmanager
+def recording_backends(chosen: set[str]):
+    """Collect the names of the backends ``agentfast.attention`` picks meanwhile."""
+    select = attention_api.select_backend
+
+    def recording(call, backend="auto"):
+        picked = select(call, backend)
+        chosen.add(picked.name)
+        return picked
+
+    attention_api.select_backend = recording
+    try:
+        yield
+    finally:
+        attention_api.select_backend = select
+
+
 def timed_round(model, optimizer, batches: list[dict], device: str) -> tuple[int, float]:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -140,6 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(args.device, dtype)
     generator = torch.Generator().manual_seed(0)
     rows, skipped = [], {}
+    underneath: dict[str, set[str]] = {}  # the agentfast.attention backends each implementation used
     for seq_len in args.seq_lens:
         batches = make_batches(args, seq_len, args.warmup + args.steps, generator)
         runners = {}
@@ -149,8 +176,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model.train()
             prepared = [(b, model_inputs(b, implementation, dtype)) for b in batches]
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+            chosen: set[str] = set()
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), recording_backends(chosen):
                     warnings.simplefilter("error", AttentionFallbackWarning)  # measure agentfast, not a fallback
                     timed_round(model, optimizer, prepared[:args.warmup], args.device)
             except (torch.OutOfMemoryError, RuntimeError, AttentionFallbackWarning) as error:
@@ -159,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       flush=True)
                 continue
             runners[implementation] = (model, optimizer, prepared[args.warmup:])
+            underneath.setdefault(implementation, set()).update(chosen)
         rates: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.rounds):
             for name, (model, optimizer, timed) in runners.items():
@@ -179,9 +208,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "transformers": __import__("transformers").__version__,
-                    "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"},
+                    "device": device_name(args.device), "cpus": os.cpu_count()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": rows, "skipped": skipped,
+        "backends": {name: ",".join(sorted(used)) for name, used in underneath.items() if used},
     }
 
 
@@ -191,10 +221,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"transformers Llama-style training step ({settings['layers']} layers, hidden {settings['hidden']}, "
              f"{settings['heads']} q / {settings['kv_heads']} kv heads, {settings['dtype']}, "
              f"{settings['padding']} padding, mask: {settings['mask']}), real tokens/s "
-             f"(x sdpa) on {machine['device']}, {machine['threads']} threads, torch {machine['torch']}, "
+             f"(x sdpa) on {machine['device']}"
+             + (f" ({machine['cpus']} CPUs, {machine['threads']} threads)" if settings["device"] == "cpu" else "")
+             + f", torch {machine['torch']}, "
              f"transformers {machine['transformers']}", "",
              "Median of rounds; (x sdpa) is the median of per-round ratios to sdpa.", "",
-             "| seq | batch | " + " | ".join(implementations) + " |", "|---|---|" + "---|" * len(implementations)]
+             "| seq | batch | " + " | ".join(
+                 f"{i} ({report['backends'][i]})" if i in report.get("backends", {}) else i
+                 for i in implementations) + " |", "|---|---|" + "---|" * len(implementations)]
     for seq_len in dict.fromkeys(r["seq_len"] for r in report["rows"]):
         cells = {r["implementation"]: r for r in report["rows"] if r["seq_len"] == seq_len}
         batch = next(iter(cells.values()))["batch_size"]
