@@ -237,8 +237,8 @@ def packed_inputs(lengths: list[int], seed: int = 0) -> dict:
 
 
 # Mistral's window (8) is shorter than the packed row (16) but longer than every sequence in it.
-@pytest.mark.parametrize("family,overrides", [("llama", {}), ("gpt2", {}), ("qwen3", {}),
-                                              ("mistral", {"sliding_window": 8})])
+@pytest.mark.parametrize("family,overrides", [(family, {"sliding_window": 8} if family == "mistral" else {})
+                                              for family in FAMILIES])
 def test_packed_sequences_stay_apart(family, overrides, agentfast_calls):
     lengths = [5, 1, 7, 3]
     inputs = packed_inputs(lengths, seed=7)
@@ -257,7 +257,9 @@ def test_packed_sequences_stay_apart(family, overrides, agentfast_calls):
 # ------------------------------------------------------------------ generation
 
 
-@pytest.mark.parametrize("family,cache", [("llama", "dynamic"), ("gpt2", "dynamic"), ("qwen2", "static")])
+@pytest.mark.parametrize("family,cache", [("llama", "dynamic"), ("gpt2", "dynamic"), ("qwen2", "static"),
+                                          ("qwen3", "dynamic"), ("mistral", "static"), ("gemma", "dynamic"),
+                                          ("gemma2", "dynamic"), ("gemma3", "static")])
 def test_greedy_generation_picks_the_tokens_eager_picks(family, cache, agentfast_calls):
     base = build(family, seed=3)
     inputs = padded_batch("left", seed=5)
@@ -291,7 +293,7 @@ def hand_built_mask(agent_ids: torch.Tensor, visibility: torch.Tensor, valid: to
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_agent_masked_forward_matches_a_hand_built_mask_through_eager(family, padding, agentfast_calls):
     inputs = padded_batch(padding, seed=11)
     generator = torch.Generator().manual_seed(2)
