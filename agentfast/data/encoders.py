@@ -378,13 +378,13 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def _progress(batches: range, enabled: bool, total: int, batch_size: int):
-    """Iterate batches under a tqdm bar counted in texts (tqdm is imported only when shown)."""
+    """Iterate batches under a progress bar counted in texts."""
     if not enabled:
         yield from batches
         return
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    with tqdm(total=total, desc="embedding", unit="text") as bar:
+    with progress_bar(total, desc="embedding", unit="text") as bar:
         for start in batches:
             yield start
             bar.update(min(batch_size, total - start))

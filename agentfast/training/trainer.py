@@ -164,7 +164,7 @@ class Trainer:
         device: where to train.
         context: the DistributedContext (rank/world size); single process by default.
         log_path: JSONL metrics file (written by rank 0 only).
-        progress: show a tqdm bar on rank 0.
+        progress: show a progress bar on rank 0 (plain lines when output is not a terminal).
         stop_after_step: end the run right after this step, saving a checkpoint first (a
             controlled stand-in for a kill; used by the resume test).
         num_agents: deprecated and unused (a multi-agent policy knows its own agents).
@@ -397,9 +397,9 @@ class Trainer:
 
     def _write(self, message: str) -> None:
         if self.context.is_main:
-            from tqdm.auto import tqdm
+            from ..progress import write
 
-            tqdm.write(message)
+            write(message)
 
     # ------------------------------------------------------------------ the loop
 
@@ -527,15 +527,14 @@ class Trainer:
     def _progress_bar(self):
         if not self.progress:
             return None
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        return tqdm(total=self.config.max_steps, initial=self.step, desc="train",
-                    unit="step", dynamic_ncols=True, leave=True)
+        return progress_bar(self.config.max_steps, initial=self.step, desc="train", unit="step")
 
     def _after_step(self, metrics: dict[str, float], bar, timesteps: int, seconds: float) -> None:
         if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         if self.step % self.config.log_every == 0 or self.step == 1:
             # Each rank saw its own shard; the log shows the mean (every rank joins in).
             metrics = self.context.mean_over_ranks(metrics)
