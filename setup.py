@@ -6,6 +6,9 @@ Environment switches:
   MAX_JOBS                  parallel ninja jobs
   AGENTFAST_MARCH           -march of the CPU kernels: auto (x86-64-v3 when this CPU has AVX2 + FMA),
                             none, or any -march value (e.g. native, or x86-64-v3 to build for others)
+
+Objects stay in build/ninja/<configuration>/ between builds (pip's editable installs too), so
+a rebuild compiles only what changed; `make clean` removes them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -87,12 +91,27 @@ def _write_build_info(target: Path, with_cuda: bool, archs: str | None) -> None:
     target.write_text(json.dumps(info, indent=2) + "\n")
 
 
+def _ninja_build_dir(with_cuda: bool) -> Path:
+    """build/ninja/<cpu|cuda>-<python>-torch<version>: switching between them keeps both warm."""
+    import torch
+
+    kind = "cuda" if with_cuda else "cpu"
+    return ROOT / "build" / "ninja" / f"{kind}-{sys.implementation.cache_tag}-torch{torch.__version__}"
+
+
 def _build_ext_class(with_cuda: bool, archs: str | None) -> type:
     """torch's ninja BuildExtension that, once the build succeeded, records what the extension
     was built against next to it (in place for editable installs, else in the wheel)."""
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildExtensionWithInfo(BuildExtension.with_options(use_ninja=True)):
+        def finalize_options(self) -> None:
+            super().finalize_options()
+            # One lasting ninja folder per configuration (pip's editable builds would otherwise
+            # start from an empty temporary one): ninja then recompiles only the sources whose
+            # file, included headers or compiler command changed.
+            self.build_temp = str(_ninja_build_dir(with_cuda))
+
         def run(self) -> None:
             super().run()
             target = Path(self.get_ext_fullpath("agentfast._C")).parent / BUILD_INFO.name
