@@ -118,22 +118,6 @@ def test_sdist_carries_every_extension_source_and_records_no_build(tmp_path):
     assert not (tree / "agentfast" / "_build_info.json").exists()
 
 
-def test_readme_python_blocks_run():
-    """The README's Python examples run as written (names a block leaves to the reader are
-    given here)."""
-    import re
-
-    import torch
-
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert len(blocks) >= 3
-    q = torch.randn(2, 4, 10, 32)
-    namespace = {"q": q, "k": q, "v": q, "lens": torch.tensor([10, 6]), "ids": torch.randint(0, 3, (2, 10)),
-                 "visibility": torch.rand(3, 3) > 0.3, "x": torch.randn(2, 10, 256)}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
-
-
 def test_help_and_parsers_load_no_torch():
     """``agentfast --help`` and every ``agentfast COMMAND --help`` build their parsers from
     modules that import no torch (or anything heavier): the CLI starts in a fraction of a
