@@ -126,18 +126,16 @@ FORCE:
 
 # ---------------------------------------------------------------------------- GPU and benchmarks
 
-# GPU tests and benchmarks in one go; results land in benchmarks/results/<device>/.
-# Builds against the torch already installed (GPU machines have no network).
-# Compiles for the present GPU's architecture only, to keep the visit short. On a slow visit,
-# GPU_CHECK_ARGS="--quick" shortens the attention sweep and --skip drops steps.
+# The build, every GPU test and the GPU benchmarks in one command that fits one visit to a GPU
+# machine (at most 8 minutes; each step on a time budget, see benchmarks/gpu_check.py). It builds
+# against the torch already there (GPU machines have no network), for that GPU only, on every
+# core. OUT=DIR packs every result into DIR/gpu-check.tar.gz; without it they land in
+# benchmarks/results/<device>/. DRY_RUN=1 runs each step's setup only, on any machine, and
+# prints the budgets. GPU_CHECK_ARGS="--skip tests" drops steps.
+OUT ?=
+DRY_RUN ?=
 gpu-check:
-	@if ! $(PYTHON) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
-		echo "make gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to do."; \
-	else \
-		TORCH_CUDA_ARCH_LIST=$$($(PYTHON) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") \
-			$(PYTHON) -m pip install --no-build-isolation --no-deps -e . && \
-		$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS); \
-	fi
+	$(PYTHON) benchmarks/gpu_check.py $(if $(OUT),--out $(OUT)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(GPU_CHECK_ARGS)
 
 bench:
 	$(PYTHON) benchmarks/bench_attention.py --device cpu
