@@ -41,14 +41,14 @@ test: install-test
 # The main job (examples/README.md): train the three policies on the bundled logs with the
 # offline encoder, evaluate them on held-out task types next to the baselines, show a few
 # predictions. One torch thread: these small models gain nothing from a second one and lose
-# a lot when the cores are shared.
+# a lot when the cores are shared (embed's default is measured the same way).
 DEMO_OUT ?= runs/demo
 DEMO_DATA ?= examples/data/episodes.jsonl
 DEMO_HELD_OUT ?= performance_tuning,refactor,data_analysis,security_audit
 DEMO_TRAIN = --held-out-task-types $(DEMO_HELD_OUT) --max-steps 600 --eval-every 50 --lr 1e-3 \
 	--max-seq-len 24 --batch-size 16 --threads 1 --overwrite --no-eval
 demo: install
-	$(PYTHON) -m agentfast embed $(DEMO_DATA)
+	$(PYTHON) -m agentfast embed $(DEMO_DATA) --threads 1
 	$(PYTHON) -m agentfast train $(DEMO_DATA) --model action --output $(DEMO_OUT)/action $(DEMO_TRAIN)
 	$(PYTHON) -m agentfast train $(DEMO_DATA) --model multi_agent --output $(DEMO_OUT)/multi_agent $(DEMO_TRAIN)
 	$(PYTHON) -m agentfast train $(DEMO_DATA) --model hierarchical --output $(DEMO_OUT)/hierarchical $(DEMO_TRAIN)

@@ -31,6 +31,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._threads import default_threads
+
 EXIT_USAGE = 2
 
 class CLIError(Exception):
@@ -286,7 +288,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                            progress=not args.no_progress).require_episodes()
     errors = print_read_report(report)
     texts = list(dict.fromkeys(t for e in report.episodes for t in [*e.states, *e.actions]))
-    encoder = build_encoder(settings, progress=not args.no_progress)
+    encoder = build_encoder(settings, progress=not args.no_progress, threads=args.encoder_threads)
     started = time.perf_counter()
     embeddings = encoder.encode(texts, progress=not args.no_progress)
     seconds = time.perf_counter() - started
@@ -659,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
     embed.add_argument("--log", default=None, help="append a JSONL record here")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    embed.add_argument("--threads", dest="encoder_threads", type=_positive_int, default=default_threads(),
+                       help="CPU threads of the encoder (default: half the CPUs, at least 1: "
+                            "%(default)s here)")
     _add_encoder_args(embed)
 
     train = commands.add_parser("train", help="train a policy (BC / multi-agent / hierarchical)",

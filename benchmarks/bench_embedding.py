@@ -1,6 +1,6 @@
 """Embedding throughput of the default encoder, and the speed-up of a cached second pass.
 
-    python benchmarks/bench_embedding.py [--texts N] [--batch-size 32] [--device cpu]
+    python benchmarks/bench_embedding.py [--texts N] [--batch-size 32] [--device cpu] [--threads N]
 
 Embeds the distinct state and action texts of the bundled example data set (first N)
 once through a fresh on-disk cache (every text a miss), then again (every text a hit).
@@ -9,6 +9,7 @@ once through a fresh on-disk cache (every text a miss), then again (every text a
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,10 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     episodes = load_episodes(EPISODES).episodes
     texts = list(dict.fromkeys(t for e in episodes for t in e.states + e.actions))[: args.texts]
@@ -42,7 +46,8 @@ def main() -> None:
         assert warm_encoder.hits == len(texts) and warm_encoder.misses == 0
     mean_chars = sum(map(len, texts)) / len(texts)
     print(f"encoder: {encoder.name} (dim {encoder.dim}, max_length {encoder.max_length}), "
-          f"device {args.device}, torch threads {torch.get_num_threads()}")
+          f"device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"texts: {len(texts)} distinct, mean {mean_chars:.0f} characters, batch size {args.batch_size}")
     print(f"first pass (encode + write cache): {cold:.2f} s, {len(texts) / cold:.1f} texts/s")
     print(f"cached second pass (read cache):   {warm:.3f} s, {len(texts) / warm:.0f} texts/s")

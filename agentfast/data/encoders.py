@@ -58,7 +58,11 @@ class TextEncoder:
             local encoder by its files, so a run whose texts are all cached never loads it.
         verbose: False hides transformers' log messages while the model loads (its weight
             loading bar is always hidden).
+        threads: torch's CPU threads while texts are embedded on the CPU (restored after);
+            None leaves torch's setting alone.
     """
+
+    threads: int | None = None
 
     def __init__(
         self,
@@ -72,7 +76,11 @@ class TextEncoder:
         normalize: bool = False,
         lazy: bool = False,
         verbose: bool = True,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
         source = default_encoder_path() if name_or_path is None else str(name_or_path)
         label = DEFAULT_ENCODER_PACKAGE if name_or_path is None else source
         self._configure(label, pooling, device, dtype, batch_size, max_length, normalize)
@@ -238,7 +246,8 @@ class TextEncoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         truncated = 0
         batches = range(0, len(texts), self.batch_size)
-        with torch.inference_mode():
+        threads = self.threads if self.device.type == "cpu" else None
+        with torch.inference_mode(), _torch_threads(threads):
             for start in _progress(batches, progress, len(texts), self.batch_size):
                 index = order[start:start + self.batch_size]
                 vectors, cut = self._encode_batch([texts[i] for i in index])
@@ -375,6 +384,20 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _progress(batches: range, enabled: bool, total: int, batch_size: int):

@@ -50,18 +50,19 @@ class MemoEncoder:
         return torch.stack([self._memo[t] for t in texts]).float()
 
 
-def build_encoder(settings: EncoderSettings, *, progress: bool = True) -> MemoEncoder:
+def build_encoder(settings: EncoderSettings, *, progress: bool = True,
+                  threads: int | None = None) -> MemoEncoder:
     """The text encoder of ``settings``, with the on-disk cache unless it is turned off.
 
     With the cache, the encoder loads only when some text is not cached yet (a local
     encoder is named by its files). ``progress=False`` also silences transformers'
-    messages while it loads.
+    messages while it loads. ``threads``: torch's CPU threads while it embeds (None: as set).
     """
     cached = settings.cache_dir != ""
     encoder: Any = TextEncoder(settings.name_or_path, pooling=settings.pooling,
                                normalize=settings.normalize, max_length=settings.max_length,
                                batch_size=settings.batch_size, device=encoder_device(settings.device),
-                               lazy=cached, verbose=progress)
+                               lazy=cached, verbose=progress, threads=threads)
     if cached:
         encoder = CachedEncoder(encoder, settings.cache_dir or None)
     return MemoEncoder(encoder)
