@@ -28,7 +28,8 @@ COMPILED = {"agentfast._C"}  # built from csrc/; no Python source to read
 # (``agentfast/__init__.py``) is the public face of them all.
 LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("base", ("agentfast._version", "agentfast._lazy", "agentfast.visibility",
-              "agentfast.atomic_files", "agentfast.errors", "agentfast.interruption"), ()),
+              "agentfast.atomic_files", "agentfast.errors", "agentfast.interruption",
+              "agentfast.progress", "agentfast._threads"), ()),
     ("attention", ("agentfast.attention", "agentfast.kernels", "agentfast._extension",
                    "agentfast._C"), ("base",)),
     ("nn", ("agentfast.nn",), ("base", "attention")),

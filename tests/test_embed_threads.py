@@ -36,12 +36,12 @@ def test_encoder_embeds_with_its_threads_and_restores_torchs():
 
 
 def test_embed_command_passes_threads_to_the_encoder(tmp_path, monkeypatch, capsys):
-    from agentfast.training import run
+    from agentfast.data import preparation
 
     assert build_parser().parse_args(["embed", "x"]).encoder_threads == _threads.default_threads()
     asked = []
-    real_build_encoder = run.build_encoder
-    monkeypatch.setattr(run, "build_encoder",
+    real_build_encoder = preparation.build_encoder
+    monkeypatch.setattr(preparation, "build_encoder",
                         lambda settings, **kw: asked.append(kw["threads"]) or real_build_encoder(settings, **kw))
     data = write_jsonl(tmp_path / "episodes.jsonl", make_episode_dicts(1))
     encoder = save_tiny_encoder(tmp_path / "encoder")

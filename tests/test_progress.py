@@ -109,7 +109,7 @@ def test_training_progress_in_a_log_is_plain_and_shows_the_loss(capsys):
     from tests.training_fixtures import TINY_MODEL, tiny_datasets
 
     train, val = tiny_datasets()
-    config = TrainConfig(**TINY_MODEL, model_type="action", batch_size=4, max_steps=6, eval_every=3,
+    config = TrainConfig(model=dict(TINY_MODEL), model_type="action", batch_size=4, max_steps=6, eval_every=3,
                          warmup_steps=1, patience=0)
     torch.manual_seed(0)
     model = build_model(config, state_dim=train.state_dim, action_dim=train.action_dim,

@@ -11,6 +11,13 @@ A block that needs files made by a command says so in an HTML comment on the lin
                              runs in a temporary folder holding a tiny stand-in for each
                              runs/demo/NAME it names, trained here in seconds (same files;
                              its replies are noise)
+    <!-- needs: chat-server -->  a chat-completions endpoint: a server on 127.0.0.1
+                             (tests/chat_server.py) that $OPENAI_BASE_URL names, answering
+                             every request with one sentence the block must print
+    <!-- needs: chat-model -->   models/Qwen2.5-0.5B-Instruct: a tiny random chat LM
+                             (tests/tiny_chat_lm.py) in that folder, hub access off
+
+Markers combine: ``<!-- needs: demo, chat-server -->``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "examples/README.md")
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 NEEDS = re.compile(r"<!--\s*needs:\s*([\w, -]+?)\s*-->\s*$")
-KNOWN_NEEDS = {"demo"}
+KNOWN_NEEDS = {"demo", "chat-server", "chat-model"}
+SERVED_REPLY = "Run the parser on an empty header first."
 DEMO_POLICIES = ("action", "multi_agent", "hierarchical")
 
 
@@ -102,18 +110,37 @@ def demo_folder(tmp_path_factory):
 def test_snippet_runs_as_pasted_and_prints(snippet, request, monkeypatch):
     unknown = snippet.needs - KNOWN_NEEDS
     assert not unknown, f"{snippet.name}: unknown needs {sorted(unknown)}; this test knows {sorted(KNOWN_NEEDS)}"
+    folder = ROOT
     if "demo" in snippet.needs:
         folder, policy = request.getfixturevalue("demo_folder")
         for model in sorted(set(re.findall(r"runs/demo/(\w+)", snippet.code))):
             policy(model)
-        monkeypatch.chdir(folder)
-    else:
-        monkeypatch.chdir(ROOT)
+    if "chat-model" in snippet.needs:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        chat_model = folder / "models" / "Qwen2.5-0.5B-Instruct"
+        if not chat_model.exists():
+            from tests.tiny_chat_lm import save_tiny_chat_lm
+
+            save_tiny_chat_lm(chat_model)
+    server = None
+    if "chat-server" in snippet.needs:
+        from tests.chat_server import OUTSIDE_SETTINGS, ChatServer
+
+        for name in OUTSIDE_SETTINGS:
+            monkeypatch.delenv(name, raising=False)
+        server = ChatServer()
+        request.addfinalizer(server.close)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        for _ in range(snippet.code.count(".process(")):
+            server.answer(SERVED_REPLY)
+    monkeypatch.chdir(folder)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(snippet.code, snippet.name, "exec"), {"__name__": "__main__"})
     output = printed.getvalue()
     assert output.strip(), f"{snippet.name} prints nothing a reader could check"
+    if server is not None:
+        assert server.requests and SERVED_REPLY in output, output
     if snippet.expected_output is not None:
         assert output.strip().splitlines() == snippet.expected_output.strip().splitlines(), \
             f"{snippet.name} printed something else than the output shown after it"
