@@ -94,7 +94,7 @@ def test_the_plan_fits_one_command_and_names_the_d64_sweep():
     required = [s for s in steps if not s.optional]
     assert sum(s.budget for s in required) + gpu_check.PACK_RESERVE <= 450 <= gpu_check.TOTAL_LIMIT <= 480
     assert [s.name for s in required] == ["build", "info", "tests", "attention_causal", "attention_agents",
-                                          "training"]
+                                          "training", "hf_attention"]
     build = steps[0]
     assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["AGENTFAST_CUDA"] == "1"
     for step in steps[3:5]:
@@ -113,10 +113,11 @@ def test_dry_run_packs_one_archive(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.tar.gz"]
     summary = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert [s["returncode"] for s in summary["steps"]] == [0] * 5
+    assert [(s["step"], s["returncode"]) for s in summary["steps"]] == [
+        (name, 0) for name in ("build", "tests", "attention_causal", "attention_agents", "training", "hf_attention")]
     with tarfile.open(tmp_path / "gpu-check.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"dry-run/gpu_check.json", "dry-run/tests.log", "dry-run/build.log"} <= names
-    for line in ("build", "tests", "attention_causal", "training"):
+    for line in ("build", "tests", "attention_causal", "training", "hf_attention"):
         assert any(row.split()[:2] == [line, str(s["budget_s"])] for row in result.stdout.splitlines()
                    for s in summary["steps"] if s["step"] == line)
