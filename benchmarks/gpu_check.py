@@ -19,7 +19,8 @@ Steps, in order, each with a time budget in seconds (together 430, well inside 8
 A step may run until the time the later steps' budgets need begins, so one that ends early
 leaves its time to the next. A step past its time is stopped (its whole process group) and
 keeps what it printed in its log; the next step still runs. Optional steps (a longer sweep,
-other head dims, Triton's autotune report) use whatever time is left. Results: each step's
+other head dims, Triton's autotune report) use whatever time is left, the D=64
+sweep over multi-agent turn layouts first. Results: each step's
 log and the benchmarks' own files (JSON, Markdown, plots), a JUnit report of the tests and
 gpu_check.json (the steps' exit codes and times), packed as <device>/... in
 DIR/gpu-check.tar.gz; without --out they are copied to benchmarks/results/<device>/.
@@ -55,8 +56,8 @@ TOTAL_LIMIT = 480           # seconds one command may take on the GPU machine
 PACK_RESERVE = 20           # seconds kept for stopping an overrunning step and packing
 MIN_OPTIONAL_SECONDS = 30   # an optional step starts only with this much time left
 ATTENTION_D64 = ["--device", "cuda", "--backends", "triton,cuda,flex,sdpa", "--d", "64",
-                 "--dtype", "bfloat16", "--modes", "fwd,fwd+bwd", "--n", "1024,4096,16384",
-                 "--budget", "0.2"]
+                 "--dtype", "bfloat16", "--modes", "fwd,fwd+bwd", "--budget", "0.2"]
+ATTENTION_LENGTHS = ["--n", "1024,4096,16384"]
 
 
 @dataclass
@@ -98,22 +99,27 @@ def plan(results: Path, arch: str) -> list[Step]:
              env=build_env),
         Step("info", 10, [python, "-m", "agentfast.info"], [python, "-m", "agentfast.info"]),
         Step("tests", 85, run_tests, [*tests, "--collect-only", "-q"]),
-        script("attention_causal", attention, 50, *ATTENTION_D64, "--masks", "causal",
+        script("attention_causal", attention, 50, *ATTENTION_D64, *ATTENTION_LENGTHS, "--masks", "causal",
                "--name", "attention_d64_causal", "--out", str(results)),
-        script("attention_agents", attention, 50, *ATTENTION_D64, "--masks", "agents",
+        script("attention_agents", attention, 50, *ATTENTION_D64, *ATTENTION_LENGTHS, "--masks", "agents",
                "--name", "attention_d64_agents", "--out", str(results)),
         script("training", "benchmarks/bench_training.py", 40, "--device", "cuda",
                "--models", "action,multi_agent,hierarchical", "--out", str(results)),
         script("hf_attention", "benchmarks/bench_hf_attention.py", 30, "--device", "cuda",
                "--out", str(results)),
-        # Optional, with the time left:
+        # Optional, with the time left: multi-agent turn layouts first (2, 4, 8 agents under
+        # the hub, private and full presets, each against causal-only at the same length).
+        script("attention_turns", attention, 0, *ATTENTION_D64, "--masks", "turns",
+               "--name", "attention_d64_turns", "--out", str(results)),
         script("attention_d64_long", attention, 0, "--device", "cuda", "--d", "64",
-               "--n", "512,2048,8192", "--budget", "0.2", "--name", "attention_d64_more_lengths",
+               "--n", "512,2048,8192", "--masks", "causal,agents", "--budget", "0.2",
+               "--name", "attention_d64_more_lengths",
                "--out", str(results)),
         script("triton_autotune", "benchmarks/bench_triton_attention.py", 0, "--d", "64",
                "--out", str(results)),
         script("attention_d32_d128", attention, 0, "--device", "cuda", "--d", "32,128",
-               "--n", "1024,4096,16384", "--budget", "0.2", "--name", "attention_d32_d128",
+               "--n", "1024,4096,16384", "--masks", "causal,agents", "--budget", "0.2",
+               "--name", "attention_d32_d128",
                "--out", str(results)),
     ]
 

@@ -101,6 +101,9 @@ def test_the_plan_fits_one_command_and_names_the_d64_sweep():
         args = " ".join(step.command)
         assert "--backends triton,cuda,flex,sdpa --d 64 --dtype bfloat16 --modes fwd,fwd+bwd" in args
     assert {s.command[s.command.index("--masks") + 1] for s in steps[3:5]} == {"causal", "agents"}
+    turns = steps[len(required)]  # the first optional step: the same sweep over turn layouts
+    assert turns.optional and turns.command[turns.command.index("--masks") + 1] == "turns"
+    assert "--backends triton,cuda,flex,sdpa --d 64 --dtype bfloat16" in " ".join(turns.command)
 
 
 @pytest.mark.slow
@@ -114,7 +117,8 @@ def test_dry_run_packs_one_archive(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.tar.gz"]
     summary = json.loads((tmp_path / "gpu-check.json").read_text())
     assert [(s["step"], s["returncode"]) for s in summary["steps"]] == [
-        (name, 0) for name in ("build", "tests", "attention_causal", "attention_agents", "training", "hf_attention")]
+        (name, 0) for name in ("build", "tests", "attention_causal", "attention_agents", "training", "hf_attention",
+                               "attention_turns")]
     with tarfile.open(tmp_path / "gpu-check.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"dry-run/gpu_check.json", "dry-run/tests.log", "dry-run/build.log"} <= names
