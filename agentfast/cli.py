@@ -661,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--lenient", action="store_true", help="skip bad records instead of stopping")
     embed.add_argument("--log", default=None, help="append a JSONL record here")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
-    embed.add_argument("--threads", dest="encoder_threads", type=_positive_int, default=default_threads(),
+    embed.add_argument("--threads", dest="encoder_threads", type=_positive_int, default=default_threads(), metavar="N",
                        help="CPU threads of the encoder (default: half the CPUs, at least 1: "
                             "%(default)s here)")
     _add_encoder_args(embed)
