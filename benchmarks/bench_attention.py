@@ -19,9 +19,13 @@ Mask kinds:
           and each visibility preset in --presets (hub: agent 0 sees everyone and everyone
           sees it; private: each agent sees itself; full: everyone sees everyone), at the
           lengths --turns-n. Each is reported beside causal-only attention at the same length:
-          the share of causal's 128 x 128 tiles the mask leaves empty (skipped by the fused
-          kernels, the cpp kernel and FlexAttention's block mask), the share it leaves
-          partial, and the time against causal-only on the same backend (x causal).
+          the share of causal's 128 x 128 tiles the mask leaves empty (what a block-sparse
+          kernel skips), the share it leaves partial, and the time against causal-only on the
+          same backend (x causal).
+
+Time: the median wall clock of a call; beside it the median process CPU time (all threads),
+whose ratio to causal-only the load of other processes on a shared CPU disturbs less
+(--threads sets torch's CPU threads).
 
 FLOPs count the allowed (query, key) pairs: 4 * B * H * Nq * N_eff * D for the forward, where
 N_eff is the mean number of keys a query may attend; the backward counts 2.5x the forward.
