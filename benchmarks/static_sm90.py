@@ -41,6 +41,8 @@ Tools: Triton's compiler and its bundled ptxas, cuobjdump and nvdisasm
     python benchmarks/static_sm90.py                      # the full report (tens of minutes on 2 cores)
     python benchmarks/static_sm90.py --quick              # fp16, D=64, sm_90, primary configs
     python benchmarks/static_sm90.py --tutorial FILE      # + the Triton tutorial's fused attention
+    python benchmarks/static_sm90.py --parts cuda --out B # one part; then merge the runs' JSON:
+    python benchmarks/static_sm90.py --from-json A/static.json B/static.json
 
 Results: ``static.json``, ``static.md`` and ``static.png`` in --out
 (default ``benchmarks/results/static-sm90/``).
@@ -517,7 +519,8 @@ def _agent_ratios(rows: list[dict]) -> list[str]:
         if row["source"] != "triton" or not row.get("primary") or row.get("mask") != "agents" or "error" in row:
             continue
         causal = next((r for r in rows if r["source"] == "triton" and r.get("primary") and r.get("mask") == "causal"
-                       and all(r.get(k) == row.get(k) for k in ("kernel", "arch", "dtype", "head_dim"))), None)
+                       and all(r.get(k) == row.get(k) for k in ("kernel", "arch", "dtype", "head_dim", "shape"))),
+                      None)
         if causal is None or "error" in causal:
             continue
         mine, base = paths(row), paths(causal)
@@ -527,7 +530,8 @@ def _agent_ratios(rows: list[dict]) -> list[str]:
                 cells.append(f"{mine[path]:.0f} / {base[reference]:.0f} = {mine[path] / base[reference]:.2f}")
             else:
                 cells.append("-")
-        lines.append(f"| {row['kernel']} | {row['arch']} | {row['dtype']} | {row['head_dim']} | " + " | ".join(cells)
+        lines.append(f"| {row['kernel']} | {row.get('shape', '-')} | {row['arch']} | {row['dtype']} | {row['head_dim']} | "
+                     + " | ".join(cells)
                      + f" | {causal['registers']} / {row['registers']} | {causal['shared_bytes'] // 1024} / "
                      f"{row['shared_bytes'] // 1024} |")
     if not lines:
@@ -535,13 +539,13 @@ def _agent_ratios(rows: list[dict]) -> list[str]:
     return ["## Agent-masked against causal-only (primary configs)", "",
             "Warp-instructions per tensor-core MFLOP, agents / causal. Agents' partial and diagonal tiles "
             "are compared with causal's diagonal tiles (its only masked ones).", "",
-            "| kernel | arch | dtype | D | full | partial | diagonal | regs causal / agents | "
-            "smem KB causal / agents |", "|---|---|---|---|---|---|---|---|---|", *lines, ""]
+            "| kernel | shape | arch | dtype | D | full | partial | diagonal | regs causal / agents | "
+            "smem KB causal / agents |", "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Warp-instructions per MFLOP per kernel path (sm_90, fp16, D=64, primary configs), with
-    the tutorial's figures as reference lines."""
+    """Warp-instructions per MFLOP per kernel path (sm_90, fp16, D=64, prefill, primary
+    configs), with the tutorial's figures as reference lines."""
     try:
         import matplotlib
 
@@ -550,7 +554,8 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     chosen = [r for r in rows if r["arch"] == "sm_90" and r.get("primary") and "error" not in r
-              and r["source"] == "triton" and r.get("dtype") == "fp16" and r.get("head_dim") == 64]
+              and r["source"] == "triton" and r.get("dtype") == "fp16" and r.get("head_dim") == 64
+              and r.get("shape") == "prefill"]
     bars = [(f"{r['kernel']}\n{p['path']}\n{r['mask']}", p["warp_instructions_per_mflop"])
             for r in chosen for p in r["paths"] if p["warp_instructions_per_mflop"]]
     if not bars:
@@ -567,7 +572,7 @@ def plot(rows: list[dict], path: Path) -> None:
         if best:
             ax.axhline(best, linestyle=style, color="gray", label=f"tutorial {r['kernel']} ({best:.0f})")
     ax.set_ylabel("warp-instructions per tensor-core MFLOP")
-    ax.set_title("Triton attention kernels, sm_90, fp16, D=64 (lower is better)")
+    ax.set_title("Triton attention kernels, sm_90, fp16, D=64, prefill (lower is better)")
     if tutorial:
         ax.legend(fontsize=7)
     fig.tight_layout()
