@@ -57,11 +57,13 @@ import importlib.util
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # compiled kernels, never the interpreter, in this process
@@ -501,11 +503,46 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if not chosen:
             continue
         lines += [f"## {title}", ""]
+        if title.startswith("CUDA"):
+            lines += _cuda_summary(chosen)
+            continue
         for arch in sorted({r["arch"] for r in chosen}, reverse=True):
             for dtype in sorted({str(r.get("dtype")) for r in chosen if r["arch"] == arch}):
                 subset = [r for r in chosen if r["arch"] == arch and str(r.get("dtype")) == dtype]
                 lines += [f"### {arch}, {dtype}", "", _TABLE_HEAD, *_table_rows(subset), ""]
     return "\n".join(lines) + "\n"
+
+
+def _cuda_summary(rows: list[dict]) -> list[str]:
+    """One line per CUDA kernel: its resources and the spread of its tensor-core loop's paths.
+    The CUDA kernels branch inside the loop (mask variants, tile edges), so a loop has many
+    paths; the JSON lists every one."""
+    lines = ["Per kernel: the tensor-core loop's paths (branches inside the loop body) from the cheapest "
+             "to the costliest; K/V load: how tiles reach shared memory, counted over the paths; LDS / "
+             "STS / BAR of the cheapest path. Every path is in the JSON.", "",
+             "| kernel | arch | regs | spills | static smem KB | blocks/SM | paths | warp-instr/MFLOP "
+             "cheapest / median / costliest | MMA/iter | K/V load (paths) | LDS / STS / BAR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["arch"] != "sm_90", str(r.get("kernel")))):
+        if "error" in row:
+            lines.append(f"| {row.get('file', '-')} | {row['arch']} | error: {row['error'][:80]} |" + " |" * 8)
+            continue
+        base = (f"| {row['kernel']} | {row['arch']} | {row['registers']} | {row['spill_bytes'] or row['spill_ops']} | "
+                f"{row['shared_bytes'] / 1024:.0f} | {_fmt(row['blocks_per_sm'])} ")
+        paths = sorted((p for p in row["paths"] if p["warp_instructions_per_mflop"]),
+                       key=lambda p: p["warp_instructions_per_mflop"])
+        if not paths:
+            lines.append(base + "| (no tensor-core loop) | | | | |")
+            continue
+        ratios = [p["warp_instructions_per_mflop"] for p in paths]
+        modes = Counter(p["load_mode"] for p in paths)
+        cheapest = paths[0]
+        lines.append(base + f"| {len(paths)} | {ratios[0]:.0f} / {statistics.median(ratios):.0f} / {ratios[-1]:.0f} | "
+                     f"{cheapest['tensor_core_instructions']} | "
+                     + ", ".join(f"{mode} {count}" for mode, count in modes.most_common()) +
+                     f" | {cheapest['shared_loads']} / {cheapest['shared_stores']} / "
+                     f"{cheapest['barriers'] + cheapest['mbarrier_ops']} |")
+    return lines + [""]
 
 
 def _agent_ratios(rows: list[dict]) -> list[str]:

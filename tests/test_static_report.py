@@ -162,6 +162,9 @@ def test_report_on_one_small_configuration(tmp_path):
 
     tiny = [row for row in report["rows"] if row["source"] == "cuda"]
     assert {row["arch"] for row in tiny} == ({"sm_90", "sm_80"} if with_cuda else set())
+    if with_cuda:  # one summary line per CUDA kernel: one path, 2 HMMA per iteration
+        assert "| tiny_wmma_loop | sm_90 | " in (out / "static.md").read_text()
+        assert "| 1 | " in (out / "static.md").read_text().split("| tiny_wmma_loop | sm_80 | ")[1].splitlines()[0]
     for row in tiny:
         assert row["kernel"] == "tiny_wmma_loop" and row["threads"] == 32 and row["blocks_per_sm"] >= 1
         (loop,) = row["paths"]
