@@ -203,6 +203,39 @@ def sync(device: str) -> None:
 def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: float) -> tuple[float, float, int]:
     """Median seconds per call, median process CPU seconds per call (all threads) and peak
     extra bytes of one call."""
+    return measure_together([(fn, problem)], backward, min_repeats, budget_s)[0]
+
+
+def measure_together(calls: list[tuple], backward: bool, min_repeats: int,
+                     budget_s: float) -> list[tuple[float, float, int]]:
+    """``measure`` for several (fn, problem) pairs timed in turns, one call of each per round,
+    so a change in the machine's load falls on all of them alike (their ratios hold)."""
+    steps = [_one_call(fn, problem, backward) for fn, problem in calls]
+    device = calls[0][1].device
+    peaks = []
+    for step in steps:
+        step()  # warm-up (and compilation for compiled backends)
+        sync(device)
+        with PeakMemory(device) as memory:
+            step()
+        peaks.append(memory.peak_bytes)
+    times: list[list[float]] = [[] for _ in steps]
+    cpu_times: list[list[float]] = [[] for _ in steps]
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < min_repeats or (time.perf_counter() - started < budget_s * len(steps) and rounds < 50):
+        for i, step in enumerate(steps):
+            sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            sync(device)
+            times[i].append(time.perf_counter() - t0)
+            cpu_times[i].append(time.process_time() - c0)
+        rounds += 1
+    return [(statistics.median(t), statistics.median(c), peak) for t, c, peak in zip(times, cpu_times, peaks)]
+
+
+def _one_call(fn, problem: Problem, backward: bool):
     q, k, v, kwargs = problem.tensors(backward)
     grad = torch.randn_like(q) if backward else None
 
@@ -215,20 +248,7 @@ def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: fl
             with torch.no_grad():
                 fn(q, k, v, **kwargs)
 
-    once()  # warm-up (and compilation for compiled backends)
-    sync(problem.device)
-    with PeakMemory(problem.device) as memory:
-        once()
-    times, cpu_times = [], []
-    started = time.perf_counter()
-    while len(times) < min_repeats or (time.perf_counter() - started < budget_s and len(times) < 50):
-        sync(problem.device)
-        c0, t0 = time.process_time(), time.perf_counter()
-        once()
-        sync(problem.device)
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    return statistics.median(times), statistics.median(cpu_times), memory.peak_bytes
+    return once
 
 
 def dense_bytes(problem: Problem) -> int:
@@ -405,45 +425,60 @@ def plot_layouts(ax, rows: list[Row], mode: str, d: int, n: int, cpu_time: bool)
     ax.legend(fontsize=7)
 
 
-def measure_problem(problem: Problem, mode: str, backends: list[str], args) -> list[Row]:
-    """One row per backend for one problem and mode."""
-    flops = 4 * problem.batch * problem.heads * problem.length * problem.effective_keys() * problem.head_dim
-    flops *= 3.5 if mode == "fwd+bwd" else 1.0
+def measure_problems(problems: list[Problem], mode: str, backends: list[str], args) -> list[Row]:
+    """One row per problem and backend; each backend times the problems together, in turns
+    (``measure_together``), so their ratios hold on a loaded machine."""
+    rows = {id(problem): [] for problem in problems}
+    for backend in backends:
+        timed = []
+        for problem in problems:
+            row = _new_row(problem, backend, mode)
+            rows[id(problem)].append(row)
+            reason = why_not(backend, problem)
+            if reason is None and backend in ("reference", "sdpa_mask") and dense_bytes(problem) > memory_budget(problem.device):
+                reason = "skipped: would not fit in memory"
+            if reason is not None:
+                row.note = "n/a" if "skipped" not in reason else "OOM-skip"
+                print(f"{_tag(problem, mode)} {backend:10s} {reason}", flush=True)
+            else:
+                timed.append((problem, row))
+        if not timed:
+            continue
+        try:
+            results = measure_together([(runner(backend), problem) for problem, _ in timed], mode == "fwd+bwd",
+                                       args.repeats, args.budget)
+        except Exception as exc:  # one broken backend must not end the sweep
+            note = "OOM" if isinstance(exc, torch.OutOfMemoryError) else f"error: {type(exc).__name__}"
+            for problem, row in timed:
+                row.note = note
+            print(f"{_tag(timed[0][0], mode)} {backend:10s} {exc!r}", flush=True)
+            results = []
+        for (problem, row), (seconds, cpu_seconds, peak) in zip(timed, results):
+            flops = 4 * problem.batch * problem.heads * problem.length * problem.effective_keys() * problem.head_dim
+            flops *= 3.5 if mode == "fwd+bwd" else 1.0
+            row.ms, row.cpu_ms = seconds * 1e3, cpu_seconds * 1e3
+            row.tflops, row.peak_mib = flops / seconds / 1e12, peak / 2**20
+            print(f"{_tag(problem, mode)} {backend:10s} {row.ms:9.2f} ms {row.tflops:7.3f} TFLOP/s "
+                  f"{row.peak_mib:8.1f} MiB", flush=True)
+        if problems[0].device == "cuda":
+            torch.cuda.empty_cache()
+    return [row for problem in problems for row in rows[id(problem)]]
+
+
+def _tag(problem: Problem, mode: str) -> str:
+    return f"{problem.label:24s} {mode:7s} D={problem.head_dim:<3d} N={problem.length:<6d}"
+
+
+def _new_row(problem: Problem, backend: str, mode: str) -> Row:
+    row = Row(backend, problem.mask, mode, problem.length, problem.head_dim, str(problem.dtype)[6:], None, None, None)
+    if problem.mask == "turns":
+        row.agents, row.preset = problem.agents, problem.preset
     # causal-only: one agent who sees itself
     ids, visibility = problem.agent_layout() or (torch.zeros(1, problem.length, dtype=torch.long),
                                                  torch.ones(1, 1, dtype=torch.bool))
     occupancy = tile_occupancy(ids.to(problem.device), visibility)
-    rows = []
-    tag = f"{problem.label:24s} {mode:7s} D={problem.head_dim:<3d} N={problem.length:<6d}"
-    for backend in backends:
-        row = Row(backend, problem.mask, mode, problem.length, problem.head_dim, str(problem.dtype)[6:],
-                  None, None, None)
-        if problem.mask == "turns":
-            row.agents, row.preset = problem.agents, problem.preset
-        row.tiles_skipped, row.tiles_partial = occupancy.skipped, occupancy.partial
-        reason = why_not(backend, problem)
-        if reason is None and backend in ("reference", "sdpa_mask") and dense_bytes(problem) > memory_budget(problem.device):
-            reason = "skipped: would not fit in memory"
-        if reason is not None:
-            row.note = "n/a" if "skipped" not in reason else "OOM-skip"
-            print(f"{tag} {backend:10s} {reason}", flush=True)
-        else:
-            try:
-                seconds, cpu_seconds, peak = measure(runner(backend), problem, mode == "fwd+bwd", args.repeats,
-                                                     args.budget)
-                row.ms, row.tflops, row.peak_mib = seconds * 1e3, flops / seconds / 1e12, peak / 2**20
-                row.cpu_ms = cpu_seconds * 1e3
-                print(f"{tag} {backend:10s} {row.ms:9.2f} ms {row.tflops:7.3f} TFLOP/s {row.peak_mib:8.1f} MiB",
-                      flush=True)
-            except torch.OutOfMemoryError:
-                row.note = "OOM"
-            except Exception as exc:  # one broken backend must not end the sweep
-                row.note = f"error: {type(exc).__name__}"
-                print(f"{tag} {backend:10s} {exc!r}", flush=True)
-            if problem.device == "cuda":
-                torch.cuda.empty_cache()
-        rows.append(row)
-    return rows
+    row.tiles_skipped, row.tiles_partial = occupancy.skipped, occupancy.partial
+    return row
 
 
 def compare_with_causal(rows: list[Row]) -> None:
@@ -509,16 +544,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for d in head_dims:
         for mode in args.modes.split(","):
-            problems = [Problem(args.device, dtype, batch, heads, n, d, mask, args.turn)
-                        for mask in masks if mask != "turns" for n in lengths]
-            if "turns" in masks:
-                # causal-only at the layouts' lengths too, the baseline of their "x causal"
-                problems += [Problem(args.device, dtype, batch, heads, n, d, "causal", args.turn)
-                             for n in turns_lengths if "causal" not in masks or n not in lengths]
-                problems += [Problem(args.device, dtype, batch, heads, n, d, "turns", args.turn, agents, preset)
-                             for n in turns_lengths for agents, preset in layouts]
-            for problem in problems:
-                rows += measure_problem(problem, mode, backends, args)
+            for mask in masks:
+                for n in lengths if mask != "turns" else []:
+                    problem = Problem(args.device, dtype, batch, heads, n, d, mask, args.turn)
+                    if not (mask == "causal" and "turns" in masks and n in turns_lengths):
+                        rows += measure_problems([problem], mode, backends, args)
+            for n in turns_lengths if "turns" in masks else []:
+                # causal-only beside the layouts, timed in turns with them: the baseline of "x causal"
+                group = [Problem(args.device, dtype, batch, heads, n, d, "causal", args.turn)]
+                group += [Problem(args.device, dtype, batch, heads, n, d, "turns", args.turn, agents, preset)
+                          for agents, preset in layouts]
+                rows += measure_problems(group, mode, backends, args)
     compare_with_causal(rows)
 
     meta = dict(device=name, torch=torch.__version__, dtype=str(dtype)[6:], batch=batch, heads=heads,
