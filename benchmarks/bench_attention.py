@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 import agentfast
 from agentfast.attention import dense_mask, get_backend, make_call
-from agentfast.attention.benchmark import TILE, agent_turns, tile_occupancy
+from agentfast.attention.benchmark import TILE, TileOccupancy, agent_turns, tile_occupancy
 from agentfast.visibility import PRESETS, visibility_preset
 
 DEFAULTS = {
@@ -429,10 +429,11 @@ def measure_problems(problems: list[Problem], mode: str, backends: list[str], ar
     """One row per problem and backend; each backend times the problems together, in turns
     (``measure_together``), so their ratios hold on a loaded machine."""
     rows = {id(problem): [] for problem in problems}
+    occupancies = {id(problem): _occupancy(problem) for problem in problems}
     for backend in backends:
         timed = []
         for problem in problems:
-            row = _new_row(problem, backend, mode)
+            row = _new_row(problem, backend, mode, occupancies[id(problem)])
             rows[id(problem)].append(row)
             reason = why_not(backend, problem)
             if reason is None and backend in ("reference", "sdpa_mask") and dense_bytes(problem) > memory_budget(problem.device):
@@ -469,14 +470,17 @@ def _tag(problem: Problem, mode: str) -> str:
     return f"{problem.label:24s} {mode:7s} D={problem.head_dim:<3d} N={problem.length:<6d}"
 
 
-def _new_row(problem: Problem, backend: str, mode: str) -> Row:
-    row = Row(backend, problem.mask, mode, problem.length, problem.head_dim, str(problem.dtype)[6:], None, None, None)
-    if problem.mask == "turns":
-        row.agents, row.preset = problem.agents, problem.preset
+def _occupancy(problem: Problem) -> TileOccupancy:
     # causal-only: one agent who sees itself
     ids, visibility = problem.agent_layout() or (torch.zeros(1, problem.length, dtype=torch.long),
                                                  torch.ones(1, 1, dtype=torch.bool))
-    occupancy = tile_occupancy(ids.to(problem.device), visibility)
+    return tile_occupancy(ids.to(problem.device), visibility)
+
+
+def _new_row(problem: Problem, backend: str, mode: str, occupancy: TileOccupancy) -> Row:
+    row = Row(backend, problem.mask, mode, problem.length, problem.head_dim, str(problem.dtype)[6:], None, None, None)
+    if problem.mask == "turns":
+        row.agents, row.preset = problem.agents, problem.preset
     row.tiles_skipped, row.tiles_partial = occupancy.skipped, occupancy.partial
     return row
 
