@@ -4,10 +4,13 @@
 // fp16 / bf16 (tensor cores: mma.sync.m16n8k16, fp32 accumulation):
 //   forward_kernel  one CTA per (query tile, batch*head); each warp owns 16 or 32 query rows.
 //                   Q fragments are loaded once per query tile (ldmatrix) and stay in registers
-//                   (head dim <= 128); S = Q K^T, the online softmax (row max and sum by warp
-//                   shuffles within a quad, exp2 with the scale folded in) and P stay in
-//                   registers: the S accumulators are rounded to 16 bits in place and become the
-//                   A operand of P V without touching shared memory. O accumulates in registers.
+//                   at head dim 128 (16 rows a warp); at head dim 64 a warp owns 32 rows and
+//                   re-reads its Q fragments per key tile (8 ldmatrix), which keeps the kernel
+//                   within 255 registers without spills. S = Q K^T, the online softmax (row max
+//                   and sum by warp shuffles within a quad, exp2 with the scale folded in) and P
+//                   stay in registers: the S accumulators are rounded to 16 bits in place and
+//                   become the A operand of P V without touching shared memory. O accumulates in
+//                   registers.
 //   dq_kernel       one CTA per (query tile, batch*head): S, dP = dO V^T, P and dS in registers,
 //                   dQ += dS K; Q and dO fragments in registers (head dim <= 128).
 //   dkdv_kernel     one CTA per (key tile, batch*kv head); each warp owns 16 keys: S^T = K Q^T,
@@ -29,7 +32,9 @@
 // per element) before full ones (no mask); per key tile, the list of query tiles, for dK/dV.
 // The layout is FlexAttention's BlockMask (counts plus indices). tile_list_kernel builds the
 // lists from per-16-row agent summaries (tile_summaries_kernel) with the rule of mask_rule.h:
-// empty tiles are never loaded.
+// empty tiles are never loaded. Each kernel walks its list in two loops (visit_tiles): partial
+// tiles, then full tiles, whose loop has no mask code, loads no mask data and no branch around
+// the loads; the double-buffered pipeline carries over from one loop to the next.
 //
 // Templates are instantiated per dtype (3) x head-dim bucket (64, 128, 256) only; masking
 // options are runtime flags, to keep compile time small.
@@ -117,35 +122,69 @@ struct TileList {
   int rows, cols;
 };
 
-// The column tiles one CTA visits, partial ones first: `passes` times over the same list (the
-// query heads of a kv head, for dK/dV).
+// The column tiles one CTA visits: `passes` times over the same list (the query heads of a kv
+// head, for dK/dV), the partial tiles of every pass first (partial_visits of them), then the
+// full ones. The kernels walk them in two loops: the second, over full tiles, holds no mask
+// code and loads no mask data, and the K/V (Q/dO) pipeline runs on across the two.
 struct Visits {
   const int32_t* index;
-  int partial, listed, total;
+  int partial, listed, passes, partial_visits, total;
 
-  __device__ __forceinline__ Visits(const TileList& list, int b, int row, int passes) {
+  __device__ __forceinline__ Visits(const TileList& list, int b, int row, int passes_) : passes(passes_) {
     const int64_t entry = static_cast<int64_t>(b) * list.rows + row;
     index = list.indices + entry * list.cols;
     partial = list.counts[2 * entry];
     listed = partial + list.counts[2 * entry + 1];
+    partial_visits = partial * passes;
     total = listed * passes;
   }
 };
 
-// Where a walk over the visits is: the pass and the position in the list, advanced without
-// divisions.
-struct VisitCursor {
-  int pass = 0, position = 0;
+// Where a walk over the visits is: the position in the list and, with several passes, the pass
+// and the range it walks (the partial range [0, partial) of every pass, then the full range
+// [partial, listed) of every pass); advanced without divisions. One pass (forward, dQ) walks
+// the list in order: the position alone, a register for each cursor.
+template <bool MULTI_PASS>
+struct VisitCursor;
+
+template <>
+struct VisitCursor<false> {
+  static constexpr int pass = 0;
+  int position = 0;
+
+  __device__ __forceinline__ explicit VisitCursor(const Visits&) {}
+  __device__ __forceinline__ void advance(const Visits&) { ++position; }
+  __device__ __forceinline__ int tile(const Visits& visits) const { return visits.index[position]; }
+  __device__ __forceinline__ bool partial(const Visits& visits) const { return position < visits.partial; }
+};
+
+template <>
+struct VisitCursor<true> {
+  int pass = 0, position = 0, begin = 0, end;
+
+  __device__ __forceinline__ explicit VisitCursor(const Visits& visits)
+      : end(visits.partial > 0 ? visits.partial : visits.listed) {}
 
   __device__ __forceinline__ void advance(const Visits& visits) {
-    if (++position == visits.listed) {
-      position = 0;
-      ++pass;
-    }
+    if (++position < end) return;
+    position = begin;
+    if (++pass < visits.passes) return;
+    pass = 0;  // the partial range of every pass is done: the full ranges follow
+    begin = position = visits.partial;
+    end = visits.listed;
   }
   __device__ __forceinline__ int tile(const Visits& visits) const { return visits.index[position]; }
   __device__ __forceinline__ bool partial(const Visits& visits) const { return position < visits.partial; }
 };
+
+// The loop over the visits, in two runs: step(visit, std::true_type) for the partial tiles,
+// step(visit, std::false_type) for the full ones; `current` follows the visit.
+template <typename Cursor, typename Step>
+__device__ __forceinline__ void visit_tiles(const Visits& visits, Cursor& current, const Step& step) {
+  int visit = 0;
+  for (; visit < visits.partial_visits; ++visit, current.advance(visits)) step(visit, std::true_type{});
+  for (; visit < visits.total; ++visit, current.advance(visits)) step(visit, std::false_type{});
+}
 
 template <typename T>
 struct ForwardArgs {
@@ -650,19 +689,21 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) forward_kernel(const F
   const int warp_row0 = warp * MT * 16;
 
   const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
-  const auto load_keys = [&](const VisitCursor& at, int stage) {
+  // K and V of the tile at `at`, and the keys' agent bits where that tile is partial (only
+  // partial tiles apply the mask).
+  const auto load_keys = [&](const VisitCursor<false>& at, int stage, bool maybe_partial) {
     const int k_first = at.tile(visits) * BN, k_valid = min(BN, m.num_keys - k_first);
     key_copier.copy(s_k + stage * BN * LD, args.k, b, kv_head, k_first, k_valid);
     key_copier.copy(s_v + stage * BN * LD, args.v, b, kv_head, k_first, k_valid);
-    if (m.has_agents) {
+    if (maybe_partial && m.has_agents && at.partial(visits)) {
       load_values<uint64_t, BN, THREADS>(s_key_bits + stage * BN, m.key_bits + static_cast<int64_t>(b) * m.sees_stride + k_first, k_valid);
     }
   };
 
   TileCopier<T, BM, HD, LD, THREADS>(args.head_dim).copy(s_q, args.q, b, h, q_first, q_count);
-  VisitCursor current, upcoming;  // the tile computed now, the next one to load
+  VisitCursor<false> current(visits), upcoming(visits);  // the tile computed now, the next one to load
   if (visits.total > 0) {
-    load_keys(upcoming, 0);
+    load_keys(upcoming, 0, true);
     upcoming.advance(visits);
   }
   cp_async_commit();
@@ -682,14 +723,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) forward_kernel(const F
   const RowFragments<T, MT, HD / 16, Tile::kTensorCores && Q_IN_REGISTERS> q_fragments(q_warp, LD);
   const float scale_log2 = args.scale * kLog2e;
 
-  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+  visit_tiles(visits, current, [&](int visit, auto partial_tile) {
+    constexpr bool kPartial = decltype(partial_tile)::value;
     const int stage = visit & 1;
     if (visit > 0) {
       cp_async_wait<0>();  // this tile's copies (issued one iteration ago) have landed
       __syncthreads();     // ... for every thread; and the other stage is no longer read
     }
     if (visit + 1 < visits.total) {
-      load_keys(upcoming, stage ^ 1);
+      load_keys(upcoming, stage ^ 1, kPartial);  // a full tile is followed by full tiles only
       upcoming.advance(visits);
     }
     cp_async_commit();
@@ -703,7 +745,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) forward_kernel(const F
     } else {
       simt_abt<MT, NS, HD>(s, q_warp, LD, k_tile, LD);
     }
-    if (current.partial(visits)) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
+    if constexpr (kPartial) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
 
     // Online softmax: the 4 lanes of a quad share each row.
 #pragma unroll
@@ -750,7 +792,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) forward_kernel(const F
       simt_ab<MT, NO, BN>(o, p_warp, Tile::kLdP, v_tile, LD);
       __syncwarp();
     }
-  }
+  });
   cp_async_wait<0>();  // the empty group of the last iteration
 
   float inv_sum[MT][2];
@@ -813,11 +855,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const Backwa
   const int warp_row0 = warp * 16;
 
   const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
-  const auto load_keys = [&](const VisitCursor& at, int stage) {
+  const auto load_keys = [&](const VisitCursor<false>& at, int stage, bool maybe_partial) {
     const int k_first = at.tile(visits) * BN, k_valid = min(BN, m.num_keys - k_first);
     key_copier.copy(s_k + stage * BN * LD, args.k, b, kv_head, k_first, k_valid);
     key_copier.copy(s_v + stage * BN * LD, args.v, b, kv_head, k_first, k_valid);
-    if (m.has_agents) {
+    if (maybe_partial && m.has_agents && at.partial(visits)) {
       load_values<uint64_t, BN, THREADS>(s_key_bits + stage * BN, m.key_bits + static_cast<int64_t>(b) * m.sees_stride + k_first, k_valid);
     }
   };
@@ -825,9 +867,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const Backwa
   const TileCopier<T, BM, HD, LD, THREADS> query_copier(args.head_dim);
   query_copier.copy(s_q, args.q, b, h, q_first, q_count);
   query_copier.copy(s_do, args.grad_out, b, h, q_first, q_count);
-  VisitCursor current, upcoming;
+  VisitCursor<false> current(visits), upcoming(visits);
   if (visits.total > 0) {
-    load_keys(upcoming, 0);
+    load_keys(upcoming, 0, true);
     upcoming.advance(visits);
   }
   cp_async_commit();
@@ -851,14 +893,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const Backwa
   const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> do_fragments(do_warp, LD);
   const float scale_log2 = args.scale * kLog2e;
 
-  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+  visit_tiles(visits, current, [&](int visit, auto partial_tile) {
+    constexpr bool kPartial = decltype(partial_tile)::value;
     const int stage = visit & 1;
     if (visit > 0) {
       cp_async_wait<0>();
       __syncthreads();
     }
     if (visit + 1 < visits.total) {
-      load_keys(upcoming, stage ^ 1);
+      load_keys(upcoming, stage ^ 1, kPartial);
       upcoming.advance(visits);
     }
     cp_async_commit();
@@ -875,7 +918,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const Backwa
       simt_abt<1, NS, HD>(s, q_warp, LD, k_tile, LD);
       simt_abt<1, NS, HD>(dp, do_warp, LD, v_tile, LD);
     }
-    if (current.partial(visits)) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
+    if constexpr (kPartial) rows.mask(s, current.tile(visits) * BN, m.has_agents, s_key_bits + stage * BN);
     // dS = P (dP - delta), in place of dP.
 #pragma unroll
     for (int nt = 0; nt < NS; ++nt) {
@@ -895,7 +938,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dq_kernel(const Backwa
       simt_ab<1, NO, BN>(dq, ds_warp, Tile::kLdP, k_tile, LD);
       __syncwarp();
     }
-  }
+  });
   cp_async_wait<0>();
 
   const float factor[1][2] = {{args.scale, args.scale}};
@@ -991,13 +1034,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
   const int b = bkv / m.kv_heads, kv_head = bkv % m.kv_heads;
   const int key_tile = blockIdx.x / SLICES, slice = blockIdx.x % SLICES, col0 = slice * Tile::kSliceDim;
   const int k_first = key_tile * BN, k_count = min(BN, m.num_keys - k_first);
-  // Every query head of the group, in order: the sums over heads are deterministic.
+  // Every query head of the group, in a fixed order (the partial tiles of every head, then
+  // the full ones): the sums over heads are deterministic.
   const Visits visits(args.key_tiles, b, key_tile, m.group);
   const int warp = threadIdx.x / 32, t = lane_id() % 4;
   const int warp_key0 = warp * 16;
 
   const TileCopier<T, BM, HD, LD, THREADS> query_copier(args.head_dim);
-  const auto load_queries = [&](const VisitCursor& at, int stage) {
+  const auto load_queries = [&](const VisitCursor<true>& at, int stage, bool maybe_partial) {
     const int h = kv_head * m.group + at.pass;
     const int q_first = at.tile(visits) * BM, q_valid = min(BM, m.num_queries - q_first);
     query_copier.copy(s_q + stage * BM * LD, args.q, b, h, q_first, q_valid);
@@ -1005,7 +1049,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
     const int64_t row = (static_cast<int64_t>(b) * m.heads + h) * args.row_stride + q_first;
     load_values<float, BM, THREADS>(s_lse + stage * BM, args.lse_log2 + row, q_valid);
     load_values<float, BM, THREADS>(s_delta + stage * BM, args.delta + row, q_valid);
-    if (m.has_agents) {
+    if (maybe_partial && m.has_agents && at.partial(visits)) {
       load_values<uint64_t, BM, THREADS>(s_sees + stage * BM, m.query_sees + static_cast<int64_t>(b) * m.sees_stride + q_first, q_valid);
     }
   };
@@ -1013,9 +1057,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
   const TileCopier<T, BN, HD, LD, THREADS> key_copier(args.head_dim);
   key_copier.copy(s_k, args.k, b, kv_head, k_first, k_count);
   key_copier.copy(s_v, args.v, b, kv_head, k_first, k_count);
-  VisitCursor current, upcoming;
+  VisitCursor<true> current(visits), upcoming(visits);
   if (visits.total > 0) {
-    load_queries(upcoming, 0);
+    load_queries(upcoming, 0, true);
     upcoming.advance(visits);
   }
   cp_async_commit();
@@ -1032,14 +1076,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
   const RowFragments<T, 1, HD / 16, Tile::kTensorCores && IN_REGISTERS> v_fragments(v_warp, LD);
   const float scale_log2 = args.scale * kLog2e;
 
-  for (int visit = 0; visit < visits.total; ++visit, current.advance(visits)) {
+  visit_tiles(visits, current, [&](int visit, auto partial_tile) {
+    constexpr bool kPartial = decltype(partial_tile)::value;
     const int stage = visit & 1;
     if (visit > 0) {
       cp_async_wait<0>();
       __syncthreads();
     }
     if (visit + 1 < visits.total) {
-      load_queries(upcoming, stage ^ 1);
+      load_queries(upcoming, stage ^ 1, kPartial);
       upcoming.advance(visits);
     }
     cp_async_commit();
@@ -1069,7 +1114,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
         for (int half = 0; half < 2; ++half) st[0][nt][2 * half + e] = exp2_approx(st[0][nt][2 * half + e] * scale_log2 - lse_col);
       }
     }
-    if (current.partial(visits)) {
+    if constexpr (kPartial) {
       const int q_first = current.tile(visits) * BM;
       if (m.has_agents) {
         keys.mask<true>(st, m, q_first, s_sees + stage * BM);
@@ -1105,7 +1150,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) dkdv_kernel(const Back
       simt_ab<1, NA, BM>(dk, p_warp, Tile::kLdP, q_tile + col0, LD);
       __syncwarp();
     }
-  }
+  });
   cp_async_wait<0>();
 
   // Keys past seq_len or seen by no query were never touched: their gradients are 0.
@@ -1138,7 +1183,7 @@ struct Config;
     static constexpr bool kKvInRegisters = KR;                                                                      \
   };
 //               TC     HD   forward               dQ                    dK/dV
-AGENTFAST_CONFIG(true,  64,  128, 64, 4, true,  2,  64, 64, true,  2,  64, 64, 1, true,  2)
+AGENTFAST_CONFIG(true,  64,  128, 64, 4, false, 2,  64, 64, true,  2,  64, 64, 1, true,  2)
 AGENTFAST_CONFIG(true,  128, 64,  64, 4, true,  2,  64, 32, true,  2,  64, 32, 1, false, 2)
 AGENTFAST_CONFIG(true,  256, 64,  32, 4, false, 1,  64, 32, false, 1,  64, 32, 2, false, 1)
 AGENTFAST_CONFIG(false, 64,  64,  64, 4, false, 1,  64, 32, false, 1,  64, 32, 1, false, 1)
