@@ -32,6 +32,9 @@ Paths: "full" tiles need no mask, "partial" tiles apply the agent rule (and the 
 "diagonal" tiles the causal rule (and the agent rule when agents are on). A row's
 ``flops_check`` compares the tensor-core FLOPs found in the loop with the FLOPs of the tile the
 kernel computes per iteration (forward: 4*BLOCK_M*BLOCK_N*BLOCK_D; dQ: 6x; dK/dV: 8x).
+The CUDA kernels have two loops: "partial" (the mask applied: causal and agent rules, the
+seq_len edge; its costliest path is shown) and "full"; their dtype, head dim and tile shape
+come from the template arguments in the kernel's name.
 
 Tools: Triton's compiler and its bundled ptxas, cuobjdump and nvdisasm
 (``triton/backends/nvidia/bin`` in the triton wheel); nvcc from the CUDA toolkit in
@@ -57,6 +60,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -248,6 +252,8 @@ def _path_names(job: CompileJob, loops: int) -> list[str] | None:
         return {"forward": ["full|diagonal"], "forward_tma": ["full", "diagonal"],
                 "backward": ["dK/dV diagonal", "dK/dV full", "dQ diagonal", "dQ full"]}.get(labels["kernel"])
     kernel = labels["kernel"]
+    if labels.get("source") == "cuda":
+        return _cuda_loop_names(kernel, loops)
     if kernel not in TILE_FLOPS:
         return None
     names = _TRITON_LOOP_NAMES.get((kernel, bool(job.constexprs.get("HAS_AGENTS")),
@@ -273,6 +279,26 @@ _TRITON_LOOP_NAMES = {
     ("dkdv", True, True): ["full", "partial", "diagonal"],
     ("dkdv", True, False): ["full", "partial"],
 }
+
+
+# The attention kernels of csrc/cuda (forward_kernel<T, HD, tile sizes..., warps, ...>, the same for
+# dq_kernel and dkdv_kernel) walk their tile list in two loops: partial tiles (mask applied),
+# then full tiles (no mask code).
+_CUDA_KERNEL = re.compile(r"^(forward|dq|dkdv)_kernel<(__half|__nv_bfloat16|float), (\d+), (\d+), (\d+)")
+_CUDA_DTYPES = {"__half": "fp16", "__nv_bfloat16": "bf16", "float": "fp32"}
+
+
+def _cuda_loop_names(kernel: str, loops: int) -> list[str] | None:
+    return ["partial", "full"] if _CUDA_KERNEL.match(kernel) and loops == 2 else None
+
+
+def _cuda_labels(kernel: str, warps: int) -> dict:
+    """dtype, head_dim and config (tile rows x columns, warps) of a csrc/cuda attention kernel."""
+    match = _CUDA_KERNEL.match(kernel)
+    if match is None:
+        return {}
+    _, dtype, head_dim, rows, cols = match.groups()
+    return dict(dtype=_CUDA_DTYPES[dtype], head_dim=int(head_dim), config=f"{rows}x{cols} w{warps}")
 
 
 def _label_paths(code: sa.Code, job: CompileJob, expected_flops: int | None) -> list[dict]:
@@ -385,6 +411,7 @@ def cuda_rows(sources: list[Path], archs, progress=print) -> list[dict]:
                 row = dict(source="cuda", file=source.name, arch=f"sm_{arch}", symbol=symbol,
                            kernel=_short_kernel_name(sa.demangle(symbol)), dtype="-", head_dim="-", mask="-",
                            config="-", shape="-", primary=True, num_warps=(res.threads or 0) // 32)
+                row.update(_cuda_labels(row["kernel"], row["num_warps"]))
                 row.update(_resource_fields(arch, res, res.shared_static, code))
                 row["dynamic_shared"] = "set at launch (not in the cubin)"
                 job = CompileJob("", "", arch, {}, {}, {}, row["num_warps"], 0,
@@ -514,14 +541,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def _cuda_summary(rows: list[dict]) -> list[str]:
-    """One line per CUDA kernel: its resources and the spread of its tensor-core loop's paths.
-    The CUDA kernels branch inside the loop (mask variants, tile edges), so a loop has many
-    paths; the JSON lists every one."""
-    lines = ["Per kernel: the tensor-core loop's paths (branches inside the loop body) from the cheapest "
+    """One line per CUDA kernel: its resources and its tensor-core loops' paths: the named loops
+    of the attention kernels (partial and full tiles, the costliest path of each), else the
+    spread of the paths (a loop that branches inside has many; the JSON lists every one)."""
+    lines = ["Per kernel: the attention kernels' two tensor-core loops (partial tiles, the costliest path; "
+             "full tiles), other kernels' paths (branches inside the loop body) from the cheapest "
              "to the costliest; K/V load: how tiles reach shared memory, counted over the paths; LDS / "
              "STS / BAR of the cheapest path. Every path is in the JSON.", "",
              "| kernel | arch | regs | spills | static smem KB | blocks/SM | paths | warp-instr/MFLOP "
-             "cheapest / median / costliest | MMA/iter | K/V load (paths) | LDS / STS / BAR |",
+             "per loop, or cheapest / median / costliest | MMA/iter | K/V load (paths) | LDS / STS / BAR |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (r["arch"] != "sm_90", str(r.get("kernel")))):
         if "error" in row:
@@ -537,7 +565,11 @@ def _cuda_summary(rows: list[dict]) -> list[str]:
         ratios = [p["warp_instructions_per_mflop"] for p in paths]
         modes = Counter(p["load_mode"] for p in paths)
         cheapest = paths[0]
-        lines.append(base + f"| {len(paths)} | {ratios[0]:.0f} / {statistics.median(ratios):.0f} / {ratios[-1]:.0f} | "
+        if _cuda_loop_names(row["kernel"], len(paths)) == [p["path"] for p in row["paths"]]:
+            spread = " / ".join(f"{p['path']} {p['warp_instructions_per_mflop']:.0f}" for p in row["paths"])
+        else:
+            spread = f"{ratios[0]:.0f} / {statistics.median(ratios):.0f} / {ratios[-1]:.0f}"
+        lines.append(base + f"| {len(paths)} | {spread} | "
                      f"{cheapest['tensor_core_instructions']} | "
                      + ", ".join(f"{mode} {count}" for mode, count in modes.most_common()) +
                      f" | {cheapest['shared_loads']} / {cheapest['shared_stores']} / "

@@ -84,6 +84,19 @@ def test_tensor_core_shapes_and_occupancy():
     assert sa.blocks_per_sm(80, 32, 128, 0)["blocks"] == 16  # by threads: 2048 / 128
 
 
+def test_cuda_attention_kernels_are_labelled_from_their_template_arguments():
+    import static_sm90
+
+    labels = static_sm90._cuda_labels("dkdv_kernel<__nv_bfloat16, 128, 64, 32, 4, 1, false, 2>", 4)
+    assert labels == {"dtype": "bf16", "head_dim": 128, "config": "64x32 w4"}
+    assert static_sm90._cuda_labels("tile_list_kernel", 4) == {}
+    # Their tile walk is two tensor-core loops, partial tiles then full tiles; other shapes
+    # stay unnamed rather than misnamed.
+    assert static_sm90._cuda_loop_names("forward_kernel<__half, 64, 128, 64, 4, false, 2>", 2) == ["partial", "full"]
+    assert static_sm90._cuda_loop_names("forward_kernel<__half, 64, 128, 64, 4, false, 2>", 1) is None
+    assert static_sm90._cuda_loop_names("tiny_wmma_loop", 2) is None
+
+
 TINY_CUDA = r"""
 #include <cuda_fp16.h>
 #include <mma.h>
