@@ -43,10 +43,8 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +62,7 @@ import agentfast
 from agentfast.attention import dense_mask, get_backend, make_call
 from agentfast.attention.benchmark import TILE, TileOccupancy, agent_turns, tile_occupancy
 from agentfast.visibility import PRESETS, visibility_preset
+from harness import attention_flops, device_label, results_dir, sync, write_results  # noqa: E402
 
 DEFAULTS = {
     "cpu": dict(backends="cpp,sdpa_mask,sdpa,reference", n="256,512,1024,2048,4096", d="64",
@@ -195,11 +195,6 @@ class PeakMemory:
 
 # --- timing -------------------------------------------------------------------------------
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(fn, problem: Problem, backward: bool, min_repeats: int, budget_s: float) -> tuple[float, float, int]:
     """Median seconds per call, median process CPU seconds per call (all threads) and peak
     extra bytes of one call."""
@@ -287,20 +282,6 @@ class Row:
     vs_causal: float | None = None  # time / causal-only's time (same backend, N, D, mode)
     cpu_ms: float | None = None  # process CPU time per call (all threads)
     cpu_vs_causal: float | None = None  # the same ratio of CPU times (CPU runs: less disturbed by load)
-
-
-def device_label(device: str) -> tuple[str, str]:
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or "cpu"
-        for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-        name = f"{name}, {torch.get_num_threads()} threads"
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", name.split(",")[0]).strip("-").lower()
-    return name, (slug if device == "cuda" else f"cpu-{slug}")
 
 
 def markdown(rows: list[Row], title: str, device: str = "cuda") -> str:
@@ -455,8 +436,8 @@ def measure_problems(problems: list[Problem], mode: str, backends: list[str], ar
             print(f"{_tag(timed[0][0], mode)} {backend:10s} {exc!r}", flush=True)
             results = []
         for (problem, row), (seconds, cpu_seconds, peak) in zip(timed, results):
-            flops = 4 * problem.batch * problem.heads * problem.length * problem.effective_keys() * problem.head_dim
-            flops *= 3.5 if mode == "fwd+bwd" else 1.0
+            flops = attention_flops(problem.batch, problem.heads, problem.length, problem.effective_keys(),
+                                    problem.head_dim, backward=mode == "fwd+bwd")
             row.ms, row.cpu_ms = seconds * 1e3, cpu_seconds * 1e3
             row.tflops, row.peak_mib = flops / seconds / 1e12, peak / 2**20
             print(f"{_tag(problem, mode)} {backend:10s} {row.ms:9.2f} ms {row.tflops:7.3f} TFLOP/s "
@@ -534,9 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     head_dims = [int(x) for x in (args.d or defaults["d"]).split(",")]
     dtype = getattr(torch, args.dtype or defaults["dtype"])
     batch, heads = args.batch or defaults["batch"], args.heads or defaults["heads"]
-    name, slug = device_label(args.device)
-    out_dir = args.out or ROOT / "benchmarks" / "results" / slug
-    out_dir.mkdir(parents=True, exist_ok=True)
+    name, _ = device_label(args.device)
+    out_dir = results_dir(args.device, args.out)
     print(f"device: {name}; B={batch} H={heads} {dtype}", flush=True)
 
     masks = args.masks.split(",")
@@ -566,9 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 turns=dict(agents=args.agents, presets=args.presets, lengths=turns_lengths,
                            turn_tokens=f"log-uniform in [{args.turn / 4:g}, {4 * args.turn}]")
                 if "turns" in masks else None)
-    (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
     title = f"Attention benchmark on {name} (B={batch}, H={heads}, {str(dtype)[6:]}, torch {torch.__version__})"
-    (out_dir / f"{args.name}.md").write_text(markdown(rows, title, args.device) + "\n")
+    write_results(out_dir, args.name, dict(meta=meta, rows=[asdict(r) for r in rows]), markdown(rows, title, args.device))
     plot(rows, out_dir / f"{args.name}.png", cpu_time=args.device == "cpu")
     print(f"results in {out_dir}")
     return 0

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -47,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
@@ -54,25 +52,9 @@ import agentfast.integrations.transformers  # noqa: E402,F401  (registers "agent
 from agentfast.attention import api as attention_api  # noqa: E402
 from agentfast.attention.mask import dense_mask  # noqa: E402
 from agentfast.integrations.transformers import AttentionFallbackWarning  # noqa: E402
+from harness import machine, results_dir, sync, write_results  # noqa: E402
 
 NUM_AGENTS = 3
-
-
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU's model name."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
-
-
-def device_slug(device: str) -> str:
-    """The results folder, named as the other benchmarks name it (cpu-<model name> or the GPU's name)."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
-    return slug if device.startswith("cuda") else f"cpu-{slug}"
 
 
 def make_batches(args: argparse.Namespace, seq_len: int, count: int, generator: torch.Generator) -> list[dict]:
@@ -142,8 +124,7 @@ def recording_backends(chosen: set[str]):
 
 
 def timed_round(model, optimizer, batches: list[dict], device: str) -> tuple[int, float]:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     tokens, started = 0, time.perf_counter()
     for batch, inputs in batches:
         loss = model(**inputs, use_cache=False).loss
@@ -151,8 +132,7 @@ def timed_round(model, optimizer, batches: list[dict], device: str) -> tuple[int
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += int(batch["attention_mask"].sum())
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     return tokens, time.perf_counter() - started
 
 
@@ -205,10 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   + (f"  {ratio:5.2f}x sdpa" if ratio else ""), flush=True)
         del runners
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "transformers": __import__("transformers").__version__,
-                    "device": device_name(args.device), "cpus": os.cpu_count()},
+        "machine": {**machine(args.device), "transformers": __import__("transformers").__version__,
+                    "cpus": os.cpu_count()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": rows, "skipped": skipped,
         "backends": {name: ",".join(sorted(used)) for name, used in underneath.items() if used},
@@ -216,15 +194,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    settings, machine = report["settings"], report["machine"]
+    settings, host = report["settings"], report["machine"]
     implementations = list(dict.fromkeys(r["implementation"] for r in report["rows"]))
     lines = [f"transformers Llama-style training step ({settings['layers']} layers, hidden {settings['hidden']}, "
              f"{settings['heads']} q / {settings['kv_heads']} kv heads, {settings['dtype']}, "
              f"{settings['padding']} padding, mask: {settings['mask']}), real tokens/s "
-             f"(x sdpa) on {machine['device']}"
-             + (f" ({machine['cpus']} CPUs, {machine['threads']} threads)" if settings["device"] == "cpu" else "")
-             + f", torch {machine['torch']}, "
-             f"transformers {machine['transformers']}", "",
+             f"(x sdpa) on {host['device']}"
+             + (f" ({host['cpus']} CPUs, {host['threads']} threads)" if settings["device"] == "cpu" else "")
+             + f", torch {host['torch']}, "
+             f"transformers {host['transformers']}", "",
              "Median of rounds; (x sdpa) is the median of per-round ratios to sdpa.", "",
              "| seq | batch | " + " | ".join(
                  f"{i} ({report['backends'][i]})" if i in report.get("backends", {}) else i
@@ -278,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / device_slug(args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report))
+    write_results(results_dir(args.device, args.out), args.name, report, markdown(report))
     print()
     print(markdown(report))
     return 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -47,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_attention import device_label  # noqa: E402
+from harness import device_label, results_dir, write_results  # noqa: E402
 
 from agentfast.nn import MultiheadAttention  # noqa: E402
 
@@ -185,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device_name, slug = device_label("cpu")
-    out_dir = args.out or ROOT / "benchmarks" / "results" / slug
+    device_name, _ = device_label("cpu")
+    out_dir = results_dir("cpu", args.out)
     rows = []
     load_start = os.getloadavg()[0]
     for config in args.configs.split(","):
@@ -204,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 d_model=args.d_model, heads=args.heads, layers=args.layers, dim_feedforward=args.dim_feedforward,
                 steps=args.steps, rounds=args.rounds, load_start=round(load_start, 1),
                 load_end=round(os.getloadavg()[0], 1))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{args.name}.json").write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1) + "\n")
-    (out_dir / f"{args.name}.md").write_text(markdown(rows, meta) + "\n")
+    write_results(out_dir, args.name, dict(meta=meta, rows=[asdict(r) for r in rows]), markdown(rows, meta))
     print(f"results in {out_dir}")
     return 0
 

@@ -23,9 +23,6 @@ Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``training``) to -
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
 import statistics
 import sys
 import time
@@ -37,11 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from agentfast.attention import backend_names, get_backend, make_call  # noqa: E402
 from agentfast.data import collate_episodes  # noqa: E402
 from agentfast.training import TrainConfig, Trainer, build_model  # noqa: E402
 from agentfast.training.modeling import move_batch  # noqa: E402
+from harness import machine, results_dir, sync, write_results  # noqa: E402
 
 NUM_AGENTS, NUM_OPTIONS = 3, 6
 
@@ -104,8 +103,7 @@ def timed_round(trainer: Trainer, batches: list[dict[str, Any]], device: str) ->
     for batch in batches:
         trainer.train_step(batch)
         timesteps += int(batch["valid_mask"].sum())
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     return timesteps, time.perf_counter() - started
 
 
@@ -138,27 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "rounds": [round(r, 1) for r in rounds[backend]]})
             print(f"{model_type:<13} {backend:<10} {rate:10.1f} timesteps/s", flush=True)
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"},
+        "machine": machine(args.device),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": rows, "skipped": skipped,
     }
-
-
-def device_slug(device: str) -> str:
-    """The results folder name, as bench_attention.py names it (e.g. cpu-intel-r-xeon-r-processor)."""
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or "cpu"
-        cpuinfo = Path("/proc/cpuinfo")
-        for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    return slug if device.startswith("cuda") else f"cpu-{slug}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -204,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / device_slug(args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report))
+    write_results(results_dir(args.device, args.out), args.name, report, markdown(report))
     print()
     print(markdown(report))
     return 0

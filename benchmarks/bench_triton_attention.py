@@ -18,7 +18,6 @@ averaged) and 2.5x that for the backward. Needs CUDA; without it, says so and ex
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,12 +25,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import agentfast  # noqa: E402
 from agentfast.attention import dense_mask  # noqa: E402
 from agentfast.attention.benchmark import agent_turns, tile_occupancy  # noqa: E402
 from agentfast.attention.backends.triton_fused import load_kernels  # noqa: E402
 from agentfast.visibility import visibility_preset  # noqa: E402
+from harness import attention_flops, device_name, machine, write_results  # noqa: E402
 
 AGENTS = 8  # the agents mask: 8 agents speaking in turns of varied length, the hub visibility
 MEAN_TURN = 64
@@ -111,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             for masked in (False, True):
                 batch = max(1, args.tokens // n)
                 q, k, v, mask = make_inputs(batch, args.heads, n, d, masked)
-                flops = 4 * batch * args.heads * n * keys_per_query(n, mask) * d
+                keys = keys_per_query(n, mask)
+                flops, flops_both = (attention_flops(batch, args.heads, n, keys, d, backward=b) for b in (False, True))
                 row = {"n": n, "d": d, "batch": batch, "mask": "agents" if masked else "causal"}
                 if masked:
                     row["tiles_skipped"] = tile_occupancy(mask["agent_ids"], mask["agent_visibility"]).skipped
                 for backend in ("triton", "sdpa"):
                     timing = measure(backend, q, k, v, mask)
                     timing["forward_tflops"] = flops / timing["forward_ms"] / 1e9
-                    timing["forward_backward_tflops"] = 3.5 * flops / timing["forward_backward_ms"] / 1e9
+                    timing["forward_backward_tflops"] = flops_both / timing["forward_backward_ms"] / 1e9
                     row[backend] = timing
                 row["triton_configs"] = chosen_configs()
                 rows.append(row)
@@ -127,11 +129,27 @@ def main(argv: list[str] | None = None) -> int:
                       f"({t['forward_tflops']:.0f} TF/s) f+b {t['forward_backward_ms']:.3f} ms | sdpa fwd "
                       f"{s['forward_ms']:.3f} f+b {s['forward_backward_ms']:.3f} | "
                       f"speedup f+b {s['forward_backward_ms'] / t['forward_backward_ms']:.2f}x", flush=True)
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}
+    report = {"device": device_name("cuda"), "machine": machine("cuda"), "rows": rows}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "triton_attention.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.out, "triton_attention", report, markdown(report))
     return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Triton fused attention against SDPA on {report['device']} (bf16, causal; agents: {AGENTS} "
+             "agents in turns, hub visibility)", "",
+             "| D | N | batch | mask | tiles skipped | triton fwd ms (TFLOP/s) | triton f+b ms (TFLOP/s) "
+             "| sdpa fwd ms | sdpa f+b ms | f+b speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        t, s = row["triton"], row["sdpa"]
+        skipped = f"{row['tiles_skipped']:.0%}" if "tiles_skipped" in row else "-"
+        lines.append(f"| {row['d']} | {row['n']} | {row['batch']} | {row['mask']} | {skipped} "
+                     f"| {t['forward_ms']:.3f} ({t['forward_tflops']:.0f}) "
+                     f"| {t['forward_backward_ms']:.3f} ({t['forward_backward_tflops']:.0f}) "
+                     f"| {s['forward_ms']:.3f} | {s['forward_backward_ms']:.3f} "
+                     f"| {s['forward_backward_ms'] / t['forward_backward_ms']:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
