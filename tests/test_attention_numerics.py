@@ -55,9 +55,9 @@ def test_mask_features_match_reference(backend, feature, dtype):
     check_or_skip(backend, case)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("kv_heads", [1, 2])
-@pytest.mark.parametrize("feature", ["causal", "causal+padding+agents", "empty-rows"])
+@pytest.mark.parametrize("feature", ["causal", "padding+agents", "causal+padding+agents", "empty-rows"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grouped_query_heads_match_reference(backend, feature, kv_heads, dtype):
     # kv_heads = HEADS is the plain case of test_mask_features_match_reference.
