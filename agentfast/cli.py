@@ -434,8 +434,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .models.policy_files import read_pretrained_config
     from .pipeline import AgentPipeline
 
-    read_pretrained_config(args.checkpoint)
-    pipeline = AgentPipeline.from_pretrained(args.checkpoint, top_k=args.top_k,
+    config = read_pretrained_config(args.checkpoint)
+    encoder = None
+    if args.examples:
+        # The replayed episodes were embedded when the policy trained: the embedding cache
+        # serves them, and the encoder loads (transformers imported) only for a text it lacks.
+        from .data.preparation import build_encoder
+        from .data.settings import EncoderSettings
+
+        encoder = build_encoder(EncoderSettings.from_policy(config), progress=False)
+    pipeline = AgentPipeline.from_pretrained(args.checkpoint, encoder=encoder, top_k=args.top_k,
                                              agent=_agent_arg(args.agent),
                                              target_return=args.target_return,
                                              agent_mask=_visibility_arg(args.visibility),

@@ -102,6 +102,20 @@ def test_predict_answers_with_known_actions(trained, capsys):
     assert "predicted actions match the log" in capsys.readouterr().out
 
 
+def test_predict_examples_reads_the_cache_without_loading_the_encoder(workspace, trained, monkeypatch, capsys):
+    from agentfast.data import encoders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although training cached every text")
+
+    monkeypatch.setenv("AGENTFAST_CACHE", str(workspace["cache"]))
+    monkeypatch.setattr(encoders, "_load_pretrained", refuse)
+    assert main(["predict", str(trained), "--examples", "2"]) == 0
+    assert "predicted actions match the log" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="the encoder was loaded"):  # a new text does load it
+        main(["predict", str(trained), "a text nobody embedded"])
+
+
 def test_embed_reads_what_training_cached(workspace, trained, capsys):
     assert main(["embed", str(workspace["data"]), "--encoder", str(workspace["encoder"]),
                  "--cache-dir", str(workspace["cache"]), "--no-progress"]) == 0
