@@ -38,7 +38,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import runpy
 import shutil
 import signal
@@ -234,12 +233,6 @@ def parse_only(script: str, argv: list[str]) -> int:
 
 # ----------------------------------------------------------------------------- main
 
-def device_slug() -> str:
-    import torch
-
-    return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(0)).strip("-").lower()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
@@ -263,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to do. "
               "`make gpu-check DRY_RUN=1` checks the plan on this machine.")
         return 0
-    slug = device_slug() if on_gpu else "dry-run"
+    if on_gpu:
+        from harness import device_slug  # benchmarks/harness.py: the folder every benchmark writes to
+
+        slug = device_slug("cuda")
+    else:
+        slug = "dry-run"
     arch = "%d.%d" % torch.cuda.get_device_capability() if on_gpu else "9.0"
     staging = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     results = staging / slug
