@@ -7,7 +7,8 @@
 The model (4 layers, hidden 512, 8 query heads sharing 2 key/value heads, random weights
 from a config) trains on padded batches of random tokens: rows are 50-100% full, padded
 on the right (``--padding left`` for the other side). Every sequence length gets the same
-number of token slots per step (``--tokens``), so the batch shrinks as sequences grow. A
+number of token slots per step (``--tokens``), so the batch shrinks as sequences grow (to
+two rows at the least, the first one full). A
 timed step is forward, loss, backward and AdamW; each implementation trains its own copy
 of the same initial weights on the same batches. Implementations are measured
 round-robin (``--rounds`` rounds of ``--steps`` steps) so load from other processes hits
@@ -19,8 +20,8 @@ gets ``agent_ids`` / ``agent_visibility``; sdpa and eager get the same rule as a
 (the only way they can express it), built once per batch outside the timed step.
 
 The report names the ``agentfast.attention`` backend(s) the agentfast runs used underneath
-(``auto`` picks per call; a call that would fall back to transformers' attention skips the
-implementation instead of timing the fallback).
+at each sequence length (``auto`` picks per call); a call that would fall back to
+transformers' attention skips the implementation instead of timing the fallback.
 
 Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``hf_attention`` or
 ``hf_attention_agents``) to --out (default benchmarks/results/<device slug>/).
@@ -59,7 +60,7 @@ NUM_AGENTS = 3
 
 def make_batches(args: argparse.Namespace, seq_len: int, count: int, generator: torch.Generator) -> list[dict]:
     """Padded batches of random tokens (and agents), on the device."""
-    batch_size = max(1, args.tokens // seq_len)
+    batch_size = max(2, args.tokens // seq_len)  # two rows at least, so there is padding
     batches = []
     for _ in range(count):
         lengths = torch.randint(seq_len // 2, seq_len + 1, (batch_size,), generator=generator)
@@ -146,10 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(args.device, dtype)
     generator = torch.Generator().manual_seed(0)
     rows, skipped = [], {}
-    underneath: dict[str, set[str]] = {}  # the agentfast.attention backends each implementation used
     for seq_len in args.seq_lens:
         batches = make_batches(args, seq_len, args.warmup + args.steps, generator)
         runners = {}
+        underneath: dict[str, str] = {}  # the agentfast.attention backends each implementation used at seq_len
         for implementation in args.implementations:
             model = copy.deepcopy(base)
             model.set_attn_implementation(implementation)
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       flush=True)
                 continue
             runners[implementation] = (model, optimizer, prepared[args.warmup:])
-            underneath.setdefault(implementation, set()).update(chosen)
+            underneath[implementation] = ",".join(sorted(chosen))
         rates: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.rounds):
             for name, (model, optimizer, timed) in runners.items():
@@ -180,17 +181,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ratio = statistics.median(r / s for r, s in zip(measured, rates["sdpa"])) if "sdpa" in rates else None
             rows.append({"seq_len": seq_len, "batch_size": batch_size, "implementation": name,
                          "tokens_per_s": round(rate, 1), "vs_sdpa": round(ratio, 3) if ratio else None,
-                         "rounds": [round(r, 1) for r in measured]})
+                         "rounds": [round(r, 1) for r in measured], "backends": underneath.get(name, "")})
             print(f"seq {seq_len:5d} x{batch_size:<3d} {name:<10} {rate:10.1f} tokens/s"
-                  + (f"  {ratio:5.2f}x sdpa" if ratio else ""), flush=True)
+                  + (f"  {ratio:5.2f}x sdpa" if ratio else "") + (f"  [{underneath[name]}]" if underneath[name] else ""),
+                  flush=True)
         del runners
     return {
         "machine": {**machine(args.device), "transformers": __import__("transformers").__version__,
                     "cpus": os.cpu_count()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": rows, "skipped": skipped,
-        "backends": {name: ",".join(sorted(used)) for name, used in underneath.items() if used},
     }
+
+
+def cell(row: dict[str, Any]) -> str:
+    text = f"{row['tokens_per_s']:.0f}" + (f" ({row['vs_sdpa']:.2f}x)" if row["vs_sdpa"] else "")
+    return text + (f" [{row['backends']}]" if row.get("backends") else "")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -203,15 +209,13 @@ def markdown(report: dict[str, Any]) -> str:
              + (f" ({host['cpus']} CPUs, {host['threads']} threads)" if settings["device"] == "cpu" else "")
              + f", torch {host['torch']}, "
              f"transformers {host['transformers']}", "",
-             "Median of rounds; (x sdpa) is the median of per-round ratios to sdpa.", "",
-             "| seq | batch | " + " | ".join(
-                 f"{i} ({report['backends'][i]})" if i in report.get("backends", {}) else i
-                 for i in implementations) + " |", "|---|---|" + "---|" * len(implementations)]
+             "Median of rounds; (x sdpa) is the median of per-round ratios to sdpa; [backend] is the "
+             "agentfast.attention backend underneath.", "",
+             "| seq | batch | " + " | ".join(implementations) + " |", "|---|---|" + "---|" * len(implementations)]
     for seq_len in dict.fromkeys(r["seq_len"] for r in report["rows"]):
         cells = {r["implementation"]: r for r in report["rows"] if r["seq_len"] == seq_len}
         batch = next(iter(cells.values()))["batch_size"]
-        shown = [f"{cells[i]['tokens_per_s']:.0f}" + (f" ({cells[i]['vs_sdpa']:.2f}x)" if cells[i]["vs_sdpa"] else "")
-                 if i in cells else "-" for i in implementations]
+        shown = [cell(cells[i]) if i in cells else "-" for i in implementations]
         lines.append(f"| {seq_len} | {batch} | " + " | ".join(shown) + " |")
     if report["skipped"]:
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
@@ -224,7 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"),
                         help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--seq-lens", default="512,1024,2048", type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--tokens", type=int, default=4096, help="token slots per batch (batch = tokens / seq)")
+    parser.add_argument("--tokens", type=int, default=4096, help="token slots per batch (batch = tokens / seq, at least 2)")
     parser.add_argument("--padding", default="right", choices=("right", "left"))
     parser.add_argument("--mask", default="padding", choices=("padding", "agents"))
     parser.add_argument("--implementations", default="agentfast,sdpa,eager", type=lambda s: s.split(","))
