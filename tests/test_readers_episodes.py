@@ -1,4 +1,5 @@
-"""Episode records (the guide's format): JSONL, JSON arrays, errors located by file, line and field."""
+"""Episode records (agentfast's own format, agentfast/data/schema.py): JSONL, JSON arrays,
+errors located by file, line and field."""
 
 import json
 

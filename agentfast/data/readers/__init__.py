@@ -4,7 +4,7 @@ Record formats (``FORMATS``), each read from JSONL, from one JSON document (an a
 records; ChatGPT's ``{"conversations": [...]}`` wrapper and single objects too) or from
 local Parquet rows (``pip install agentfast[parquet]``):
 
-* ``episodes``: the guide's episode records (``schema.py``);
+* ``episodes``: agentfast's own episode records, one per line (the schema in ``schema.py``; README, "Data formats");
 * ``openai_chat``: OpenAI chat fine-tuning records (``openai.py``);
 * ``openai_preference``: OpenAI preference (DPO) records, two episodes each (``openai.py``);
 * ``sharegpt``: ShareGPT ``conversations`` of from/value turns (``sharegpt.py``);
