@@ -150,3 +150,22 @@ def check_backend(case: Case, run, *, backward: bool = True) -> None:
         grads = torch.autograd.grad(out, (q, k, v), grad_out)
         for label, g, e, lp in zip(("dq", "dk", "dv"), grads, exact_grads, low_grads):
             assert_flash_rule(f"{case.label} {label}", g, e, lp, dtype)
+
+
+def run_with_grads(case: Case, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out, dq, dk, dv) of ``run(q, k, v, **mask_kwargs)`` on fresh leaves of the case's
+    tensors, with an upstream gradient of ones."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (case.q, case.k, case.v))
+    out = run(q, k, v, **case.mask_kwargs())
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    return (out.detach(), *grads)
+
+
+def assert_reruns_bitwise_identical(case: Case, run) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Two runs of the same call give the same bits in the output and every gradient (the
+    kernels sum in a fixed order: no atomics, no thread-count-dependent reductions).
+    Returns the first run's (out, dq, dk, dv)."""
+    first, second = run_with_grads(case, run), run_with_grads(case, run)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), first, second):
+        assert torch.equal(a, b), f"{case.label}: {name} differs between two runs of the same call"
+    return first

@@ -15,7 +15,7 @@ import torch
 
 from agentfast.attention import attention, backend_names, dense_mask, get_backend, make_call
 from agentfast.attention.backends import triton_fused
-from tests.attention_cases import MASK_FEATURES, Case, check_backend, make_case
+from tests.attention_cases import MASK_FEATURES, Case, assert_reruns_bitwise_identical, check_backend, make_case
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name in backend_names() if name != "reference"]  # the reference is the oracle
@@ -79,6 +79,17 @@ ODD_SHAPES = {  # (num_queries, num_keys, head_dim, mask features)
 def test_odd_shapes_match_reference(backend, shape):
     num_queries, num_keys, head_dim, features = ODD_SHAPES[shape]
     check_or_skip(backend, make_case(2, 2, num_queries, num_keys, head_dim, device=DEVICE, seed=9, **features))
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rerun_is_bitwise_identical(backend, kv_heads):
+    case = make_case(2, 2, 45, 50, 40, device=DEVICE, seed=11, padding=True, agents=4, kv_heads=kv_heads)
+    reason = get_backend(backend).why_not(_call(case, with_grad=True))
+    if reason is not None:
+        pytest.skip(f"{backend}: {reason}")
+    out, dq, dk, dv = assert_reruns_bitwise_identical(case, lambda q, k, v, **kw: attention(q, k, v, backend=backend, **kw))
+    assert dk.shape == case.k.shape and dv.shape == case.v.shape
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

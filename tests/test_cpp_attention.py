@@ -8,7 +8,7 @@ import torch
 
 from agentfast.attention import attention, get_backend, make_call, select_backend, visibility_to_bitmask
 from agentfast.attention.backends.extension import masked_attention
-from tests.attention_cases import check_backend, make_case, reference_outputs
+from tests.attention_cases import assert_reruns_bitwise_identical, check_backend, make_case, reference_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -79,18 +79,15 @@ def test_strided_inputs_from_a_fused_projection():
     check_backend(case, run_cpp)
 
 
-def test_rerun_is_bitwise_identical():
-    case = make_case(2, 4, 200, head_dim=64, causal=True, agents=4, padding=True, seed=2)
-
-    def run_once():
-        q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
-        out = run_cpp(q, k, v, **case.mask_kwargs())
-        out.backward(torch.ones_like(out))
-        return out.detach(), q.grad, k.grad, v.grad
-
-    first, second = run_once(), run_once()
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+def check_with_threads(case, threads: int) -> None:
+    """The rule and bitwise reruns with torch's CPU threads set to ``threads``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_backend(case, run_cpp)
+        assert_reruns_bitwise_identical(case, run_cpp)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("threads", [1, 3, 8])
@@ -99,18 +96,7 @@ def test_backward_splits_key_blocks_when_threads_outnumber_heads(threads, batch,
     """Fewer batch x head rows than threads: the backward deals key blocks out to several
     tasks and sums their dQ shares; gradients still follow the rule and reruns match bitwise."""
     case = make_case(batch, heads, length, head_dim=32, causal=True, agents=3, padding=True, seed=9)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        check_backend(case, run_cpp)
-        grads = []
-        for _ in range(2):
-            q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
-            run_cpp(q, k, v, **case.mask_kwargs()).sum().backward()
-            grads.append((q.grad, k.grad, v.grad))
-        assert all(torch.equal(a, b) for a, b in zip(*grads))
-    finally:
-        torch.set_num_threads(previous)
+    check_with_threads(case, threads)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -118,18 +104,7 @@ def test_grouped_query_backward_split_over_threads_is_deterministic(threads):
     """One (batch, kv head) and more threads than that: the key blocks of the multi-query
     backward are dealt to several tasks, each owning the dQ of all four query heads."""
     case = make_case(1, 4, 300, head_dim=32, kv_heads=1, causal=True, agents=3, padding=True, seed=14)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        check_backend(case, run_cpp)
-        grads = []
-        for _ in range(2):
-            q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
-            run_cpp(q, k, v, **case.mask_kwargs()).sum().backward()
-            grads.append((q.grad, k.grad, v.grad))
-        assert all(torch.equal(a, b) for a, b in zip(*grads))
-    finally:
-        torch.set_num_threads(previous)
+    check_with_threads(case, threads)
 
 
 def test_auto_serves_grouped_query_calls_with_cpp():

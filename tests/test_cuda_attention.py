@@ -18,7 +18,7 @@ import torch
 
 from agentfast.attention import attention, dense_mask, get_backend, make_call
 from agentfast.attention.backends.extension import masked_attention
-from tests.attention_cases import MASK_FEATURES, check_backend, make_case, reference_outputs
+from tests.attention_cases import MASK_FEATURES, assert_reruns_bitwise_identical, check_backend, make_case, reference_outputs
 
 
 @pytest.fixture(scope="session")
@@ -204,14 +204,7 @@ def test_rerun_is_bitwise_identical(dtype, kv_heads, target):
     case = make_case(2, 4, 300, head_dim=64, dtype=dtype, kv_heads=kv_heads, device=target.device, causal=True,
                      agents=4, padding=True)
 
-    def run_once():
-        q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
-        out = target(q, k, v, **case.mask_kwargs())
-        out.backward(torch.ones_like(out))
-        return out.detach(), q.grad, k.grad, v.grad
-
-    for a, b in zip(run_once(), run_once()):
-        assert torch.equal(a, b)
+    assert_reruns_bitwise_identical(case, target)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
